@@ -1,0 +1,325 @@
+package inventory
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/goccy/go-yaml"
+	"github.com/goccy/go-yaml/ast"
+	"github.com/goccy/go-yaml/parser"
+
+	"github.com/kvmctl/kvmctl/pkg/errs"
+	"github.com/kvmctl/kvmctl/pkg/state"
+)
+
+// Document is the YAML form of the inventory: zones hold pods, pods hold clusters, clusters
+// hold hosts. Resource states are not part of it: they are the fleet's live condition, not its
+// shape.
+type Document struct {
+	Zones []ZoneDoc `yaml:"zones"`
+}
+
+// ZoneDoc is one zone and its pods.
+type ZoneDoc struct {
+	Name string   `yaml:"name"`
+	Pods []PodDoc `yaml:"pods,omitempty"`
+}
+
+// PodDoc is one pod and its clusters.
+type PodDoc struct {
+	Name     string       `yaml:"name"`
+	Clusters []ClusterDoc `yaml:"clusters,omitempty"`
+}
+
+// ClusterDoc is one cluster and its hosts.
+type ClusterDoc struct {
+	Name  string    `yaml:"name"`
+	Hosts []HostDoc `yaml:"hosts,omitempty"`
+}
+
+// HostDoc is one host.
+type HostDoc struct {
+	Name    string     `yaml:"name"`
+	Address string     `yaml:"address"`
+	Tags    []string   `yaml:"tags,omitempty"`
+	SSH     *state.SSH `yaml:"ssh,omitempty"`
+}
+
+// Parsed is a document that passed its own checks, with the position of each element so that
+// checks against the state file can still name a line.
+type Parsed struct {
+	Doc  Document
+	name string
+	file *ast.File
+}
+
+// Parse decodes and checks a whole inventory file. Every problem found is reported, each with
+// its line, in one refusal error.
+func Parse(name string, data []byte) (*Parsed, error) {
+	file, err := parser.ParseBytes(data, 0)
+	if err != nil {
+		return nil, errs.Refused(yamlErr(name, err))
+	}
+	p := &Parsed{name: name, file: file}
+	if err := yaml.UnmarshalWithOptions(data, &p.Doc, yaml.DisallowUnknownField()); err != nil {
+		return nil, errs.Refused(yamlErr(name, err))
+	}
+	if len(p.Doc.Zones) == 0 {
+		return nil, errs.Refusedf("%s: no zones: the file must start with `zones:` (see `kvmctl inventory export`)", name)
+	}
+	var problems []string
+	add := func(path string, err error) {
+		problems = append(problems, fmt.Sprintf("%s:%d: %v", name, p.line(path), err))
+	}
+	seen := map[string]map[string]string{"zone": {}, "pod": {}, "cluster": {}, "host": {}, "address": {}}
+	unique := func(kind, key, path string) {
+		if prev, ok := seen[kind][key]; ok {
+			add(path, fmt.Errorf("%s %q appears twice (first at line %d)", kind, key, p.line(prev)))
+			return
+		}
+		seen[kind][key] = path
+	}
+	for zi, z := range p.Doc.Zones {
+		zp := fmt.Sprintf("$.zones[%d]", zi)
+		if err := ValidName("zone", z.Name); err != nil {
+			add(zp, err)
+		}
+		unique("zone", z.Name, zp)
+		for pi, pod := range z.Pods {
+			pp := fmt.Sprintf("%s.pods[%d]", zp, pi)
+			if err := ValidName("pod", pod.Name); err != nil {
+				add(pp, err)
+			}
+			unique("pod", pod.Name, pp)
+			for ci, c := range pod.Clusters {
+				cp := fmt.Sprintf("%s.clusters[%d]", pp, ci)
+				if err := ValidName("cluster", c.Name); err != nil {
+					add(cp, err)
+				}
+				unique("cluster", c.Name, cp)
+				for hi, hd := range c.Hosts {
+					hp := fmt.Sprintf("%s.hosts[%d]", cp, hi)
+					if err := ValidHost(hd.host()); err != nil {
+						add(hp, err)
+					}
+					unique("host", hd.Name, hp)
+					unique("address", hd.Address, hp+".address")
+				}
+			}
+		}
+	}
+	if len(problems) > 0 {
+		return nil, errs.Refusedf("%s", strings.Join(problems, "\n"))
+	}
+	return p, nil
+}
+
+func (h HostDoc) host() state.Host {
+	out := state.Host{Name: h.Name, Address: h.Address, Tags: NormalizeTags(h.Tags)}
+	if h.SSH != nil {
+		out.SSH = *h.SSH
+	}
+	return out
+}
+
+// line returns the line of the node at a YAML path, or 0 when it cannot be found.
+func (p *Parsed) line(path string) int {
+	yp, err := yaml.PathString(path)
+	if err != nil {
+		return 0
+	}
+	n, err := yp.FilterFile(p.file)
+	if err != nil || n == nil || n.GetToken() == nil {
+		return 0
+	}
+	return n.GetToken().Position.Line
+}
+
+func yamlErr(name string, err error) error {
+	var ye yaml.Error
+	if errors.As(err, &ye) && ye.GetToken() != nil {
+		return fmt.Errorf("%s:%d: %s", name, ye.GetToken().Position.Line, ye.GetMessage())
+	}
+	return fmt.Errorf("%s: %w", name, err)
+}
+
+// Summary counts what Apply did, per kind.
+type Summary struct {
+	Created   map[string]int `json:"created"`
+	Updated   map[string]int `json:"updated"`
+	Unchanged map[string]int `json:"unchanged"`
+}
+
+// Apply writes a parsed document into tx: missing entities are created (Enabled), existing
+// hosts get the file's address, tags and SSH, and nothing absent from the file is removed. An
+// entity the file places under another parent than the state does is refused: apply never moves
+// things, so a typo cannot carry a cluster's hosts to another pod. Any refusal leaves tx to be
+// rolled back by the caller, so a file applies whole or not at all.
+func Apply(tx state.Tx, p *Parsed) (Summary, error) {
+	s := Summary{Created: map[string]int{}, Updated: map[string]int{}, Unchanged: map[string]int{}}
+	existing, err := state.Hosts(tx)
+	if err != nil {
+		return s, err
+	}
+	inFile := map[string]bool{}
+	for _, z := range p.Doc.Zones {
+		for _, pod := range z.Pods {
+			for _, c := range pod.Clusters {
+				for _, h := range c.Hosts {
+					inFile[h.Name] = true
+				}
+			}
+		}
+	}
+	var problems []string
+	refuse := func(path, format string, args ...any) {
+		problems = append(problems, fmt.Sprintf("%s:%d: %s", p.name, p.line(path), fmt.Sprintf(format, args...)))
+	}
+	for zi, z := range p.Doc.Zones {
+		zp := fmt.Sprintf("$.zones[%d]", zi)
+		if _, err := state.GetZone(tx, z.Name); state.IsNotFound(err) {
+			if err := state.PutZone(tx, state.Zone{Name: z.Name}); err != nil {
+				return s, err
+			}
+			s.Created["zones"]++
+		} else {
+			s.Unchanged["zones"]++
+		}
+		for pi, pd := range z.Pods {
+			pp := fmt.Sprintf("%s.pods[%d]", zp, pi)
+			switch cur, err := state.GetPod(tx, pd.Name); {
+			case state.IsNotFound(err):
+				if err := state.PutPod(tx, state.Pod{Name: pd.Name, Zone: z.Name}); err != nil {
+					return s, err
+				}
+				s.Created["pods"]++
+			case err != nil:
+				return s, err
+			case cur.Zone != z.Name:
+				refuse(pp, "pod %s is in zone %s, not %s: apply does not move pods; remove it first", pd.Name, cur.Zone, z.Name)
+			default:
+				s.Unchanged["pods"]++
+			}
+			for ci, cd := range pd.Clusters {
+				cp := fmt.Sprintf("%s.clusters[%d]", pp, ci)
+				switch cur, err := state.GetCluster(tx, cd.Name); {
+				case state.IsNotFound(err):
+					c := state.Cluster{Name: cd.Name, Pod: pd.Name, Zone: z.Name, ResourceState: state.Enabled}
+					if err := state.PutCluster(tx, c); err != nil {
+						return s, err
+					}
+					s.Created["clusters"]++
+				case err != nil:
+					return s, err
+				case cur.Pod != pd.Name:
+					refuse(cp, "cluster %s is in pod %s, not %s: apply does not move clusters; remove it first", cd.Name, cur.Pod, pd.Name)
+				default:
+					s.Unchanged["clusters"]++
+				}
+				for hi, hd := range cd.Hosts {
+					hp := fmt.Sprintf("%s.hosts[%d]", cp, hi)
+					want := hd.host()
+					want.Zone, want.Pod, want.Cluster = z.Name, pd.Name, cd.Name
+					for _, o := range existing {
+						if o.Address == want.Address && o.Name != want.Name && !inFile[o.Name] {
+							refuse(hp+".address", "address %s is already host %s's", want.Address, o.Name)
+						}
+					}
+					switch cur, err := state.GetHost(tx, hd.Name); {
+					case state.IsNotFound(err):
+						want.ResourceState = state.Enabled
+						if err := state.PutHost(tx, want); err != nil {
+							return s, err
+						}
+						s.Created["hosts"]++
+					case err != nil:
+						return s, err
+					case cur.Cluster != cd.Name:
+						refuse(hp, "host %s is in cluster %s, not %s: apply does not move hosts; `kvmctl host rm %s` first", hd.Name, cur.Cluster, cd.Name, hd.Name)
+					default:
+						want.ResourceState = cur.ResourceState
+						if sameHost(cur, want) {
+							s.Unchanged["hosts"]++
+							continue
+						}
+						if err := state.PutHost(tx, want); err != nil {
+							return s, err
+						}
+						s.Updated["hosts"]++
+					}
+				}
+			}
+		}
+	}
+	if len(problems) > 0 {
+		return s, errs.Refusedf("%s", strings.Join(problems, "\n"))
+	}
+	return s, nil
+}
+
+func sameHost(a, b state.Host) bool {
+	return a.Address == b.Address && a.SSH == b.SSH && strings.Join(a.Tags, ",") == strings.Join(b.Tags, ",")
+}
+
+// Export builds the document of everything in tx, every list sorted by name, so that
+// `inventory export | inventory apply -f -` on a new state gives back the same file.
+func Export(tx state.Tx) (Document, error) {
+	zones, err := state.Zones(tx)
+	if err != nil {
+		return Document{}, err
+	}
+	pods, err := state.Pods(tx)
+	if err != nil {
+		return Document{}, err
+	}
+	clusters, err := state.Clusters(tx)
+	if err != nil {
+		return Document{}, err
+	}
+	hosts, err := state.Hosts(tx)
+	if err != nil {
+		return Document{}, err
+	}
+	doc := Document{Zones: []ZoneDoc{}}
+	for _, z := range zones {
+		zd := ZoneDoc{Name: z.Name}
+		for _, p := range pods {
+			if p.Zone != z.Name {
+				continue
+			}
+			pd := PodDoc{Name: p.Name}
+			for _, c := range clusters {
+				if c.Pod != p.Name {
+					continue
+				}
+				cd := ClusterDoc{Name: c.Name}
+				for _, h := range hosts {
+					if h.Cluster != c.Name {
+						continue
+					}
+					hd := HostDoc{Name: h.Name, Address: h.Address, Tags: h.Tags}
+					if len(hd.Tags) == 0 {
+						hd.Tags = nil
+					}
+					if !h.SSH.IsZero() {
+						ssh := h.SSH
+						hd.SSH = &ssh
+					}
+					cd.Hosts = append(cd.Hosts, hd)
+				}
+				pd.Clusters = append(pd.Clusters, cd)
+			}
+			zd.Pods = append(zd.Pods, pd)
+		}
+		doc.Zones = append(doc.Zones, zd)
+	}
+	sort.SliceStable(doc.Zones, func(i, j int) bool { return doc.Zones[i].Name < doc.Zones[j].Name })
+	return doc, nil
+}
+
+// Marshal renders a document as YAML.
+func Marshal(doc Document) ([]byte, error) {
+	return yaml.MarshalWithOptions(doc, yaml.Indent(2), yaml.IndentSequence(true))
+}

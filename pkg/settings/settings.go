@@ -1,0 +1,246 @@
+// Package settings is the registry of kvmctl's global settings: CloudStack's key names, types,
+// defaults and allowed ranges. Values live in the state file's settings bucket as the operator
+// typed them; this package is the only place that knows what a valid value is.
+package settings
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/kvmctl/kvmctl/pkg/state"
+)
+
+// Type is the kind of value a setting holds.
+type Type string
+
+// Setting value types.
+const (
+	Int   Type = "int"
+	Float Type = "float"
+	Bool  Type = "bool"
+)
+
+// Key describes one known setting.
+type Key struct {
+	Name        string
+	Type        Type
+	Default     string
+	Min, Max    float64 // inclusive bounds for Int and Float
+	Description string
+}
+
+// Known setting names, declared once.
+const (
+	StageTimeout           = "kvm.rolling.maintenance.stage.timeout"
+	PingInterval           = "kvm.rolling.maintenance.ping.interval"
+	WaitMaintenanceTimeout = "kvm.rolling.maintenance.wait.maintenance.timeout"
+	SSHToAgent             = "kvm.ssh.to.agent"
+)
+
+// Registry lists every known key in the order `config list` shows them.
+var Registry = []Key{
+	{Name: StageTimeout, Type: Int, Default: "1800", Min: 1, Max: 7 * 24 * 3600,
+		Description: "seconds a rolling-maintenance stage may run on a host (rolling start --timeout overrides)"},
+	{Name: PingInterval, Type: Int, Default: "10", Min: 1, Max: 3600,
+		Description: "longest gap in seconds between two progress checks of a stage; a stage timeout must be at least this"},
+	{Name: WaitMaintenanceTimeout, Type: Int, Default: "1800", Min: 1, Max: 7 * 24 * 3600,
+		Description: "seconds to wait for a host to reach Maintenance"},
+	{Name: SSHToAgent, Type: Bool, Default: "true",
+		Description: "may kvmctl SSH into a host to restart its disconnected agent when cancelling maintenance"},
+}
+
+// Lookup returns the key called name, or an error naming the closest known key.
+func Lookup(name string) (Key, error) {
+	for _, k := range Registry {
+		if k.Name == name {
+			return k, nil
+		}
+	}
+	return Key{}, fmt.Errorf("unknown setting %q: did you mean %s? (`kvmctl config list` shows them all)", name, Closest(name))
+}
+
+// Closest returns the known key nearest to name by edit distance.
+func Closest(name string) string {
+	best, bestD := "", math.MaxInt
+	for _, k := range Registry {
+		if d := distance(name, k.Name); d < bestD {
+			best, bestD = k.Name, d
+		}
+	}
+	return best
+}
+
+// Normalize checks value against k and returns its canonical spelling ("TRUE" -> "true",
+// "010" -> "10"), or an error that states the allowed values.
+func (k Key) Normalize(value string) (string, error) {
+	v := strings.TrimSpace(value)
+	switch k.Type {
+	case Bool:
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return "", fmt.Errorf("%s must be true or false, not %q", k.Name, value)
+		}
+		return strconv.FormatBool(b), nil
+	case Int:
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || float64(n) < k.Min || float64(n) > k.Max {
+			return "", fmt.Errorf("%s must be a whole number from %s to %s, not %q", k.Name, fmtNum(k.Min), fmtNum(k.Max), value)
+		}
+		return strconv.FormatInt(n, 10), nil
+	case Float:
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || math.IsNaN(f) || f < k.Min || f > k.Max {
+			return "", fmt.Errorf("%s must be a number from %s to %s, not %q", k.Name, fmtNum(k.Min), fmtNum(k.Max), value)
+		}
+		return strconv.FormatFloat(f, 'g', -1, 64), nil
+	}
+	return "", fmt.Errorf("%s has unknown type %s", k.Name, k.Type)
+}
+
+// Range describes the allowed values of k for people.
+func (k Key) Range() string {
+	switch k.Type {
+	case Bool:
+		return "true|false"
+	default:
+		return fmtNum(k.Min) + ".." + fmtNum(k.Max)
+	}
+}
+
+func fmtNum(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }
+
+// Value is a setting as `config list` and `config get` show it.
+type Value struct {
+	Key         string `json:"key"`
+	Value       string `json:"value"`
+	Default     string `json:"default"`
+	IsDefault   bool   `json:"is_default"`
+	Type        Type   `json:"type"`
+	Range       string `json:"range"`
+	Description string `json:"description"`
+}
+
+// Get reads the effective value of key name.
+func Get(tx state.Tx, name string) (Value, error) {
+	k, err := Lookup(name)
+	if err != nil {
+		return Value{}, err
+	}
+	v := Value{Key: k.Name, Value: k.Default, Default: k.Default, IsDefault: true, Type: k.Type, Range: k.Range(), Description: k.Description}
+	raw, err := tx.Get(state.BucketSettings, k.Name)
+	switch {
+	case state.IsNotFound(err):
+	case err != nil:
+		return Value{}, err
+	default:
+		// A value written by another version may no longer be valid; fall back loudly, not silently.
+		norm, nerr := k.Normalize(string(raw))
+		if nerr != nil {
+			return Value{}, fmt.Errorf("stored value: %w: run `kvmctl config unset %s` or set a valid value", nerr, k.Name)
+		}
+		v.Value, v.IsDefault = norm, false
+	}
+	return v, nil
+}
+
+// List reads the effective value of every known key, in registry order.
+func List(tx state.Tx) ([]Value, error) {
+	out := make([]Value, 0, len(Registry))
+	for _, k := range Registry {
+		v, err := Get(tx, k.Name)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// Set validates value for key name and stores its canonical spelling.
+func Set(tx state.Tx, name, value string) (Value, error) {
+	k, err := Lookup(name)
+	if err != nil {
+		return Value{}, err
+	}
+	norm, err := k.Normalize(value)
+	if err != nil {
+		return Value{}, err
+	}
+	if err := tx.Put(state.BucketSettings, k.Name, []byte(norm)); err != nil {
+		return Value{}, err
+	}
+	return Get(tx, k.Name)
+}
+
+// Unset returns key name to its default.
+func Unset(tx state.Tx, name string) (Value, error) {
+	k, err := Lookup(name)
+	if err != nil {
+		return Value{}, err
+	}
+	if err := tx.Delete(state.BucketSettings, k.Name); err != nil {
+		return Value{}, err
+	}
+	return Get(tx, k.Name)
+}
+
+// GetInt reads an integer setting.
+func GetInt(tx state.Tx, name string) (int64, error) {
+	v, err := Get(tx, name)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(v.Value, 10, 64)
+}
+
+// GetBool reads a boolean setting.
+func GetBool(tx state.Tx, name string) (bool, error) {
+	v, err := Get(tx, name)
+	if err != nil {
+		return false, err
+	}
+	return strconv.ParseBool(v.Value)
+}
+
+// GetFloat reads a floating-point setting.
+func GetFloat(tx state.Tx, name string) (float64, error) {
+	v, err := Get(tx, name)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseFloat(v.Value, 64)
+}
+
+// Names returns every known key, sorted, for shell completion.
+func Names() []string {
+	out := make([]string, 0, len(Registry))
+	for _, k := range Registry {
+		out = append(out, k.Name)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// distance is the Levenshtein edit distance between a and b.
+func distance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}

@@ -1,0 +1,207 @@
+// Package state is kvmctl's local store: one bbolt file holding the inventory, settings, runs and
+// their journal. It knows no network and no rules; engines see it through Tx, a small key/value
+// interface that an etcd backend can implement later.
+//
+// The bucket tree:
+//
+//	meta/
+//	  version      -> "1"          schema version; a newer one is refused
+//	zones/
+//	  <name>       -> Zone (JSON)
+//	pods/
+//	  <name>       -> Pod (JSON)
+//	clusters/
+//	  <name>       -> Cluster (JSON)
+//	hosts/
+//	  <name>       -> Host (JSON)
+//	settings/
+//	  <key>        -> value as the operator typed it, validated by pkg/settings
+//
+// A Store is a path, not an open database: every View and Update opens the file, runs one
+// transaction and closes it again, so no command holds the file while it waits on the network
+// and a second kvmctl can always read.
+package state
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// SchemaVersion is the layout of the bucket tree this build reads and writes.
+const SchemaVersion = 1
+
+// Bucket names, declared once.
+const (
+	BucketMeta     = "meta"
+	BucketZones    = "zones"
+	BucketPods     = "pods"
+	BucketClusters = "clusters"
+	BucketHosts    = "hosts"
+	BucketSettings = "settings"
+)
+
+// Buckets lists every top-level bucket of the current schema, created by Create and on upgrade.
+var Buckets = []string{BucketMeta, BucketZones, BucketPods, BucketClusters, BucketHosts, BucketSettings}
+
+const keyVersion = "version"
+
+// DefaultLockTimeout is how long Open waits for another kvmctl to release the file.
+const DefaultLockTimeout = 3 * time.Second
+
+// ErrNotInitialized is returned when the state file does not exist yet.
+var ErrNotInitialized = errors.New("state file not initialized")
+
+// ErrInUse is returned when another process holds the state file longer than the lock timeout.
+var ErrInUse = errors.New("the state file is in use by another kvmctl")
+
+// ErrNotFound is returned by Get when a key is absent.
+var ErrNotFound = errors.New("not found")
+
+// Store is a handle on the state file at Path; it holds no open file between operations.
+type Store struct {
+	Path        string
+	LockTimeout time.Duration
+}
+
+// New returns a Store for path. It does not touch the file: see Create, View and Update.
+func New(path string) *Store {
+	return &Store{Path: path, LockTimeout: DefaultLockTimeout}
+}
+
+// Exists reports whether the state file is there.
+func (s *Store) Exists() bool {
+	_, err := os.Stat(s.Path)
+	return err == nil
+}
+
+// Create makes the state file (mode 0600, parent directory 0700 when it is created) with every
+// bucket and the schema version. It reports false, and changes nothing, when the file exists.
+func (s *Store) Create() (bool, error) {
+	if s.Exists() {
+		// Opening checks it is a state file we can read, so a stray file is not silently kept.
+		return false, s.View(func(Tx) error { return nil })
+	}
+	if err := os.MkdirAll(filepath.Dir(s.Path), 0o700); err != nil {
+		return false, fmt.Errorf("create state directory: %w", err)
+	}
+	db, err := bolt.Open(s.Path, 0o600, &bolt.Options{Timeout: s.timeout()})
+	if err != nil {
+		return false, fmt.Errorf("create state file %s: %w", s.Path, err)
+	}
+	defer db.Close()
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range Buckets {
+			if _, err := tx.CreateBucketIfNotExists([]byte(b)); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket([]byte(BucketMeta)).Put([]byte(keyVersion), []byte(strconv.Itoa(SchemaVersion)))
+	})
+	if err != nil {
+		return false, fmt.Errorf("create state file %s: %w", s.Path, err)
+	}
+	// bolt.Open honours the mode only for a new file; make sure umask did not widen it.
+	if err := os.Chmod(s.Path, 0o600); err != nil {
+		return false, fmt.Errorf("chmod state file: %w", err)
+	}
+	return true, nil
+}
+
+// View runs fn in a read-only transaction on a freshly opened file.
+func (s *Store) View(fn func(Tx) error) error {
+	db, err := s.open(true)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return db.View(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+}
+
+// Update runs fn in a read-write transaction on a freshly opened file; an error from fn rolls
+// back everything fn wrote.
+func (s *Store) Update(fn func(Tx) error) error {
+	db, err := s.open(false)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return db.Update(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+}
+
+func (s *Store) timeout() time.Duration {
+	if s.LockTimeout <= 0 {
+		return DefaultLockTimeout
+	}
+	return s.LockTimeout
+}
+
+func (s *Store) open(readOnly bool) (*bolt.DB, error) {
+	fi, err := os.Stat(s.Path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: no state file at %s: run `kvmctl init` first, or point --state/KVMCTL_STATE at an existing one", ErrNotInitialized, s.Path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open state: %w", err)
+	}
+	if fi.IsDir() {
+		return nil, fmt.Errorf("open state: %s is a directory, not a state file", s.Path)
+	}
+	db, err := bolt.Open(s.Path, 0o600, &bolt.Options{Timeout: s.timeout(), ReadOnly: readOnly})
+	switch {
+	case errors.Is(err, berrors.ErrTimeout):
+		return nil, fmt.Errorf("%w (%s): wait for it to finish and try again", ErrInUse, s.Path)
+	case errors.Is(err, fs.ErrPermission):
+		return nil, fmt.Errorf("open state %s: %w: run kvmctl as the user that owns it", s.Path, err)
+	case err != nil:
+		// bbolt reports a foreign file in several ways (invalid, checksum, too small, ...).
+		return nil, fmt.Errorf("%s is not a kvmctl state file (%v): point --state at the right file", s.Path, err)
+	}
+	if err := checkVersion(db, s.Path, readOnly); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+func checkVersion(db *bolt.DB, path string, readOnly bool) error {
+	var v int
+	err := db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket([]byte(BucketMeta))
+		if b == nil {
+			return fmt.Errorf("%s is not a kvmctl state file (no meta bucket): point --state at the right file", path)
+		}
+		raw := b.Get([]byte(keyVersion))
+		n, err := strconv.Atoi(string(raw))
+		if err != nil {
+			return fmt.Errorf("%s has an unreadable schema version %q: restore it from a backup", path, raw)
+		}
+		v = n
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if v > SchemaVersion {
+		return fmt.Errorf("%s has schema version %d, this kvmctl knows up to %d: upgrade kvmctl", path, v, SchemaVersion)
+	}
+	if readOnly {
+		return nil
+	}
+	// Buckets added by later issues appear here without a version bump: they are additive.
+	return db.Update(func(tx *bolt.Tx) error {
+		for _, b := range Buckets {
+			if _, err := tx.CreateBucketIfNotExists([]byte(b)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}

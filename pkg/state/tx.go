@@ -1,0 +1,117 @@
+package state
+
+import (
+	"encoding/json"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Tx is one transaction over flat buckets of keys. It is all an engine sees of the store, so a
+// backend other than bbolt (etcd) can implement it.
+type Tx interface {
+	// Get returns the value of key in bucket, or ErrNotFound.
+	Get(bucket, key string) ([]byte, error)
+	// Put writes key in bucket; it fails in a read-only transaction.
+	Put(bucket, key string, value []byte) error
+	// Delete removes key from bucket; removing an absent key is not an error.
+	Delete(bucket, key string) error
+	// ForEach calls fn for every key of bucket in byte order, stopping at the first error.
+	ForEach(bucket string, fn func(key string, value []byte) error) error
+}
+
+type boltTx struct{ tx *bolt.Tx }
+
+func (t boltTx) bucket(name string) (*bolt.Bucket, error) {
+	b := t.tx.Bucket([]byte(name))
+	if b == nil {
+		if !t.tx.Writable() {
+			return nil, nil
+		}
+		return t.tx.CreateBucketIfNotExists([]byte(name))
+	}
+	return b, nil
+}
+
+func (t boltTx) Get(bucket, key string) ([]byte, error) {
+	b, err := t.bucket(bucket)
+	if err != nil {
+		return nil, err
+	}
+	if b == nil {
+		return nil, ErrNotFound
+	}
+	v := b.Get([]byte(key))
+	if v == nil {
+		return nil, ErrNotFound
+	}
+	// bbolt's slices die with the transaction; callers may keep theirs.
+	return append([]byte(nil), v...), nil
+}
+
+func (t boltTx) Put(bucket, key string, value []byte) error {
+	b, err := t.bucket(bucket)
+	if err != nil {
+		return err
+	}
+	if b == nil {
+		return fmt.Errorf("put %s/%s: read-only transaction", bucket, key)
+	}
+	return b.Put([]byte(key), value)
+}
+
+func (t boltTx) Delete(bucket, key string) error {
+	b, err := t.bucket(bucket)
+	if err != nil || b == nil {
+		return err
+	}
+	return b.Delete([]byte(key))
+}
+
+func (t boltTx) ForEach(bucket string, fn func(string, []byte) error) error {
+	b, err := t.bucket(bucket)
+	if err != nil || b == nil {
+		return err
+	}
+	return b.ForEach(func(k, v []byte) error {
+		if v == nil { // nested bucket: not part of the flat model
+			return nil
+		}
+		return fn(string(k), append([]byte(nil), v...))
+	})
+}
+
+// GetJSON decodes the JSON value of key in bucket into v.
+func GetJSON(tx Tx, bucket, key string, v any) error {
+	raw, err := tx.Get(bucket, key)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return fmt.Errorf("decode %s/%s: %w", bucket, key, err)
+	}
+	return nil
+}
+
+// PutJSON stores v as JSON under key in bucket.
+func PutJSON(tx Tx, bucket, key string, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode %s/%s: %w", bucket, key, err)
+	}
+	return tx.Put(bucket, key, raw)
+}
+
+// ListJSON decodes every value of bucket, in key order.
+func ListJSON[T any](tx Tx, bucket string) ([]T, error) {
+	var out []T
+	err := tx.ForEach(bucket, func(key string, raw []byte) error {
+		var v T
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return fmt.Errorf("decode %s/%s: %w", bucket, key, err)
+		}
+		out = append(out, v)
+		return nil
+	})
+	return out, err
+}
