@@ -78,7 +78,8 @@ func NormalizeTags(tags []string) []string {
 	return out
 }
 
-func notFound(kind, name, plural string) error {
+// NotFound refuses a name that is not in the inventory and says how to list the real ones.
+func NotFound(kind, name, plural string) error {
 	return errs.Refusedf("no %s %q: `kvmctl %s list` shows the %s", kind, name, kind, plural)
 }
 
@@ -103,7 +104,7 @@ func AddPod(tx state.Tx, name, zone string) (state.Pod, error) {
 		return state.Pod{}, errs.Refusedf("pod %q exists", name)
 	}
 	if _, err := state.GetZone(tx, zone); err != nil {
-		return state.Pod{}, notFound("zone", zone, "zones")
+		return state.Pod{}, NotFound("zone", zone, "zones")
 	}
 	p := state.Pod{Name: name, Zone: zone}
 	return p, state.PutPod(tx, p)
@@ -119,7 +120,7 @@ func AddCluster(tx state.Tx, name, pod string) (state.Cluster, error) {
 	}
 	p, err := state.GetPod(tx, pod)
 	if err != nil {
-		return state.Cluster{}, notFound("pod", pod, "pods")
+		return state.Cluster{}, NotFound("pod", pod, "pods")
 	}
 	c := state.Cluster{Name: name, Pod: p.Name, Zone: p.Zone, ResourceState: state.Enabled}
 	return c, state.PutCluster(tx, c)
@@ -136,7 +137,7 @@ func AddHost(tx state.Tx, h state.Host) (state.Host, error) {
 	}
 	c, err := state.GetCluster(tx, h.Cluster)
 	if err != nil {
-		return state.Host{}, notFound("cluster", h.Cluster, "clusters")
+		return state.Host{}, NotFound("cluster", h.Cluster, "clusters")
 	}
 	if other, err := hostWithAddress(tx, h.Address, h.Name); err != nil {
 		return state.Host{}, err
@@ -163,7 +164,7 @@ func hostWithAddress(tx state.Tx, addr, except string) (string, error) {
 // RemoveZone deletes an empty zone.
 func RemoveZone(tx state.Tx, name string) error {
 	if _, err := state.GetZone(tx, name); err != nil {
-		return notFound("zone", name, "zones")
+		return NotFound("zone", name, "zones")
 	}
 	pods, err := state.Pods(tx)
 	if err != nil {
@@ -184,7 +185,7 @@ func RemoveZone(tx state.Tx, name string) error {
 // RemovePod deletes an empty pod.
 func RemovePod(tx state.Tx, name string) error {
 	if _, err := state.GetPod(tx, name); err != nil {
-		return notFound("pod", name, "pods")
+		return NotFound("pod", name, "pods")
 	}
 	cs, err := state.Clusters(tx)
 	if err != nil {
@@ -220,7 +221,7 @@ func ClusterHosts(tx state.Tx, name string) ([]state.Host, error) {
 // RemoveCluster deletes a cluster that has no hosts; otherwise it names them.
 func RemoveCluster(tx state.Tx, name string) error {
 	if _, err := state.GetCluster(tx, name); err != nil {
-		return notFound("cluster", name, "clusters")
+		return NotFound("cluster", name, "clusters")
 	}
 	hosts, err := ClusterHosts(tx, name)
 	if err != nil {
@@ -240,7 +241,7 @@ func RemoveCluster(tx state.Tx, name string) error {
 func RemoveHost(tx state.Tx, name string) error {
 	h, err := state.GetHost(tx, name)
 	if err != nil {
-		return notFound("host", name, "hosts")
+		return NotFound("host", name, "hosts")
 	}
 	switch h.ResourceState {
 	case state.PrepareForMaintenance, state.Maintenance:
@@ -256,7 +257,7 @@ func SetClusterState(tx state.Tx, name, to string) (before string, err error) {
 	}
 	c, err := state.GetCluster(tx, name)
 	if err != nil {
-		return "", notFound("cluster", name, "clusters")
+		return "", NotFound("cluster", name, "clusters")
 	}
 	before = c.ResourceState
 	c.ResourceState = to

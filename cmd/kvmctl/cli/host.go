@@ -1,0 +1,167 @@
+package cli
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kvmctl/kvmctl/pkg/cmdutil"
+	"github.com/kvmctl/kvmctl/pkg/inventory"
+	"github.com/kvmctl/kvmctl/pkg/state"
+)
+
+// HostOptions are the inputs of the `kvmctl host` subcommands.
+type HostOptions struct {
+	F       *cmdutil.Factory
+	Name    string
+	Host    state.Host
+	Tags    []string
+	Cluster string // list filter
+}
+
+func newHostCmd(f *cmdutil.Factory) *cobra.Command {
+	opts := &HostOptions{F: f}
+	add := &cobra.Command{
+		Use:   "add NAME --cluster C --address H:P",
+		Short: "Add a host running kvmagent",
+		Example: `  kvmctl host add kvm01 --cluster c1 --address 10.0.0.11:9250 --tags ssd,gpu \
+    --ssh-user root --ssh-key ~/.ssh/id_ed25519 --ssh-known-hosts ~/.ssh/known_hosts`,
+		Args: cmdutil.ExactArgs(1, "one host NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts.Host.Name = args[0]
+			opts.Host.Tags = splitList(opts.Tags)
+			return runHostAdd(opts)
+		},
+	}
+	fl := add.Flags()
+	fl.StringVar(&opts.Host.Cluster, "cluster", "", "cluster of the host (required)")
+	fl.StringVar(&opts.Host.Address, "address", "", "host:port of the host's kvmagent (required)")
+	fl.StringSliceVar(&opts.Tags, "tags", nil, "host tags, comma-separated")
+	fl.StringVar(&opts.Host.SSH.User, "ssh-user", "", "SSH user kvmctl may log in as to restart the agent")
+	fl.IntVar(&opts.Host.SSH.Port, "ssh-port", 0, "SSH port (default 22)")
+	fl.StringVar(&opts.Host.SSH.KeyFile, "ssh-key", "", "SSH private key file")
+	fl.StringVar(&opts.Host.SSH.KnownHostsFile, "ssh-known-hosts", "", "known_hosts file that holds the host's SSH key")
+	_ = add.MarkFlagRequired("cluster")
+	_ = add.MarkFlagRequired("address")
+
+	list := &cobra.Command{
+		Use:   "list [--cluster C]",
+		Short: "List hosts",
+		Args:  cmdutil.NoArgs,
+		RunE:  func(cmd *cobra.Command, args []string) error { return runHostList(opts) },
+	}
+	list.Flags().StringVar(&opts.Cluster, "cluster", "", "only hosts of this cluster")
+	show := &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show one host",
+		Args:  cmdutil.ExactArgs(1, "one host NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts.Name = args[0]
+			return runHostShow(opts)
+		},
+	}
+	rm := &cobra.Command{
+		Use:   "rm NAME",
+		Short: "Remove a host from the inventory",
+		Args:  cmdutil.ExactArgs(1, "one host NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts.Name = args[0]
+			return runHostRm(opts)
+		},
+	}
+	return group("host", "Add, list, show and remove hosts", add, list, show, rm)
+}
+
+func runHostAdd(opts *HostOptions) error {
+	var h state.Host
+	err := update(opts.F, func(tx state.Tx) (err error) {
+		h, err = inventory.AddHost(tx, opts.Host)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return done(opts.F, h, "added host %s to cluster %s at %s", h.Name, h.Cluster, h.Address)
+}
+
+func runHostList(opts *HostOptions) error {
+	var hosts []state.Host
+	if err := view(opts.F, func(tx state.Tx) error {
+		all, err := state.Hosts(tx)
+		for _, h := range all {
+			if opts.Cluster == "" || h.Cluster == opts.Cluster {
+				hosts = append(hosts, h)
+			}
+		}
+		return err
+	}); err != nil {
+		return err
+	}
+	if opts.F.JSON {
+		return opts.F.PrintJSON(nonNil(hosts))
+	}
+	t := opts.F.IO.NewTable("NAME", "ZONE", "POD", "CLUSTER", "ADDRESS", "TAGS", "STATE")
+	for _, h := range hosts {
+		t.AddRow(h.Name, h.Zone, h.Pod, h.Cluster, h.Address, strings.Join(h.Tags, ","), h.ResourceState)
+	}
+	return t.Render()
+}
+
+func runHostShow(opts *HostOptions) error {
+	var h state.Host
+	if err := view(opts.F, func(tx state.Tx) (err error) {
+		h, err = state.GetHost(tx, opts.Name)
+		if state.IsNotFound(err) {
+			return inventory.NotFound("host", opts.Name, "hosts")
+		}
+		return err
+	}); err != nil {
+		return err
+	}
+	if opts.F.JSON {
+		return opts.F.PrintJSON(h)
+	}
+	w := opts.F.IO.Out
+	row := func(k, v string) {
+		if v == "" {
+			v = "-"
+		}
+		fmt.Fprintf(w, "%-16s %s\n", k+":", v)
+	}
+	row("name", h.Name)
+	row("zone", h.Zone)
+	row("pod", h.Pod)
+	row("cluster", h.Cluster)
+	row("address", h.Address)
+	row("tags", strings.Join(h.Tags, ","))
+	row("resource state", h.ResourceState)
+	if !h.SSH.IsZero() {
+		row("ssh", sshString(h.SSH))
+		row("ssh key", h.SSH.KeyFile)
+		row("ssh known_hosts", h.SSH.KnownHostsFile)
+	}
+	return nil
+}
+
+func sshString(s state.SSH) string {
+	port := s.Port
+	if port == 0 {
+		port = 22
+	}
+	user := s.User
+	if user == "" {
+		user = "root"
+	}
+	return fmt.Sprintf("user %s, port %d", user, port)
+}
+
+func runHostRm(opts *HostOptions) error {
+	if err := update(opts.F, func(tx state.Tx) error { return inventory.RemoveHost(tx, opts.Name) }); err != nil {
+		return err
+	}
+	return done(opts.F, map[string]string{"removed": opts.Name, "kind": "host"}, "removed host %s", opts.Name)
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }

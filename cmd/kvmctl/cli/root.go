@@ -1,0 +1,76 @@
+// Package cli holds kvmctl's cobra commands, one file per command. A command's RunE only fills
+// its XxxOptions; runXxx does the work by calling one package, so each is testable alone.
+package cli
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kvmctl/kvmctl/pkg/buildinfo"
+	"github.com/kvmctl/kvmctl/pkg/cmdutil"
+	"github.com/kvmctl/kvmctl/pkg/iostreams"
+)
+
+// Run executes kvmctl with args and returns the exit code; errors are printed on ErrOut.
+func Run(args []string, ios *iostreams.IOStreams) int {
+	f := cmdutil.New(ios)
+	root := NewRootCmd(f)
+	root.SetArgs(args)
+	err := root.Execute()
+	if err != nil && !errors.Is(err, cmdutil.ErrSilent) {
+		fmt.Fprintf(ios.ErrOut, "kvmctl: %v\n", err)
+	}
+	return cmdutil.ExitCode(err)
+}
+
+// NewRootCmd builds the whole command tree on f.
+func NewRootCmd(f *cmdutil.Factory) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "kvmctl",
+		Short: "Patch, reboot and fence the hosts of a KVM fleet",
+		Long: `kvmctl drives a kvmagent on every KVM host over mutual TLS: host maintenance mode,
+rolling maintenance of zones, pods, clusters and hosts through hook scripts, and host HA.
+Its state (inventory, settings, runs) lives in one local file; see --state.
+
+Exit codes: 0 success, 1 the operation failed, 2 bad usage or input refused (nothing changed).`,
+		Version:       buildinfo.String(),
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetIn(f.IO.In)
+	root.SetOut(f.IO.Out)
+	root.SetErr(f.IO.ErrOut)
+	root.SetFlagErrorFunc(cmdutil.FlagErrorFunc)
+	pf := root.PersistentFlags()
+	pf.StringVar(&f.StateFlag, "state", "", "state file (default $KVMCTL_STATE, else ~/.local/state/kvmctl/state.db)")
+	pf.BoolVar(&f.JSON, "json", false, "print the result as JSON")
+
+	root.AddCommand(
+		newVersionCmd(f),
+		newInitCmd(f),
+		newZoneCmd(f),
+		newPodCmd(f),
+		newClusterCmd(f),
+		newHostCmd(f),
+		newInventoryCmd(f),
+		newConfigCmd(f),
+		newPKICmd(f),
+	)
+	return root
+}
+
+// group returns a parent command that only holds subcommands; run bare, it refuses with usage.
+func group(use, short string, children ...*cobra.Command) *cobra.Command {
+	c := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return refusedUsage(cmd)
+		},
+	}
+	c.AddCommand(children...)
+	return c
+}
