@@ -1,0 +1,205 @@
+package virt
+
+import (
+	"bytes"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// The test driver reads a domain's run state from its own namespace in the
+// node file: <test:runstate> holds a virDomainState number and defaults to
+// running; <test:transient/> marks a domain with no persistent definition.
+const (
+	testNamespace    = "http://libvirt.org/schemas/domain/test/1.0"
+	testStateShutoff = 5 // VIR_DOMAIN_SHUTOFF
+)
+
+// LabNamespace is the XML namespace of the lab's own annotations in a node
+// file (the host name), which the test driver ignores.
+const LabNamespace = "https://kvmctl.dev/xmlns/lab/1"
+
+// NodeSpec describes one simulated lab host.
+type NodeSpec struct {
+	HostName  string
+	CPUs      int
+	MemoryMiB uint64
+	VMs       []VMSpec
+}
+
+// NodeXML renders a libvirt test-driver node file: opened with
+// test:///abs/path, NodeInfo reports exactly CPUs and MemoryMiB, and each VM
+// is a domain of type "test", running when its Running is set.
+func NodeXML(spec NodeSpec) ([]byte, error) {
+	if spec.CPUs <= 0 || spec.MemoryMiB == 0 {
+		return nil, fmt.Errorf("node xml %q: cpus and memory must be positive", spec.HostName)
+	}
+	var b bytes.Buffer
+	b.WriteString("<?xml version=\"1.0\"?>\n<node>\n")
+	b.WriteString("  <!-- libvirt test-driver node of the kvmctl lab; the agent rewrites it on every change -->\n")
+	if spec.HostName != "" {
+		fmt.Fprintf(&b, "  <lab:host xmlns:lab=\"%s\" name=\"%s\"/>\n", LabNamespace, esc(spec.HostName))
+	}
+	// The test driver computes CPUs as nodes*sockets*cores*threads.
+	fmt.Fprintf(&b, "  <cpu>\n    <nodes>1</nodes>\n    <sockets>1</sockets>\n    <cores>%d</cores>\n    <threads>1</threads>\n    <mhz>2000</mhz>\n    <model>kvmctl-lab</model>\n  </cpu>\n", spec.CPUs)
+	fmt.Fprintf(&b, "  <memory>%d</memory>\n", spec.MemoryMiB*1024) // KiB
+	seen := map[string]bool{}
+	for _, vm := range spec.VMs {
+		if seen[vm.Name] {
+			return nil, fmt.Errorf("node xml %q: vm %q listed twice", spec.HostName, vm.Name)
+		}
+		seen[vm.Name] = true
+		state := testStateShutoff
+		if vm.Running {
+			state = 1 // VIR_DOMAIN_RUNNING
+		}
+		dom, err := renderDomain(vm, "")
+		if err != nil {
+			return nil, fmt.Errorf("node xml %q: %w", spec.HostName, err)
+		}
+		dom, err = withTestState(dom, state, false)
+		if err != nil {
+			return nil, fmt.Errorf("node xml %q: %w", spec.HostName, err)
+		}
+		b.WriteString(indent(dom))
+	}
+	b.WriteString("</node>\n")
+	return b.Bytes(), nil
+}
+
+// withTestState adds the test driver's run-state elements to a domain XML so
+// that loading the node file restores the domain in that state.
+func withTestState(dom string, state int, transient bool) (string, error) {
+	open := strings.Index(dom, "<domain")
+	end := strings.LastIndex(dom, "</domain>")
+	if open < 0 || end < open {
+		return "", fmt.Errorf("domain xml has no <domain> element")
+	}
+	if strings.Contains(dom, "<test:") {
+		// libvirt does not format the test namespace today; if a future
+		// version does, our elements would be duplicates.
+		return "", fmt.Errorf("domain xml already carries test-driver elements")
+	}
+	extra := fmt.Sprintf("  <test:runstate>%d</test:runstate>\n", state)
+	if transient {
+		extra += "  <test:transient/>\n"
+	}
+	at := open + len("<domain")
+	return dom[:at] + ` xmlns:test="` + testNamespace + `"` + dom[at:end] + extra + dom[end:], nil
+}
+
+func indent(s string) string {
+	lines := strings.SplitAfter(strings.TrimRight(s, "\n"), "\n")
+	return "  " + strings.Join(lines, "  ") + "\n"
+}
+
+// nodeDescription returns the children of a node file's <node> other than
+// <domain> (cpu, memory, networks, pools, lab annotations, comments) as raw
+// XML, so that a rewrite keeps them as they were.
+func nodeDescription(data []byte) ([][]byte, error) {
+	d := xml.NewDecoder(bytes.NewReader(data))
+	var (
+		parts    [][]byte
+		depth    int
+		start    int64
+		isDomain bool
+		sawNode  bool
+	)
+	for {
+		off := d.InputOffset()
+		tok, err := d.RawToken()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("parse node file: %w", err)
+		}
+		switch t := tok.(type) {
+		case xml.StartElement:
+			depth++
+			switch depth {
+			case 1:
+				if t.Name.Space != "" || t.Name.Local != "node" {
+					return nil, fmt.Errorf("parse node file: root element is <%s>, want <node>", t.Name.Local)
+				}
+				sawNode = true
+			case 2:
+				start = off
+				isDomain = t.Name.Space == "" && t.Name.Local == "domain"
+			}
+		case xml.EndElement:
+			if depth == 2 && !isDomain {
+				parts = append(parts, data[start:d.InputOffset()])
+			}
+			depth--
+		case xml.Comment:
+			if depth == 1 {
+				parts = append(parts, data[off:d.InputOffset()])
+			}
+		}
+	}
+	if !sawNode || depth != 0 {
+		return nil, fmt.Errorf("parse node file: no complete <node> element")
+	}
+	return parts, nil
+}
+
+// renderNodeFile joins a node description and domain XMLs (already carrying
+// their test state) into a node file.
+func renderNodeFile(desc [][]byte, domains []string) []byte {
+	var b bytes.Buffer
+	b.WriteString("<?xml version=\"1.0\"?>\n<node>\n")
+	for _, p := range desc {
+		b.WriteString("  ")
+		b.Write(p)
+		b.WriteString("\n")
+	}
+	for _, d := range domains {
+		b.WriteString(indent(d))
+	}
+	b.WriteString("</node>\n")
+	return b.Bytes()
+}
+
+// writeFileAtomic replaces path with data so that a crash leaves either the
+// old or the new content, never a mix: temp file, fsync, rename, fsync dir.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = os.Remove(f.Name())
+		}
+	}()
+	if _, err = f.Write(data); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err = f.Chmod(perm); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err = f.Sync(); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err = f.Close(); err != nil {
+		return err
+	}
+	if err = os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
