@@ -247,6 +247,9 @@ func RemoveHost(tx state.Tx, name string) error {
 	case state.PrepareForMaintenance, state.Maintenance:
 		return errs.Refusedf("host %s is in %s: cancel maintenance first (kvmctl maintenance cancel %s)", name, h.ResourceState, name)
 	}
+	if err := tx.Delete(state.BucketHostStatus, name); err != nil {
+		return err
+	}
 	return tx.Delete(state.BucketHosts, name)
 }
 

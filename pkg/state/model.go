@@ -1,6 +1,9 @@
 package state
 
-import "errors"
+import (
+	"errors"
+	"time"
+)
 
 // Resource states of clusters and hosts, CloudStack's names.
 const (
@@ -115,3 +118,70 @@ func PutHost(tx Tx, h Host) error { return PutJSON(tx, BucketHosts, h.Name, h) }
 
 // IsNotFound reports whether err says a key was absent.
 func IsNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
+
+// BucketHostStatus holds what kvmctl last learned from each host's agent, keyed by host name.
+const BucketHostStatus = "host_status"
+
+// Connection states of a host, as kvmctl sees its agent.
+const (
+	ConnUp           = "Up"
+	ConnDisconnected = "Disconnected"
+	ConnDown         = "Down"
+)
+
+// Resources are CPUs and memory, of a host's capacity or of what its VMs use.
+type Resources struct {
+	CPUs      int    `json:"cpus"`
+	MemoryMiB uint64 `json:"memory_mib"`
+}
+
+// VMRecord is a VM as an agent last reported it.
+type VMRecord struct {
+	Name      string   `json:"name"`
+	UUID      string   `json:"uuid"`
+	State     string   `json:"state"`
+	VCPUs     int      `json:"vcpus"`
+	MemoryMiB uint64   `json:"memory_mib"`
+	Disks     []string `json:"disks,omitempty"`
+	Tags      []string `json:"tags,omitempty"`
+	Groups    []Group  `json:"groups,omitempty"`
+}
+
+// Group is a VM's affinity or anti-affinity group.
+type Group struct {
+	Name string `json:"name"`
+	Type string `json:"type"`
+}
+
+// HostStatus is the last answer (or silence) of a host's agent.
+type HostStatus struct {
+	Connection   string     `json:"connection,omitempty"`
+	CheckedAt    time.Time  `json:"checked_at,omitzero"`
+	LastSeen     time.Time  `json:"last_seen,omitzero"`
+	LastError    string     `json:"last_error,omitempty"`
+	AgentState   string     `json:"agent_state,omitempty"`
+	AgentVersion string     `json:"agent_version,omitempty"`
+	BootID       string     `json:"boot_id,omitempty"`
+	StartedAt    time.Time  `json:"agent_started_at,omitzero"`
+	Capacity     Resources  `json:"capacity"`
+	Allocation   Resources  `json:"allocation"`
+	VMs          []VMRecord `json:"vms"`
+}
+
+// GetHostStatus returns the stored status of host name; a host never checked has a zero one.
+func GetHostStatus(tx Tx, name string) (HostStatus, error) {
+	var s HostStatus
+	err := GetJSON(tx, BucketHostStatus, name, &s)
+	if IsNotFound(err) {
+		err = nil
+	}
+	if s.VMs == nil {
+		s.VMs = []VMRecord{}
+	}
+	return s, err
+}
+
+// PutHostStatus stores the status of host name.
+func PutHostStatus(tx Tx, name string, s HostStatus) error {
+	return PutJSON(tx, BucketHostStatus, name, s)
+}

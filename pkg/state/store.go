@@ -16,6 +16,8 @@
 //	  <name>       -> Host (JSON)
 //	settings/
 //	  <key>        -> value as the operator typed it, validated by pkg/settings
+//	host_status/
+//	  <host name>  -> HostStatus (JSON): the agent's last answer, from `host status`
 //
 // A Store is a path, not an open database: every View and Update opens the file, runs one
 // transaction and closes it again, so no command holds the file while it waits on the network
@@ -49,7 +51,7 @@ const (
 )
 
 // Buckets lists every top-level bucket of the current schema, created by Create and on upgrade.
-var Buckets = []string{BucketMeta, BucketZones, BucketPods, BucketClusters, BucketHosts, BucketSettings}
+var Buckets = []string{BucketMeta, BucketZones, BucketPods, BucketClusters, BucketHosts, BucketSettings, BucketHostStatus}
 
 const keyVersion = "version"
 

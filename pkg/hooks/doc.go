@@ -1,0 +1,19 @@
+// Package hooks finds and runs the rolling-maintenance stage scripts of a KVM host.
+//
+// A stage (PreFlight, PreMaintenance, Maintenance, PostMaintenance) has at most one script,
+// NAME, NAME.sh or NAME.py, in the hooks directory. Scripts run without a shell, in their own
+// process group, with a timeout, and only when they pass the ownership and permission checks of
+// Resolve. Two executors run them behind the Executor interface: the ServiceExecutor (default)
+// runs each stage detached from the agent through the agent's hidden "stage-exec" subcommand
+// (StageExecMain), so a stage survives an agent restart; the AgentExecutor runs it as a child of
+// the agent and counts a stage lost with the agent as completed.
+//
+// State lives in <stateDir>/stages:
+//
+//	stages/
+//	  <id>.json   record of one stage execution (running or completed), written atomically
+//	  <id>.spec   what stage-exec must run (service executor only, removed when done)
+//	  <id>.log    stage-exec's own stderr (service executor, setsid launch only)
+//
+// The id is derived from (run_id, stage), which makes Start idempotent across agent restarts.
+package hooks

@@ -1,0 +1,195 @@
+package hooks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"time"
+)
+
+// Executor starts stage scripts and reports on them. Implementations are safe for concurrent use.
+type Executor interface {
+	// Start runs the script of req.Stage unless (req.RunID, req.Stage) was started before, and
+	// returns the execution id either way. It returns ErrNoScript when the stage has no script
+	// and a *RefusedError when the script must not run.
+	Start(ctx context.Context, req Request) (string, error)
+	// Get returns what is known about an execution; ErrUnknownID if there is none.
+	Get(id string) (Status, error)
+	// Wait returns once the execution has completed, or with ctx's error.
+	Wait(ctx context.Context, id string) (Status, error)
+}
+
+// Request asks for one stage of one rolling-maintenance run.
+type Request struct {
+	// RunID names the run: 1 to 64 characters of [A-Za-z0-9._-].
+	RunID string
+	Stage Stage
+	// Payload is appended to the script's argv, split into words by shell quoting rules.
+	Payload string
+	// Timeout bounds the script's run time; it must be positive.
+	Timeout time.Duration
+}
+
+// StageExecCommand is the name of the hidden agent subcommand that must call StageExecMain.
+const StageExecCommand = "stage-exec"
+
+// Defaults of Config.
+const (
+	DefaultGrace         = 10 * time.Second
+	DefaultLaunchTimeout = time.Minute
+)
+
+// Config configures an executor. Only HooksDir and StateDir are required.
+type Config struct {
+	// HooksDir is rolling.maintenance.hooks.dir.
+	HooksDir string
+	// StateDir holds the stages/ directory of execution records.
+	StateDir string
+	// AgentExecutor is rolling.maintenance.service.executor.disabled: run scripts inside the
+	// agent rather than detached (used by New only).
+	AgentExecutor bool
+	// Host is KVM_HOST in the script's environment; default os.Hostname().
+	Host string
+	// Env is the environment scripts inherit, before KVM_*; default os.Environ() at Start.
+	Env []string
+	// Grace is how long a script has between SIGTERM and SIGKILL; default DefaultGrace.
+	Grace time.Duration
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+	// BootID returns the host's boot id; default ReadBootID. The lab overrides it.
+	BootID func() (string, error)
+	// Binary is the agent executable that has the stage-exec subcommand; default os.Executable().
+	Binary string
+	// NoSystemd makes the service executor start stage-exec in a new session even where
+	// systemd-run is available.
+	NoSystemd bool
+	// LaunchTimeout is how long a stage-exec that this agent did not start itself may take to
+	// write its first record before the stage counts as failed; default DefaultLaunchTimeout.
+	LaunchTimeout time.Duration
+}
+
+// New returns the executor cfg asks for: the AgentExecutor when cfg.AgentExecutor is set, the
+// ServiceExecutor otherwise. Either has already recovered the state left in cfg.StateDir.
+func New(cfg Config) (Executor, error) {
+	if cfg.AgentExecutor {
+		return NewAgentExecutor(cfg)
+	}
+	return NewServiceExecutor(cfg)
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.HooksDir == "" {
+		return c, errors.New("hooks dir not set: set rolling.maintenance.hooks.dir")
+	}
+	if c.Host == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return c, fmt.Errorf("host name: %w", err)
+		}
+		c.Host = h
+	}
+	if c.Grace <= 0 {
+		c.Grace = DefaultGrace
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.BootID == nil {
+		c.BootID = ReadBootID
+	}
+	if c.LaunchTimeout <= 0 {
+		c.LaunchTimeout = DefaultLaunchTimeout
+	}
+	return c, nil
+}
+
+var runIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// plan is a validated request, ready to run.
+type plan struct {
+	id   string
+	req  Request
+	args []string
+}
+
+func validate(req Request) (plan, error) {
+	if !runIDPattern.MatchString(req.RunID) {
+		return plan{}, fmt.Errorf("invalid run id %q: use 1 to 64 characters of A-Z a-z 0-9 . _ -", req.RunID)
+	}
+	if _, err := ParseStage(string(req.Stage)); err != nil {
+		return plan{}, err
+	}
+	if req.Timeout <= 0 {
+		return plan{}, fmt.Errorf("invalid timeout %s: must be positive", req.Timeout)
+	}
+	args, err := SplitPayload(req.Payload)
+	if err != nil {
+		return plan{}, err
+	}
+	return plan{id: ExecID(req.RunID, req.Stage), req: req, args: args}, nil
+}
+
+// spec resolves the script of p and builds what runScript needs.
+func (c Config) spec(p plan) (runSpec, error) {
+	script, err := Resolve(c.HooksDir, p.req.Stage)
+	if err != nil {
+		return runSpec{}, err
+	}
+	dir, err := realDir(c.HooksDir)
+	if err != nil {
+		return runSpec{}, err
+	}
+	env := c.Env
+	if env == nil {
+		env = os.Environ()
+	}
+	env = append(env[:len(env):len(env)],
+		"KVM_STAGE="+string(p.req.Stage), "KVM_HOST="+c.Host, "KVM_RUN_ID="+p.req.RunID)
+	return runSpec{Script: script, Args: p.args, Dir: dir, Env: env, Timeout: p.req.Timeout, Grace: c.Grace}, nil
+}
+
+// currentBoot returns the boot id, or "" when it cannot be read (the reboot rule is then off).
+func (c Config) currentBoot() string {
+	id, err := c.BootID()
+	if err != nil {
+		return ""
+	}
+	return id
+}
+
+// rebooted tells whether rec started in an earlier boot of the host.
+func (c Config) rebooted(rec record) bool {
+	now := c.currentBoot()
+	return rec.BootID != "" && now != "" && now != rec.BootID
+}
+
+// complete marks rec completed with an inferred outcome and persists it.
+func complete(s store, rec record, outcome Outcome, code int, note string, now time.Time) (Status, error) {
+	rec.State, rec.Outcome, rec.ExitCode, rec.Note, rec.EndedAt = Completed, outcome, code, note, now
+	if err := s.write(rec); err != nil {
+		return rec.Status, err
+	}
+	return rec.Status, nil
+}
+
+// recoverAll applies get to every recorded execution, so that a restarted agent settles what
+// its predecessor left half done.
+func recoverAll(s store, get func(string) (Status, error)) ([]Status, error) {
+	ids, err := s.ids()
+	if err != nil {
+		return nil, err
+	}
+	var out []Status
+	var errs []error
+	for _, id := range ids {
+		st, err := get(id)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("recover %s: %w", id, err))
+			continue
+		}
+		out = append(out, st)
+	}
+	return out, errors.Join(errs...)
+}

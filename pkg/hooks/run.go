@@ -1,0 +1,220 @@
+package hooks
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mattn/go-shellwords"
+)
+
+// SplitPayload splits a payload into words by shell quoting rules, without expanding variables
+// or running command substitutions. An unbalanced quote, or an unquoted shell operator
+// (; & | < >) that would silently cut the payload short, is an error.
+func SplitPayload(payload string) ([]string, error) {
+	p := shellwords.NewParser()
+	p.ParseEnv = false
+	p.ParseBacktick = false
+	words, err := p.Parse(payload)
+	if err != nil {
+		return nil, fmt.Errorf("split payload: %w (check its quotes)", err)
+	}
+	if p.Position >= 0 {
+		return nil, fmt.Errorf("split payload: unquoted %q at offset %d: quote it, scripts run without a shell",
+			payload[p.Position], p.Position)
+	}
+	return words, nil
+}
+
+// runSpec is one script execution, already resolved and split.
+type runSpec struct {
+	Script  string        `json:"script"`
+	Args    []string      `json:"args"`
+	Dir     string        `json:"dir"`
+	Env     []string      `json:"env"`
+	Timeout time.Duration `json:"timeout"`
+	Grace   time.Duration `json:"grace"`
+}
+
+// runResult is how one script execution ended.
+type runResult struct {
+	Outcome   Outcome
+	ExitCode  int
+	Output    string
+	Note      string
+	StartedAt time.Time
+	EndedAt   time.Time
+}
+
+// drainWait bounds how long output is read after the script exits: background children that
+// keep the pipe open must not hold the result back.
+const drainWait = 50 * time.Millisecond
+
+// groupPoll is how often the process group is checked for stragglers after SIGTERM.
+const groupPoll = 5 * time.Millisecond
+
+// runScript runs the script in its own process group and waits for it. On timeout, or when ctx
+// ends, the group gets SIGTERM, then SIGKILL once the grace period is over.
+func runScript(ctx context.Context, s runSpec, now func() time.Time) runResult {
+	res := runResult{StartedAt: now()}
+	fail := func(err error) runResult {
+		res.Outcome, res.ExitCode, res.Note, res.EndedAt = Failed, -1, err.Error(), now()
+		return res
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return fail(fmt.Errorf("output pipe: %w", err))
+	}
+	defer r.Close()
+	cmd := &exec.Cmd{
+		Path:        s.Script,
+		Args:        append([]string{s.Script}, s.Args...),
+		Dir:         s.Dir,
+		Env:         s.Env,
+		Stdout:      w, // one pipe for both keeps them interleaved
+		Stderr:      w,
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+	}
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		return fail(fmt.Errorf("start %s: %w", s.Script, err))
+	}
+	tail := newTailBuffer(MaxOutput)
+	copied := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(tail, r)
+		close(copied)
+	}()
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+
+	timer := time.NewTimer(s.Timeout)
+	defer timer.Stop()
+	pgid := cmd.Process.Pid
+	select {
+	case <-waited:
+	case <-timer.C:
+		res.Outcome, res.Note = TimedOut, fmt.Sprintf("timed out after %s", s.Timeout)
+		stopGroup(pgid, s.Grace, waited)
+	case <-ctx.Done():
+		// A stopped stage did not finish, whatever the script exits with.
+		res.Outcome, res.Note = Terminated, "stopped: "+context.Cause(ctx).Error()
+		stopGroup(pgid, s.Grace, waited)
+	}
+	select {
+	case <-copied:
+	case <-time.After(drainWait):
+		_ = r.SetReadDeadline(time.Now())
+		<-copied
+	}
+	res.EndedAt = now()
+	res.Output = tail.String()
+
+	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	switch {
+	case ws.Signaled():
+		res.ExitCode = 128 + int(ws.Signal())
+		if res.Outcome == "" {
+			res.Outcome = Terminated
+			res.Note = joinNote(res.Note, "killed by signal "+ws.Signal().String())
+		}
+	default:
+		res.ExitCode = ws.ExitStatus()
+	}
+	if res.Outcome == "" {
+		res.Outcome = outcomeOf(res.ExitCode)
+	}
+	return res
+}
+
+func joinNote(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
+}
+
+// outcomeOf maps an exit code to its outcome.
+func outcomeOf(code int) Outcome {
+	switch code {
+	case 0:
+		return Succeeded
+	case ExitNoMaintenance:
+		return Skipped
+	case ExitTerminated:
+		return Terminated
+	default:
+		return Failed
+	}
+}
+
+// stopGroup sends SIGTERM to the process group, waits until the group is empty or the grace
+// period is over, then sends SIGKILL. It returns once the leader has been reaped.
+func stopGroup(pgid int, grace time.Duration, waited <-chan error) {
+	_ = syscall.Kill(-pgid, syscall.SIGTERM)
+	deadline := time.NewTimer(grace)
+	defer deadline.Stop()
+	tick := time.NewTicker(groupPoll)
+	defer tick.Stop()
+	reaped := false
+	for {
+		select {
+		case <-waited:
+			reaped = true
+			if groupGone(pgid) {
+				return
+			}
+		case <-tick.C:
+			if reaped && groupGone(pgid) {
+				return
+			}
+		case <-deadline.C:
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			if !reaped {
+				<-waited
+			}
+			return
+		}
+	}
+}
+
+// groupGone tells whether no live process is left in the group. Zombies do not count: where
+// init does not reap orphans (some containers) they would otherwise hold out the whole grace.
+func groupGone(pgid int) bool {
+	if errors.Is(syscall.Kill(-pgid, 0), syscall.ESRCH) {
+		return true
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		// After the command name: state, ppid, pgrp.
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) >= 3 && f[2] == strconv.Itoa(pgid) && f[0] != "Z" && f[0] != "X" && pid > 0 {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,79 @@
+package hooks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// StageExecMain is the body of the agent's hidden "stage-exec <spec file>" subcommand, which the
+// ServiceExecutor starts detached from the agent: it runs the stage script described by the spec
+// file, recording "running" (with its pid and the boot id) before and the result after, and
+// returns the process exit code. SIGTERM or SIGINT stop the script (SIGTERM, grace, SIGKILL).
+//
+// The kvmagent CLI wires it as:
+//
+//	case hooks.StageExecCommand: os.Exit(hooks.StageExecMain(os.Args[2:]))
+func StageExecMain(args []string) int {
+	if err := stageExec(args); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", StageExecCommand, err)
+		return 1
+	}
+	return 0
+}
+
+func stageExec(args []string) error {
+	if len(args) != 1 || !strings.HasSuffix(args[0], ".spec") {
+		return errors.New("usage: stage-exec <stages dir>/<id>.spec")
+	}
+	specPath := args[0]
+	b, err := os.ReadFile(specPath)
+	if err != nil {
+		return fmt.Errorf("read spec: %w", err)
+	}
+	var es execSpec
+	if err := json.Unmarshal(b, &es); err != nil {
+		return fmt.Errorf("decode spec: %w", err)
+	}
+	if !validID(es.ID) || filepath.Base(specPath) != es.ID+".spec" {
+		return fmt.Errorf("spec %s: id %q does not match its name", specPath, es.ID)
+	}
+	s := store{dir: filepath.Dir(specPath)}
+	rec, err := s.read(es.ID)
+	if err != nil {
+		return err
+	}
+	if rec.State == Completed || rec.PID != 0 {
+		// Started twice (e.g. a unit restarted): never run the script a second time.
+		return fmt.Errorf("stage %s already %s by pid %d", es.ID, rec.State, rec.PID)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	rec.PID = os.Getpid()
+	rec.PIDStart, _ = procStart(rec.PID)
+	rec.BootID = es.BootID
+	rec.StartedAt = time.Now()
+	if err := s.write(rec); err != nil {
+		return err
+	}
+	res := runScript(ctx, es.Run, time.Now)
+	rec.State, rec.Outcome, rec.ExitCode, rec.Output, rec.Note = Completed, res.Outcome, res.ExitCode, res.Output, res.Note
+	rec.StartedAt, rec.EndedAt = res.StartedAt, res.EndedAt
+	if err := s.write(rec); err != nil {
+		return err
+	}
+	_ = os.Remove(specPath)
+	if fi, err := os.Stat(s.logPath(es.ID)); err == nil && fi.Size() == 0 {
+		_ = os.Remove(s.logPath(es.ID))
+	}
+	return nil
+}

@@ -1,0 +1,214 @@
+package hooks
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// ErrUnknownID reports an execution id that no Start produced.
+var ErrUnknownID = errors.New("unknown stage execution")
+
+// ExecID returns the execution id of (runID, stage): the same pair always gives the same id,
+// which is what makes Start idempotent across agent restarts.
+func ExecID(runID string, stage Stage) string {
+	sum := sha256.Sum256([]byte(runID + "/" + string(stage)))
+	return hex.EncodeToString(sum[:8])
+}
+
+func validID(id string) bool {
+	if len(id) != 16 {
+		return false
+	}
+	_, err := hex.DecodeString(id)
+	return err == nil && strings.ToLower(id) == id
+}
+
+// Executor kinds stored in records.
+const (
+	kindService = "service"
+	kindAgent   = "agent"
+)
+
+// record is the file <stateDir>/stages/<id>.json.
+type record struct {
+	Status
+	Executor string `json:"executor"`
+	Script   string `json:"script,omitempty"`
+	// BootID is the host's boot id when the stage started; a different one now means the host
+	// rebooted during the stage.
+	BootID string `json:"boot_id,omitempty"`
+	// PID is the process that owns the stage: stage-exec (service) or the agent (agent executor).
+	// Zero while the service executor is still launching stage-exec.
+	PID int `json:"pid,omitempty"`
+	// PIDStart is PID's start time in clock ticks since boot, to tell it from a reused pid.
+	PIDStart uint64 `json:"pid_start,omitempty"`
+}
+
+// store reads and writes the stage records of one state directory.
+type store struct{ dir string }
+
+func openStore(stateDir string) (store, error) {
+	if stateDir == "" {
+		return store{}, errors.New("state dir not set")
+	}
+	dir := filepath.Join(stateDir, "stages")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return store{}, fmt.Errorf("create stages dir: %w", err)
+	}
+	return store{dir: dir}, nil
+}
+
+func (s store) recordPath(id string) string { return filepath.Join(s.dir, id+".json") }
+func (s store) specPath(id string) string   { return filepath.Join(s.dir, id+".spec") }
+func (s store) logPath(id string) string    { return filepath.Join(s.dir, id+".log") }
+
+func (s store) exists(id string) bool {
+	_, err := os.Lstat(s.recordPath(id))
+	return err == nil
+}
+
+func (s store) read(id string) (record, error) {
+	return readRecord(s.recordPath(id))
+}
+
+func readRecord(path string) (record, error) {
+	var rec record
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return rec, ErrUnknownID
+	}
+	if err != nil {
+		return rec, fmt.Errorf("read stage record: %w", err)
+	}
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return rec, fmt.Errorf("decode stage record %s: %w", path, err)
+	}
+	return rec, nil
+}
+
+// write replaces the record atomically.
+func (s store) write(rec record) error {
+	return writeJSONAtomic(s.recordPath(rec.ID), rec)
+}
+
+// create writes the first record of an execution, failing with os.ErrExist if there is one
+// already: the hard link is both atomic and exclusive, so two starts cannot both win.
+func (s store) create(rec record) error {
+	tmp, err := writeTemp(s.dir, rec)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	if err := os.Link(tmp, s.recordPath(rec.ID)); err != nil {
+		return fmt.Errorf("create stage record: %w", err)
+	}
+	return nil
+}
+
+func (s store) remove(id string) {
+	_ = os.Remove(s.recordPath(id))
+	_ = os.Remove(s.specPath(id))
+}
+
+// ids lists the executions that have a record.
+func (s store) ids() ([]string, error) {
+	ents, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("list stages: %w", err)
+	}
+	var ids []string
+	for _, e := range ents {
+		id, ok := strings.CutSuffix(e.Name(), ".json")
+		if ok && validID(id) {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
+}
+
+func writeTemp(dir string, v any) (string, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "", fmt.Errorf("encode: %w", err)
+	}
+	f, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return "", fmt.Errorf("write state: %w", err)
+	}
+	name := f.Name()
+	// Sync: the record must survive the reboot that a Maintenance script may trigger.
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(name)
+		return "", fmt.Errorf("write state: %w", err)
+	}
+	return name, nil
+}
+
+func writeJSONAtomic(path string, v any) error {
+	tmp, err := writeTemp(filepath.Dir(path), v)
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write state: %w", err)
+	}
+	return nil
+}
+
+// ReadBootID returns the kernel's boot id, which changes on every boot.
+func ReadBootID() (string, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return "", fmt.Errorf("read boot id: %w", err)
+	}
+	return string(bytes.TrimSpace(b)), nil
+}
+
+// procStart returns the start time (clock ticks since boot) of a live process, and false when
+// the process is gone or a zombie.
+func procStart(pid int) (uint64, bool) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, false
+	}
+	// The command name may contain spaces and parentheses; fields resume after the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state); starttime is field 22.
+	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
+		return 0, false
+	}
+	start, err := strconv.ParseUint(f[19], 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	return start, true
+}
+
+// alive tells whether pid is still the process that was recorded with start time start.
+func alive(pid int, start uint64) bool {
+	if pid <= 0 {
+		return false
+	}
+	got, ok := procStart(pid)
+	return ok && (start == 0 || got == start)
+}
