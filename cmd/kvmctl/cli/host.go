@@ -71,7 +71,7 @@ func newHostCmd(f *cmdutil.Factory) *cobra.Command {
 			return runHostRm(opts)
 		},
 	}
-	return group("host", "Add, list, show and remove hosts", add, list, show, rm)
+	return group("host", "Add, list, show, remove and check hosts", add, list, show, rm, newHostStatusCmd(f))
 }
 
 func runHostAdd(opts *HostOptions) error {
@@ -110,12 +110,16 @@ func runHostList(opts *HostOptions) error {
 }
 
 func runHostShow(opts *HostOptions) error {
-	var h state.Host
+	var h hostView
 	if err := view(opts.F, func(tx state.Tx) (err error) {
-		h, err = state.GetHost(tx, opts.Name)
+		h.Host, err = state.GetHost(tx, opts.Name)
 		if state.IsNotFound(err) {
 			return inventory.NotFound("host", opts.Name, "hosts")
 		}
+		if err != nil {
+			return err
+		}
+		h.HostStatus, err = state.GetHostStatus(tx, opts.Name)
 		return err
 	}); err != nil {
 		return err
@@ -137,6 +141,24 @@ func runHostShow(opts *HostOptions) error {
 	row("address", h.Address)
 	row("tags", strings.Join(h.Tags, ","))
 	row("resource state", h.ResourceState)
+	now := opts.F.Now()
+	if h.Connection == "" {
+		row("connection", "never checked (run `kvmctl host status "+h.Name+"`)")
+	} else {
+		row("connection", h.Connection+", checked "+opts.F.IO.Time(h.CheckedAt, now))
+		row("last seen", opts.F.IO.Time(h.LastSeen, now))
+		row("agent state", h.AgentState)
+		row("agent version", h.AgentVersion)
+		row("boot id", h.BootID)
+		row("capacity", fmt.Sprintf("%d CPUs, %s", h.Capacity.CPUs, gib(h.Capacity.MemoryMiB)))
+		row("allocated", fmt.Sprintf("%d CPUs, %s", h.Allocation.CPUs, gib(h.Allocation.MemoryMiB)))
+		if h.LastError != "" {
+			row("last error", firstLine(h.LastError))
+		}
+		for _, vm := range h.VMs {
+			row("vm", fmt.Sprintf("%s (%s, %d vCPU, %s)", vm.Name, vm.State, vm.VCPUs, gib(vm.MemoryMiB)))
+		}
+	}
 	if !h.SSH.IsZero() {
 		row("ssh", sshString(h.SSH))
 		row("ssh key", h.SSH.KeyFile)

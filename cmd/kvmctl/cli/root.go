@@ -57,6 +57,7 @@ Exit codes: 0 success, 1 the operation failed, 2 bad usage or input refused (not
 		newInventoryCmd(f),
 		newConfigCmd(f),
 		newPKICmd(f),
+		newLabCmd(f),
 	)
 	return root
 }

@@ -1,0 +1,216 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kvmctl/kvmctl/pkg/cmdutil"
+	"github.com/kvmctl/kvmctl/pkg/lab"
+)
+
+// LabOptions are the inputs of the `kvmctl lab` subcommands.
+type LabOptions struct {
+	F       *cmdutil.Factory
+	Up      lab.Options
+	Dir     string
+	Purge   bool
+	Host    string
+	Timeout time.Duration
+}
+
+func newLabCmd(f *cmdutil.Factory) *cobra.Command {
+	opts := &LabOptions{F: f, Timeout: 60 * time.Second}
+	dirFlag := func(c *cobra.Command) {
+		c.Flags().StringVar(&opts.Dir, "dir", "./kvmlab", "the lab's directory")
+	}
+	up := &cobra.Command{
+		Use:   "up [--hosts N] [--clusters M] [--vms K] [--dir DIR]",
+		Short: "Build a fleet on this machine and start an agent per host",
+		Long: `Up builds a whole fleet in DIR: its own state file and PKI, zone z1, pod p1, clusters c1..cM
+and hosts h1..hN in contiguous blocks, each host a kvmagent on a 127.0.0.1 port with libvirt's
+test driver holding K running VMs (1 vCPU, 1 GiB) whose disks are files in DIR/shared. Hosts are
+sized so that any one host's VMs fit on the others of its cluster.`,
+		Args: cmdutil.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts.Up.Dir = opts.Dir
+			return runLabUp(opts)
+		},
+	}
+	up.Flags().IntVar(&opts.Up.Hosts, "hosts", 6, "number of hosts")
+	up.Flags().IntVar(&opts.Up.Clusters, "clusters", 2, "number of clusters")
+	up.Flags().IntVar(&opts.Up.VMs, "vms", 3, "running VMs per host")
+	up.Flags().StringVar(&opts.Up.Agent, "agent", "", "kvmagent binary (default: beside kvmctl, else on PATH)")
+	up.Flags().DurationVar(&opts.Timeout, "timeout", opts.Timeout, "how long to wait for every agent to answer")
+	dirFlag(up)
+
+	status := &cobra.Command{
+		Use:   "status [--dir DIR]",
+		Short: "Show the lab's hosts and whether their agents run",
+		Args:  cmdutil.NoArgs,
+		RunE:  func(cmd *cobra.Command, args []string) error { return runLabStatus(opts) },
+	}
+	dirFlag(status)
+	down := &cobra.Command{
+		Use:   "down [--purge] [--dir DIR]",
+		Short: "Stop every agent the lab started; --purge also deletes DIR",
+		Args:  cmdutil.NoArgs,
+		RunE:  func(cmd *cobra.Command, args []string) error { return runLabDown(opts) },
+	}
+	down.Flags().BoolVar(&opts.Purge, "purge", false, "delete the lab's directory after stopping it")
+	dirFlag(down)
+	kill := &cobra.Command{
+		Use:   "kill-agent HOST [--dir DIR]",
+		Short: "SIGKILL a host's agent, as a crash would",
+		Args:  cmdutil.ExactArgs(1, "one HOST"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts.Host = args[0]
+			return runLabKillAgent(opts)
+		},
+	}
+	dirFlag(kill)
+	start := &cobra.Command{
+		Use:   "start-agent HOST [--dir DIR]",
+		Short: "Start a host's agent again and wait until it answers",
+		Args:  cmdutil.ExactArgs(1, "one HOST"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts.Host = args[0]
+			return runLabStartAgent(opts)
+		},
+	}
+	start.Flags().DurationVar(&opts.Timeout, "timeout", opts.Timeout, "how long to wait for the agent to answer")
+	dirFlag(start)
+	return group("lab", "A whole fleet on this machine: local agents, libvirt's test driver", up, status, down, kill, start)
+}
+
+func runLabUp(opts *LabOptions) error {
+	if err := opts.Up.Validate(); err != nil {
+		return err
+	}
+	if opts.Up.Agent == "" {
+		a, err := lab.FindAgent()
+		if err != nil {
+			return err
+		}
+		opts.Up.Agent = a
+	}
+	fmt.Fprintf(opts.F.IO.ErrOut, "building a lab of %d hosts in %d clusters, %d VMs each, in %s\n", opts.Up.Hosts, opts.Up.Clusters, opts.Up.VMs, opts.Up.Dir)
+	ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)
+	defer cancel()
+	m, err := lab.Up(ctx, opts.Up)
+	if err != nil {
+		if m != nil {
+			_ = lab.Down(m, false)
+			return fmt.Errorf("%w\nthe lab's agents were stopped; its files are in %s (`kvmctl lab down --purge --dir %s` removes them)", err, m.Dir, opts.Dir)
+		}
+		return err
+	}
+	if opts.F.JSON {
+		return opts.F.PrintJSON(labJSON(m))
+	}
+	w := opts.F.IO.Out
+	fmt.Fprintf(w, "lab up in %s\n", m.Dir)
+	if err := labTable(opts, m); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "\nPoint kvmctl at it:\n  export KVMCTL_STATE=%s\nthen try `kvmctl host status`. Stop it with `kvmctl lab down --dir %s` (--purge deletes it).\n", m.StatePath(), opts.Dir)
+	return nil
+}
+
+type labHostJSON struct {
+	Name    string `json:"name"`
+	Cluster string `json:"cluster"`
+	Address string `json:"address"`
+	PID     int    `json:"pid"`
+	Running bool   `json:"running"`
+	Dir     string `json:"dir"`
+}
+
+func labJSON(m *lab.Manifest) map[string]any {
+	hosts := make([]labHostJSON, len(m.Hosts))
+	for i := range m.Hosts {
+		h := &m.Hosts[i]
+		alive := lab.Alive(h)
+		pid := 0
+		if alive {
+			pid = h.PID
+		}
+		hosts[i] = labHostJSON{Name: h.Name, Cluster: h.Cluster, Address: h.Address, PID: pid, Running: alive, Dir: h.Dir}
+	}
+	return map[string]any{"dir": m.Dir, "state": m.StatePath(), "hosts": hosts}
+}
+
+func labTable(opts *LabOptions, m *lab.Manifest) error {
+	t := opts.F.IO.NewTable("HOST", "CLUSTER", "ADDRESS", "AGENT", "PID")
+	for i := range m.Hosts {
+		h := &m.Hosts[i]
+		running := "stopped"
+		if lab.Alive(h) {
+			running = "running"
+		}
+		t.AddRow(h.Name, h.Cluster, h.Address, running, lab.PIDString(h))
+	}
+	return t.Render()
+}
+
+func runLabStatus(opts *LabOptions) error {
+	m, err := lab.Load(opts.Dir)
+	if err != nil {
+		return err
+	}
+	if opts.F.JSON {
+		return opts.F.PrintJSON(labJSON(m))
+	}
+	fmt.Fprintf(opts.F.IO.ErrOut, "lab in %s (KVMCTL_STATE=%s)\n", m.Dir, m.StatePath())
+	return labTable(opts, m)
+}
+
+func runLabDown(opts *LabOptions) error {
+	m, err := lab.Load(opts.Dir)
+	if err != nil {
+		return err
+	}
+	if err := lab.Down(m, opts.Purge); err != nil {
+		return err
+	}
+	what := "stopped"
+	if opts.Purge {
+		what = "stopped and removed"
+	}
+	return done(opts.F, map[string]any{"dir": m.Dir, "purged": opts.Purge}, "lab in %s %s", m.Dir, what)
+}
+
+func runLabKillAgent(opts *LabOptions) error {
+	m, err := lab.Load(opts.Dir)
+	if err != nil {
+		return err
+	}
+	h, err := m.Host(opts.Host)
+	if err != nil {
+		return err
+	}
+	pid := h.PID
+	if err := lab.KillAgent(h); err != nil {
+		return err
+	}
+	return done(opts.F, map[string]any{"host": h.Name, "pid": pid, "signal": "SIGKILL"}, "killed the agent of %s (pid %d)", h.Name, pid)
+}
+
+func runLabStartAgent(opts *LabOptions) error {
+	m, err := lab.Load(opts.Dir)
+	if err != nil {
+		return err
+	}
+	h, err := m.Host(opts.Host)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)
+	defer cancel()
+	if err := lab.StartHosts(ctx, m, []*lab.HostManifest{h}); err != nil {
+		return err
+	}
+	return done(opts.F, map[string]any{"host": h.Name, "pid": h.PID, "address": h.Address}, "started the agent of %s (pid %d) on %s", h.Name, h.PID, h.Address)
+}

@@ -1,0 +1,375 @@
+// Package lab builds a whole KVM fleet on one machine: a state file and fleet PKI of its own,
+// one kvmagent process per simulated host on a 127.0.0.1 port, libvirt's test driver standing
+// in for each host's hypervisor, and a shared directory standing in for NFS. Everything kvmctl
+// can do to a real fleet can be tried on it, and the end-to-end tests run against it.
+//
+// The directory:
+//
+//	DIR/lab.json                 the manifest: hosts, clusters, ports, pids
+//	DIR/state.db, DIR/pki/       kvmctl's state and the fleet CA, as `kvmctl init` makes them
+//	DIR/shared/                  VM disk files and heartbeat files (the stand-in for NFS)
+//	DIR/hosts/hN/agent.properties
+//	DIR/hosts/hN/tls/            agent.crt, agent.key, ca.crt
+//	DIR/hosts/hN/hooks/          sample stage scripts that log what they would do
+//	DIR/hosts/hN/node.xml        libvirt test-driver node: the host's CPUs, memory and VMs
+//	DIR/hosts/hN/boot_id         the host's boot id; rewriting it simulates a reboot
+//	DIR/hosts/hN/state/          the agent's own state
+//	DIR/hosts/hN/agent.log       the agent's output
+package lab
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/kvmctl/kvmctl/pkg/errs"
+	"github.com/kvmctl/kvmctl/pkg/inventory"
+	"github.com/kvmctl/kvmctl/pkg/pki"
+	"github.com/kvmctl/kvmctl/pkg/state"
+	"github.com/kvmctl/kvmctl/pkg/virt"
+)
+
+// ManifestFile is the lab's own record inside its directory.
+const ManifestFile = "lab.json"
+
+// Zone and Pod of every lab host.
+const (
+	Zone = "z1"
+	Pod  = "p1"
+)
+
+// Options say what fleet to build.
+type Options struct {
+	Dir      string
+	Hosts    int
+	Clusters int
+	VMs      int    // per host
+	Agent    string // path of the kvmagent binary
+}
+
+// Manifest is what the lab knows about itself, kept in DIR/lab.json.
+type Manifest struct {
+	Dir       string         `json:"dir"`
+	CreatedAt time.Time      `json:"created_at"`
+	Agent     string         `json:"agent"`
+	Hosts     []HostManifest `json:"hosts"`
+}
+
+// HostManifest is one simulated host. The HA work adds a machine and a BMC here.
+type HostManifest struct {
+	Name    string `json:"name"`
+	Cluster string `json:"cluster"`
+	Address string `json:"address"`
+	Dir     string `json:"dir"`
+	CPUs    int    `json:"cpus"`
+	MemMiB  uint64 `json:"memory_mib"`
+	PID     int    `json:"pid,omitempty"`
+}
+
+// Config is the path of the host's agent.properties.
+func (h HostManifest) Config() string { return filepath.Join(h.Dir, "agent.properties") }
+
+// Log is the path of the host's agent log.
+func (h HostManifest) Log() string { return filepath.Join(h.Dir, "agent.log") }
+
+// StatePath is the lab's kvmctl state file.
+func (m *Manifest) StatePath() string { return filepath.Join(m.Dir, "state.db") }
+
+// PKIDir is the lab's fleet PKI.
+func (m *Manifest) PKIDir() string { return filepath.Join(m.Dir, "pki") }
+
+// Host returns the host called name.
+func (m *Manifest) Host(name string) (*HostManifest, error) {
+	for i := range m.Hosts {
+		if m.Hosts[i].Name == name {
+			return &m.Hosts[i], nil
+		}
+	}
+	names := make([]string, len(m.Hosts))
+	for i, h := range m.Hosts {
+		names[i] = h.Name
+	}
+	return nil, errs.Refusedf("no host %q in the lab at %s (hosts: %s)", name, m.Dir, strings.Join(names, ", "))
+}
+
+// Validate checks the options before anything is written.
+func (o *Options) Validate() error {
+	switch {
+	case o.Hosts < 1 || o.Hosts > 500:
+		return errs.Refusedf("--hosts %d: use 1 to 500", o.Hosts)
+	case o.Clusters < 1 || o.Clusters > o.Hosts:
+		return errs.Refusedf("--clusters %d: use 1 to the number of hosts (%d)", o.Clusters, o.Hosts)
+	case o.VMs < 0 || o.VMs > 50:
+		return errs.Refusedf("--vms %d: use 0 to 50 per host", o.VMs)
+	case o.Dir == "":
+		return errs.Refusedf("--dir is empty: name the lab's directory")
+	}
+	return nil
+}
+
+// Load reads the manifest of the lab in dir.
+func Load(dir string) (*Manifest, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := os.ReadFile(filepath.Join(abs, ManifestFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, errs.Refusedf("no lab in %s: run `kvmctl lab up --dir %s` first", abs, dir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var m Manifest
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, fmt.Errorf("read %s: %w", filepath.Join(abs, ManifestFile), err)
+	}
+	return &m, nil
+}
+
+// Save writes the manifest atomically.
+func (m *Manifest) Save() error {
+	raw, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeAtomic(filepath.Join(m.Dir, ManifestFile), append(raw, '\n'), 0o600)
+}
+
+func writeAtomic(path string, data []byte, mode fs.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// sizeHost gives every host room for its own VMs plus one other host's VMs spread over the
+// rest of its cluster, and then some, so that maintenance of any one host (and of two hosts
+// at once in clusters of four or more) fits.
+func sizeHost(vms, clusterSize int) (cpus int, memMiB uint64) {
+	others := clusterSize - 1
+	if others < 1 {
+		others = 1
+	}
+	extra := 2 * ((vms + others - 1) / others) // two hosts' worth, spread
+	cpus = vms + extra + 2
+	return cpus, uint64(cpus) * 1024
+}
+
+// clusterOf places host i (0-based) of n in one of m clusters in contiguous blocks.
+func clusterOf(i, n, m int) int {
+	base, rem := n/m, n%m
+	// The first rem clusters get one host more.
+	for c, start := 0, 0; c < m; c++ {
+		size := base
+		if c < rem {
+			size++
+		}
+		if i < start+size {
+			return c
+		}
+		start += size
+	}
+	return m - 1
+}
+
+// Build writes the whole lab into o.Dir: state, PKI, inventory and every host's files. It does
+// not start agents (see Start). A directory that already holds a lab is refused.
+func Build(o Options) (*Manifest, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	dir, err := filepath.Abs(o.Dir)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := os.Stat(filepath.Join(dir, ManifestFile)); err == nil {
+		return nil, errs.Refusedf("a lab already exists in %s: `kvmctl lab down --purge --dir %s` first, or use another --dir", dir, o.Dir)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "shared"), 0o755); err != nil {
+		return nil, fmt.Errorf("create lab: %w", err)
+	}
+	m := &Manifest{Dir: dir, CreatedAt: time.Now().UTC(), Agent: o.Agent}
+	st := state.New(m.StatePath())
+	if _, err := st.Create(); err != nil {
+		return nil, err
+	}
+	if _, err := pki.InitCA(m.PKIDir(), time.Now()); err != nil {
+		return nil, err
+	}
+	sizes := make([]int, o.Clusters)
+	for i := 0; i < o.Hosts; i++ {
+		sizes[clusterOf(i, o.Hosts, o.Clusters)]++
+	}
+	ports, err := freePorts(o.Hosts)
+	if err != nil {
+		return nil, err
+	}
+	for i := 0; i < o.Hosts; i++ {
+		c := clusterOf(i, o.Hosts, o.Clusters)
+		cpus, mem := sizeHost(o.VMs, sizes[c])
+		h := HostManifest{
+			Name:    fmt.Sprintf("h%d", i+1),
+			Cluster: fmt.Sprintf("c%d", c+1),
+			Address: fmt.Sprintf("127.0.0.1:%d", ports[i]),
+			Dir:     filepath.Join(dir, "hosts", fmt.Sprintf("h%d", i+1)),
+			CPUs:    cpus,
+			MemMiB:  mem,
+		}
+		if err := writeHost(m, h, o.VMs); err != nil {
+			return nil, fmt.Errorf("lab host %s: %w", h.Name, err)
+		}
+		m.Hosts = append(m.Hosts, h)
+	}
+	err = st.Update(func(tx state.Tx) error {
+		if _, err := inventory.AddZone(tx, Zone); err != nil {
+			return err
+		}
+		if _, err := inventory.AddPod(tx, Pod, Zone); err != nil {
+			return err
+		}
+		for c := 1; c <= o.Clusters; c++ {
+			if _, err := inventory.AddCluster(tx, fmt.Sprintf("c%d", c), Pod); err != nil {
+				return err
+			}
+		}
+		for _, h := range m.Hosts {
+			if _, err := inventory.AddHost(tx, state.Host{Name: h.Name, Cluster: h.Cluster, Address: h.Address, Tags: []string{"lab"}}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("lab inventory: %w", err)
+	}
+	return m, m.Save()
+}
+
+func writeHost(m *Manifest, h HostManifest, vms int) error {
+	for _, d := range []string{"tls", "hooks", "state"} {
+		if err := os.MkdirAll(filepath.Join(h.Dir, d), 0o755); err != nil {
+			return err
+		}
+	}
+	// The agent refuses hooks in a directory others can write to; keep it tight.
+	if err := os.Chmod(filepath.Join(h.Dir, "hooks"), 0o755); err != nil {
+		return err
+	}
+	if _, err := pki.IssueAgent(m.PKIDir(), filepath.Join(h.Dir, "tls"), h.Name, []string{"127.0.0.1"}, time.Now()); err != nil {
+		return err
+	}
+	spec := virt.NodeSpec{HostName: h.Name, CPUs: h.CPUs, MemoryMiB: h.MemMiB}
+	for k := 1; k <= vms; k++ {
+		name := fmt.Sprintf("%s-vm%d", h.Name, k)
+		disk := filepath.Join(m.Dir, "shared", name+".img")
+		if err := os.WriteFile(disk, []byte("lab disk of "+name+"\n"), 0o644); err != nil {
+			return err
+		}
+		spec.VMs = append(spec.VMs, virt.VMSpec{Name: name, UUID: virt.NameUUID(name), VCPUs: 1, MemoryMiB: 1024, Disks: []string{disk}, Running: true})
+	}
+	node, err := virt.NodeXML(spec)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(h.Dir, "node.xml"), node, 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(h.Dir, "boot_id"), []byte(newBootID()+"\n"), 0o644); err != nil {
+		return err
+	}
+	for _, s := range hookScripts {
+		if err := os.WriteFile(filepath.Join(h.Dir, "hooks", s.name), []byte(s.body), 0o755); err != nil {
+			return err
+		}
+	}
+	props := fmt.Sprintf(`# kvmagent of lab host %[1]s, written by kvmctl lab up.
+host.name=%[1]s
+listen=%[2]s
+tls.cert=%[3]s/tls/agent.crt
+tls.key=%[3]s/tls/agent.key
+tls.ca=%[3]s/tls/ca.crt
+libvirt.uri=test://%[3]s/node.xml
+state.dir=%[3]s/state
+rolling.maintenance.hooks.dir=%[3]s/hooks
+heartbeat.file=%[4]s/heartbeat-%[1]s
+heartbeat.interval=2
+boot.id.file=%[3]s/boot_id
+`, h.Name, h.Address, h.Dir, filepath.Join(m.Dir, "shared"))
+	return os.WriteFile(h.Config(), []byte(props), 0o644)
+}
+
+// SimulateReboot gives host h a new boot id, as a real reboot would.
+func SimulateReboot(h *HostManifest) error {
+	return writeAtomic(filepath.Join(h.Dir, "boot_id"), []byte(newBootID()+"\n"), 0o644)
+}
+
+func newBootID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	s := hex.EncodeToString(b[:])
+	return s[0:8] + "-" + s[8:12] + "-" + s[12:16] + "-" + s[16:20] + "-" + s[20:32]
+}
+
+// freePorts asks the kernel for n distinct free loopback ports. They are held open together
+// so no two are the same, then released for the agents to bind.
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	ports := make([]int, 0, n)
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("find a free port: %w", err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+type script struct{ name, body string }
+
+// hookScripts are the lab's sample stage scripts: they say what a real one would do, log it
+// beside the hooks directory, and succeed.
+var hookScripts = []script{
+	{"PreFlight.sh", sampleHook("check that the host is healthy enough to be patched")},
+	{"PreMaintenance.sh", sampleHook("download packages before VMs are moved away")},
+	{"Maintenance.sh", sampleHook("install updates and reboot into the new kernel")},
+	{"PostMaintenance.sh", sampleHook("check that services and the agent came back")},
+}
+
+func sampleHook(what string) string {
+	return `#!/bin/sh
+# Lab sample: a real script would ` + what + `.
+# Exit 0: done; exit 70: no maintenance needed on this host; anything else: failed.
+echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $KVM_STAGE on $KVM_HOST (run $KVM_RUN_ID) args: $*" >> ../hooks.log
+echo "would ` + what + `"
+exit 0
+`
+}
