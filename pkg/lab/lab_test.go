@@ -1,0 +1,108 @@
+package lab
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kvmctl/kvmctl/pkg/orchestrate"
+	"github.com/kvmctl/kvmctl/pkg/state"
+	"github.com/kvmctl/kvmctl/pkg/virt"
+)
+
+func TestClusterBlocks(t *testing.T) {
+	cases := []struct {
+		n, m int
+		want string
+	}{
+		{6, 2, "000111"},
+		{3, 2, "001"},
+		{7, 3, "0001122"},
+		{1, 1, "0"},
+	}
+	for _, c := range cases {
+		var got strings.Builder
+		for i := 0; i < c.n; i++ {
+			got.WriteByte(byte('0' + clusterOf(i, c.n, c.m)))
+		}
+		if got.String() != c.want {
+			t.Errorf("clusterOf(%d hosts, %d clusters) = %s, want %s", c.n, c.m, got.String(), c.want)
+		}
+	}
+}
+
+// Any one host's VMs must fit on the others of its cluster; the planner is the judge.
+func TestHostSizingLetsAnyHostBeEmptied(t *testing.T) {
+	for _, c := range []struct{ size, vms int }{{3, 3}, {2, 3}, {3, 2}, {5, 10}, {2, 0}} {
+		var hosts []orchestrate.CapacityHost
+		for i := 0; i < c.size; i++ {
+			cpus, mem := sizeHost(c.vms, c.size)
+			h := orchestrate.CapacityHost{Name: string(rune('a' + i)), Cluster: "c1", ResourceState: state.Enabled,
+				Connection: state.ConnUp, AgentState: "Up", CPUs: cpus, MemoryMiB: mem}
+			for k := 0; k < c.vms; k++ {
+				h.VMs = append(h.VMs, orchestrate.CapacityVM{Name: h.Name + string(rune('0'+k)), State: "running", VCPUs: 1, MemoryMiB: 1024})
+			}
+			hosts = append(hosts, h)
+		}
+		plan, err := orchestrate.PlanCapacity(orchestrate.CapacityInput{Hosts: hosts, Empty: []string{"a"}, CPUFactor: 1, MemFactor: 1})
+		if err != nil || !plan.OK() {
+			t.Errorf("cluster of %d hosts with %d VMs each: host a cannot be emptied: %+v, %v", c.size, c.vms, plan.Unplaced, err)
+		}
+	}
+}
+
+func TestBuildWritesAFleet(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "lab")
+	m, err := Build(Options{Dir: dir, Hosts: 3, Clusters: 2, VMs: 2, Agent: "/bin/false"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Hosts) != 3 || m.Hosts[2].Cluster != "c2" {
+		t.Fatalf("hosts = %+v", m.Hosts)
+	}
+	h := m.Hosts[0]
+	props, err := os.ReadFile(h.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"host.name=h1", "listen=" + h.Address, "libvirt.uri=test://" + h.Dir + "/node.xml", "boot.id.file="} {
+		if !strings.Contains(string(props), want) {
+			t.Errorf("agent.properties lacks %q:\n%s", want, props)
+		}
+	}
+	hv, err := virt.Open("test://" + filepath.Join(h.Dir, "node.xml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hv.Close()
+	vms, err := hv.ListVMs()
+	if err != nil || len(vms) != 2 || vms[0].State != virt.StateRunning || !strings.HasPrefix(vms[0].Disks[0], filepath.Join(m.Dir, "shared")) {
+		t.Errorf("h1's VMs = %+v, %v; want 2 running VMs with disks in shared/", vms, err)
+	}
+	for _, s := range hookScripts {
+		fi, err := os.Stat(filepath.Join(h.Dir, "hooks", s.name))
+		if err != nil || fi.Mode().Perm() != 0o755 {
+			t.Errorf("hook %s: %v %v", s.name, fi, err)
+		}
+	}
+	if _, err := Build(Options{Dir: dir, Hosts: 3, Clusters: 2, VMs: 2}); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Errorf("second Build = %v, want a refusal", err)
+	}
+	st := state.New(m.StatePath())
+	_ = st.View(func(tx state.Tx) error {
+		hs, _ := state.Hosts(tx)
+		if len(hs) != 3 || hs[1].Cluster != "c1" || hs[1].Address != m.Hosts[1].Address {
+			t.Errorf("inventory hosts = %+v", hs)
+		}
+		return nil
+	})
+}
+
+func TestValidate(t *testing.T) {
+	for _, o := range []Options{{Dir: "x", Hosts: 0, Clusters: 1}, {Dir: "x", Hosts: 2, Clusters: 3}, {Dir: "x", Hosts: 2, Clusters: 1, VMs: -1}, {Hosts: 1, Clusters: 1}} {
+		if err := o.Validate(); err == nil {
+			t.Errorf("Validate(%+v) = nil, want a refusal", o)
+		}
+	}
+}
