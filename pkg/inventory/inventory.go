@@ -63,6 +63,9 @@ func ValidHost(h state.Host) error {
 			return err
 		}
 	}
+	if strings.ContainsAny(h.RestartCommand, "\n\r") {
+		return fmt.Errorf("invalid restart command %q: one line, e.g. systemctl restart kvmagent", h.RestartCommand)
+	}
 	return ValidSSH(h.SSH)
 }
 

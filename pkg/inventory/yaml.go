@@ -45,6 +45,8 @@ type HostDoc struct {
 	Address string     `yaml:"address"`
 	Tags    []string   `yaml:"tags,omitempty"`
 	SSH     *state.SSH `yaml:"ssh,omitempty"`
+	// RestartCommand restarts the agent over SSH (default `systemctl restart kvmagent`).
+	RestartCommand string `yaml:"restart_command,omitempty"`
 }
 
 // Parsed is a document that passed its own checks, with the position of each element so that
@@ -117,7 +119,7 @@ func Parse(name string, data []byte) (*Parsed, error) {
 }
 
 func (h HostDoc) host() state.Host {
-	out := state.Host{Name: h.Name, Address: h.Address, Tags: NormalizeTags(h.Tags)}
+	out := state.Host{Name: h.Name, Address: h.Address, Tags: NormalizeTags(h.Tags), RestartCommand: h.RestartCommand}
 	if h.SSH != nil {
 		out.SSH = *h.SSH
 	}
@@ -239,7 +241,7 @@ func Apply(tx state.Tx, p *Parsed) (Summary, error) {
 					case cur.Cluster != cd.Name:
 						refuse(hp, "host %s is in cluster %s, not %s: apply does not move hosts; `kvmctl host rm %s` first", hd.Name, cur.Cluster, cd.Name, hd.Name)
 					default:
-						want.ResourceState = cur.ResourceState
+						want.ResourceState, want.StateReason = cur.ResourceState, cur.StateReason
 						if sameHost(cur, want) {
 							s.Unchanged["hosts"]++
 							continue
@@ -260,7 +262,8 @@ func Apply(tx state.Tx, p *Parsed) (Summary, error) {
 }
 
 func sameHost(a, b state.Host) bool {
-	return a.Address == b.Address && a.SSH == b.SSH && strings.Join(a.Tags, ",") == strings.Join(b.Tags, ",")
+	return a.Address == b.Address && a.SSH == b.SSH && a.RestartCommand == b.RestartCommand &&
+		strings.Join(a.Tags, ",") == strings.Join(b.Tags, ",")
 }
 
 // Export builds the document of everything in tx, every list sorted by name, so that
@@ -299,7 +302,7 @@ func Export(tx state.Tx) (Document, error) {
 					if h.Cluster != c.Name {
 						continue
 					}
-					hd := HostDoc{Name: h.Name, Address: h.Address, Tags: h.Tags}
+					hd := HostDoc{Name: h.Name, Address: h.Address, Tags: h.Tags, RestartCommand: h.RestartCommand}
 					if len(hd.Tags) == 0 {
 						hd.Tags = nil
 					}

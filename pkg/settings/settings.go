@@ -38,6 +38,10 @@ const (
 	PingInterval           = "kvm.rolling.maintenance.ping.interval"
 	WaitMaintenanceTimeout = "kvm.rolling.maintenance.wait.maintenance.timeout"
 	SSHToAgent             = "kvm.ssh.to.agent"
+	MaxParallelMigrations  = "host.maintenance.max.parallel.migrations"
+	CPUOverprovisioning    = "cpu.overprovisioning.factor"
+	MemOverprovisioning    = "mem.overprovisioning.factor"
+	AgentRestartTimeout    = "kvm.ssh.agent.restart.timeout"
 )
 
 // Registry lists every known key in the order `config list` shows them.
@@ -50,6 +54,14 @@ var Registry = []Key{
 		Description: "seconds to wait for a host to reach Maintenance"},
 	{Name: SSHToAgent, Type: Bool, Default: "true",
 		Description: "may kvmctl SSH into a host to restart its disconnected agent when cancelling maintenance"},
+	{Name: AgentRestartTimeout, Type: Int, Default: "120", Min: 1, Max: 3600,
+		Description: "seconds to wait for an agent restarted over SSH to answer again"},
+	{Name: MaxParallelMigrations, Type: Int, Default: "2", Min: 1, Max: 64,
+		Description: "VMs migrated off a host at the same time when it enters maintenance"},
+	{Name: CPUOverprovisioning, Type: Float, Default: "1", Min: 0.1, Max: 64,
+		Description: "vCPUs a host may carry per physical CPU when VMs are placed"},
+	{Name: MemOverprovisioning, Type: Float, Default: "1", Min: 0.1, Max: 16,
+		Description: "memory a host may promise per byte of RAM when VMs are placed"},
 }
 
 // Lookup returns the key called name, or an error naming the closest known key.

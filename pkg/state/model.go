@@ -46,14 +46,18 @@ func (s SSH) IsZero() bool { return s == SSH{} }
 
 // Host is a KVM host running kvmagent at Address (host:port).
 type Host struct {
-	Name          string   `json:"name"`
-	Zone          string   `json:"zone"`
-	Pod           string   `json:"pod"`
-	Cluster       string   `json:"cluster"`
-	Address       string   `json:"address"`
-	Tags          []string `json:"tags"`
-	SSH           SSH      `json:"ssh"`
-	ResourceState string   `json:"resource_state"`
+	Name    string   `json:"name"`
+	Zone    string   `json:"zone"`
+	Pod     string   `json:"pod"`
+	Cluster string   `json:"cluster"`
+	Address string   `json:"address"`
+	Tags    []string `json:"tags"`
+	SSH     SSH      `json:"ssh"`
+	// RestartCommand restarts the agent over SSH; empty means `systemctl restart kvmagent`.
+	RestartCommand string `json:"restart_command,omitempty"`
+	ResourceState  string `json:"resource_state"`
+	// StateReason says why the host is in ErrorInMaintenance (or what last changed its state).
+	StateReason string `json:"state_reason,omitempty"`
 }
 
 // GetZone returns the zone called name, or ErrNotFound.

@@ -43,6 +43,7 @@ func newHostCmd(f *cmdutil.Factory) *cobra.Command {
 	fl.IntVar(&opts.Host.SSH.Port, "ssh-port", 0, "SSH port (default 22)")
 	fl.StringVar(&opts.Host.SSH.KeyFile, "ssh-key", "", "SSH private key file")
 	fl.StringVar(&opts.Host.SSH.KnownHostsFile, "ssh-known-hosts", "", "known_hosts file that holds the host's SSH key")
+	fl.StringVar(&opts.Host.RestartCommand, "restart-command", "", "command that restarts the agent over SSH (default: systemctl restart kvmagent)")
 	_ = add.MarkFlagRequired("cluster")
 	_ = add.MarkFlagRequired("address")
 
@@ -141,6 +142,9 @@ func runHostShow(opts *HostOptions) error {
 	row("address", h.Address)
 	row("tags", strings.Join(h.Tags, ","))
 	row("resource state", h.ResourceState)
+	if h.StateReason != "" {
+		row("state reason", h.StateReason)
+	}
 	now := opts.F.Now()
 	if h.Connection == "" {
 		row("connection", "never checked (run `kvmctl host status "+h.Name+"`)")
@@ -163,6 +167,7 @@ func runHostShow(opts *HostOptions) error {
 		row("ssh", sshString(h.SSH))
 		row("ssh key", h.SSH.KeyFile)
 		row("ssh known_hosts", h.SSH.KnownHostsFile)
+		row("restart command", h.RestartCommand)
 	}
 	return nil
 }
