@@ -1,0 +1,175 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/kvmctl/kvmctl/pkg/buildinfo"
+	"github.com/kvmctl/kvmctl/pkg/pki"
+	"github.com/kvmctl/kvmctl/pkg/virt"
+)
+
+// Server timeouts that do not depend on the routes.
+const (
+	readHeaderTimeout      = 10 * time.Second
+	idleTimeout            = 2 * time.Minute
+	maxHeaderBytes         = 64 << 10
+	DefaultShutdownTimeout = 10 * time.Second
+)
+
+// Agent is kvmagent's server for one host.
+type Agent struct {
+	cfg             Config
+	hv              virt.Hypervisor
+	log             *slog.Logger
+	now             func() time.Time
+	tlsConfig       *tls.Config
+	handlerTimeout  time.Duration
+	shutdownTimeout time.Duration
+	version         string
+
+	startedAt time.Time
+	state     *agentState
+	handler   http.Handler
+}
+
+// Option changes an Agent's defaults.
+type Option func(*Agent)
+
+// WithLogger sets the logger (default: discard).
+func WithLogger(l *slog.Logger) Option { return func(a *Agent) { a.log = l } }
+
+// WithClock sets the clock (default time.Now).
+func WithClock(now func() time.Time) Option { return func(a *Agent) { a.now = now } }
+
+// WithTLSConfig serves with c instead of loading pki.ServerConfig from the tls.* files; the lab
+// and tests use it with certificates held in memory.
+func WithTLSConfig(c *tls.Config) Option { return func(a *Agent) { a.tlsConfig = c } }
+
+// WithHandlerTimeout sets the timeout of routes that have none of their own (default
+// DefaultHandlerTimeout).
+func WithHandlerTimeout(d time.Duration) Option { return func(a *Agent) { a.handlerTimeout = d } }
+
+// WithShutdownTimeout bounds how long Serve waits for requests in flight after its context ends
+// (default DefaultShutdownTimeout).
+func WithShutdownTimeout(d time.Duration) Option { return func(a *Agent) { a.shutdownTimeout = d } }
+
+// New returns the agent for cfg on hypervisor hv, which it does not close. It creates the state
+// dir and, without WithTLSConfig, loads the TLS files.
+func New(cfg Config, hv virt.Hypervisor, opts ...Option) (*Agent, error) {
+	if cfg.HostName == "" {
+		return nil, errors.New("new agent: host name not set: set " + KeyHostName)
+	}
+	if hv == nil {
+		return nil, errors.New("new agent: no hypervisor")
+	}
+	a := &Agent{
+		cfg:             cfg,
+		hv:              hv,
+		log:             slog.New(slog.DiscardHandler),
+		now:             time.Now,
+		handlerTimeout:  DefaultHandlerTimeout,
+		shutdownTimeout: DefaultShutdownTimeout,
+		version:         buildinfo.String(),
+		state:           newAgentState(),
+	}
+	for _, o := range opts {
+		o(a)
+	}
+	if a.tlsConfig == nil {
+		c, err := pki.ServerConfig(cfg.TLSCert, cfg.TLSKey, cfg.TLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("new agent: %w", err)
+		}
+		a.tlsConfig = c
+	}
+	if a.tlsConfig.MinVersion < tls.VersionTLS13 || a.tlsConfig.ClientAuth != tls.RequireAndVerifyClientCert {
+		// No way to serve without mutual TLS 1.3, not even by mistake in the lab.
+		return nil, errors.New("new agent: tls config must require TLS 1.3 and a verified client certificate (use pki.ServerConfig)")
+	}
+	if cfg.StateDir != "" {
+		if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+			return nil, fmt.Errorf("new agent: create state dir: %w", err)
+		}
+	}
+	a.startedAt = a.now().UTC().Truncate(time.Second)
+	a.handler = a.newHandler()
+	return a, nil
+}
+
+// Config returns the agent's configuration.
+func (a *Agent) Config() Config { return a.cfg }
+
+// Handler returns the agent's HTTP handler without TLS, for tests of the routes.
+func (a *Agent) Handler() http.Handler { return a.handler }
+
+// ListenAndServe listens on the configured address and serves until ctx ends.
+func (a *Agent) ListenAndServe(ctx context.Context) error {
+	ln, err := net.Listen("tcp", a.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s (%s): %w", a.cfg.Listen, KeyListen, err)
+	}
+	return a.Serve(ctx, ln)
+}
+
+// Serve serves HTTPS with mutual TLS on ln, and runs the heartbeat writer when configured, until
+// ctx ends; then it stops accepting, lets requests in flight finish (up to the shutdown
+// timeout) and returns nil. It closes ln.
+func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           a.handler,
+		TLSConfig:         a.tlsConfig,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readHeaderTimeout + 20*time.Second,
+		// A handler may run for its route's timeout; the answer still needs time to go out.
+		WriteTimeout:   a.maxTimeout() + 10*time.Second,
+		IdleTimeout:    idleTimeout,
+		MaxHeaderBytes: maxHeaderBytes,
+		ErrorLog:       slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+		BaseContext:    func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+	}
+
+	var wg sync.WaitGroup
+	bgCtx, stopBackground := context.WithCancel(ctx)
+	defer func() {
+		stopBackground()
+		wg.Wait()
+	}()
+	if a.cfg.HeartbeatFile != "" {
+		wg.Go(func() {
+			Heartbeat{Path: a.cfg.HeartbeatFile, Interval: a.cfg.HeartbeatInterval, Now: a.now, Log: a.log}.Run(bgCtx)
+		})
+	}
+	// Seams: the hooks executor's Recover and the maintenance state's reload run here, before
+	// the first request.
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	a.log.Info("kvmagent serving", "host", a.cfg.HostName, "addr", ln.Addr().String(), "version", a.version,
+		"libvirt", a.cfg.LibvirtURI, "heartbeat_file", a.cfg.HeartbeatFile)
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	a.log.Info("kvmagent shutting down", "reason", context.Cause(ctx))
+	sctx, cancel := context.WithTimeout(context.Background(), a.shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+		a.log.Warn("requests still running at shutdown were cut off", "err", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve: %w", err)
+	}
+	return nil
+}

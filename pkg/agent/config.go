@@ -1,0 +1,437 @@
+package agent
+
+import (
+	"bufio"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/kvmctl/kvmctl/pkg/pki"
+)
+
+// Keys of agent.properties. Where CloudStack's agent.properties has the setting, the name is
+// CloudStack's.
+const (
+	KeyHostName                = "host.name"
+	KeyListen                  = "listen"
+	KeyTLSCert                 = "tls.cert"
+	KeyTLSKey                  = "tls.key"
+	KeyTLSCA                   = "tls.ca"
+	KeyLibvirtURI              = "libvirt.uri"
+	KeyStateDir                = "state.dir"
+	KeyHooksDir                = "rolling.maintenance.hooks.dir"
+	KeyServiceExecutorDisabled = "rolling.maintenance.service.executor.disabled"
+	KeyHeartbeatFile           = "heartbeat.file"
+	KeyHeartbeatInterval       = "heartbeat.interval"
+	KeyBootIDFile              = "boot.id.file"
+)
+
+// Defaults of the optional keys.
+const (
+	DefaultListen            = ":9250"
+	DefaultLibvirtURI        = "qemu:///system"
+	DefaultStateDir          = "/var/lib/kvmagent"
+	DefaultHooksDir          = "/etc/kvmagent/hooks"
+	DefaultHeartbeatInterval = 5 * time.Second
+	DefaultBootIDFile        = "/proc/sys/kernel/random/boot_id"
+)
+
+// maxHeartbeatSeconds keeps heartbeat.interval sane; HA neighbours compare the heartbeat file's
+// mtime with a disconnect time, so an interval of hours would make every host look dead.
+const maxHeartbeatSeconds = 3600
+
+// Config is the agent's configuration, read from agent.properties.
+type Config struct {
+	// HostName is the host's inventory name; the agent's certificate must carry it.
+	HostName string
+	// Listen is the TCP address of the HTTPS listener.
+	Listen                  string
+	TLSCert, TLSKey, TLSCA  string
+	LibvirtURI              string
+	StateDir                string
+	HooksDir                string
+	ServiceExecutorDisabled bool
+	HeartbeatFile           string // "" for no heartbeat
+	HeartbeatInterval       time.Duration
+	BootIDFile              string
+}
+
+// DefaultConfig returns a Config holding every default; the required keys are empty.
+func DefaultConfig() Config {
+	return Config{
+		Listen:            DefaultListen,
+		LibvirtURI:        DefaultLibvirtURI,
+		StateDir:          DefaultStateDir,
+		HooksDir:          DefaultHooksDir,
+		HeartbeatInterval: DefaultHeartbeatInterval,
+		BootIDFile:        DefaultBootIDFile,
+	}
+}
+
+// key describes one key of agent.properties: how to set it from text and how to write it back.
+type key struct {
+	name     string
+	required bool
+	set      func(c *Config, v string) error
+	get      func(c Config) string
+}
+
+// keys lists every known key in the order Format writes them.
+var keys = []key{
+	{KeyHostName, true, func(c *Config, v string) error {
+		if strings.IndexFunc(v, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
+			return errors.New("must not contain spaces or control characters")
+		}
+		c.HostName = v
+		return nil
+	}, func(c Config) string { return c.HostName }},
+	{KeyListen, false, func(c *Config, v string) error {
+		if err := checkListen(v); err != nil {
+			return err
+		}
+		c.Listen = v
+		return nil
+	}, func(c Config) string { return c.Listen }},
+	{KeyTLSCert, true, setString(func(c *Config) *string { return &c.TLSCert }), func(c Config) string { return c.TLSCert }},
+	{KeyTLSKey, true, setString(func(c *Config) *string { return &c.TLSKey }), func(c Config) string { return c.TLSKey }},
+	{KeyTLSCA, true, setString(func(c *Config) *string { return &c.TLSCA }), func(c Config) string { return c.TLSCA }},
+	{KeyLibvirtURI, false, func(c *Config, v string) error {
+		u, err := url.Parse(v)
+		if err != nil || u.Scheme == "" {
+			return errors.New("want a libvirt URI such as qemu:///system or test:///default")
+		}
+		c.LibvirtURI = v
+		return nil
+	}, func(c Config) string { return c.LibvirtURI }},
+	{KeyStateDir, false, setString(func(c *Config) *string { return &c.StateDir }), func(c Config) string { return c.StateDir }},
+	{KeyHooksDir, false, setString(func(c *Config) *string { return &c.HooksDir }), func(c Config) string { return c.HooksDir }},
+	{KeyServiceExecutorDisabled, false, func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return errors.New("want true or false")
+		}
+		c.ServiceExecutorDisabled = b
+		return nil
+	}, func(c Config) string { return strconv.FormatBool(c.ServiceExecutorDisabled) }},
+	{KeyHeartbeatFile, false, func(c *Config, v string) error {
+		c.HeartbeatFile = v
+		return nil
+	}, func(c Config) string { return c.HeartbeatFile }},
+	{KeyHeartbeatInterval, false, func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxHeartbeatSeconds {
+			return fmt.Errorf("want a whole number of seconds from 1 to %d", maxHeartbeatSeconds)
+		}
+		c.HeartbeatInterval = time.Duration(n) * time.Second
+		return nil
+	}, func(c Config) string { return strconv.Itoa(int(c.HeartbeatInterval / time.Second)) }},
+	{KeyBootIDFile, false, setString(func(c *Config) *string { return &c.BootIDFile }), func(c Config) string { return c.BootIDFile }},
+}
+
+func setString(field func(*Config) *string) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		*field(c) = v
+		return nil
+	}
+}
+
+func lookupKey(name string) (key, bool) {
+	for _, k := range keys {
+		if k.name == name {
+			return k, true
+		}
+	}
+	return key{}, false
+}
+
+// KnownKeys returns the names of every key of agent.properties.
+func KnownKeys() []string {
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = k.name
+	}
+	return out
+}
+
+func checkListen(v string) error {
+	host, port, err := net.SplitHostPort(v)
+	if err != nil {
+		return fmt.Errorf("want HOST:PORT or :PORT (e.g. %s): %v", DefaultListen, err)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
+	}
+	if strings.ContainsAny(host, " \t/") {
+		return fmt.Errorf("host %q is not an address", host)
+	}
+	return nil
+}
+
+// Problem is one thing wrong with agent.properties. Line is 0 when the problem is not on one
+// line, such as a missing key.
+type Problem struct {
+	Line int
+	Key  string
+	Msg  string
+}
+
+func (p Problem) String() string {
+	var b strings.Builder
+	if p.Line > 0 {
+		fmt.Fprintf(&b, "line %d: ", p.Line)
+	}
+	if p.Key != "" {
+		b.WriteString(p.Key + ": ")
+	}
+	b.WriteString(p.Msg)
+	return b.String()
+}
+
+// ConfigError lists every problem found in agent.properties, so that one edit fixes them all.
+type ConfigError struct {
+	// Path is the file, "" when read from a reader.
+	Path     string
+	Problems []Problem
+}
+
+func (e *ConfigError) Error() string {
+	name := e.Path
+	if name == "" {
+		name = "agent.properties"
+	}
+	var b strings.Builder
+	if len(e.Problems) == 1 {
+		fmt.Fprintf(&b, "%s: %s", name, e.Problems[0])
+		return b.String()
+	}
+	fmt.Fprintf(&b, "%s has %d problems:", name, len(e.Problems))
+	for _, p := range e.Problems {
+		b.WriteString("\n  " + p.String())
+	}
+	return b.String()
+}
+
+// Warning is something in agent.properties the agent ignores, such as an unknown key.
+type Warning struct {
+	Line int
+	Key  string
+	// Closest is the known key nearest to Key.
+	Closest string
+}
+
+func (w Warning) String() string {
+	return fmt.Sprintf("line %d: unknown key %q ignored (did you mean %q?)", w.Line, w.Key, w.Closest)
+}
+
+// maxLine bounds one line of agent.properties.
+const maxLine = 64 << 10
+
+// ParseConfig reads agent.properties: key=value lines, # comments and blank lines, whitespace
+// around keys and values trimmed. It applies the defaults and checks every value, and returns a
+// *ConfigError that lists every problem (with its line) rather than the first. Unknown keys are
+// warnings. It does not touch the file system; LoadConfig does.
+func ParseConfig(r io.Reader) (Config, []Warning, error) {
+	c, _, warns, probs := parseConfig(r)
+	if len(probs) > 0 {
+		return c, warns, &ConfigError{Problems: probs}
+	}
+	return c, warns, nil
+}
+
+// parseConfig is ParseConfig, also returning on which line each key was set.
+func parseConfig(r io.Reader) (Config, map[string]int, []Warning, []Problem) {
+	c := DefaultConfig()
+	lines := map[string]int{}
+	invalid := map[string]bool{} // set to a value that was refused: already reported
+	var (
+		warns []Warning
+		probs []Problem
+	)
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), maxLine)
+	n := 0
+	for sc.Scan() {
+		n++
+		line := sc.Text()
+		if n == 1 {
+			line = strings.TrimPrefix(line, "\ufeff")
+		}
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		name, value, ok := strings.Cut(line, "=")
+		if !ok {
+			probs = append(probs, Problem{Line: n, Msg: fmt.Sprintf("%q is not key=value", abbreviate(line))})
+			continue
+		}
+		name, value = strings.TrimSpace(name), strings.TrimSpace(value)
+		if name == "" {
+			probs = append(probs, Problem{Line: n, Msg: "empty key before '='"})
+			continue
+		}
+		k, known := lookupKey(name)
+		if !known {
+			warns = append(warns, Warning{Line: n, Key: name, Closest: closestKey(name)})
+			continue
+		}
+		if first, dup := lines[name]; dup {
+			probs = append(probs, Problem{Line: n, Key: name, Msg: fmt.Sprintf("set again (first set on line %d): keep one", first)})
+			continue
+		}
+		lines[name] = n
+		if value == "" {
+			// An empty value means "use the default"; required keys are reported below.
+			continue
+		}
+		if err := k.set(&c, value); err != nil {
+			invalid[name] = true
+			probs = append(probs, Problem{Line: n, Key: name, Msg: fmt.Sprintf("%q: %v", abbreviate(value), err)})
+		}
+	}
+	if err := sc.Err(); err != nil {
+		probs = append(probs, Problem{Line: n + 1, Msg: fmt.Sprintf("cannot read: %v", err)})
+	}
+	for _, k := range keys {
+		if k.required && k.get(c) == "" && !invalid[k.name] {
+			if line, ok := lines[k.name]; ok {
+				probs = append(probs, Problem{Line: line, Key: k.name, Msg: "required, but empty"})
+			} else {
+				probs = append(probs, Problem{Key: k.name, Msg: "required, but missing"})
+			}
+		}
+	}
+	return c, lines, warns, probs
+}
+
+func abbreviate(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
+}
+
+// LoadConfig reads and checks the agent.properties at path: ParseConfig, then the files it
+// names (certificate, key and CA readable, a matching pair issued for host.name; boot id file
+// readable). Every problem of both kinds is in one *ConfigError.
+func LoadConfig(path string) (Config, []Warning, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Config{}, nil, &ConfigError{Path: path, Problems: []Problem{{Msg: fmt.Sprintf("cannot open: %v", err)}}}
+	}
+	defer f.Close()
+	c, lines, warns, probs := parseConfig(f)
+	probs = append(probs, checkFiles(c, lines)...)
+	if len(probs) > 0 {
+		return c, warns, &ConfigError{Path: path, Problems: probs}
+	}
+	return c, warns, nil
+}
+
+// Check reports the problems with the files c names, as LoadConfig does.
+func (c Config) Check() error {
+	if probs := checkFiles(c, nil); len(probs) > 0 {
+		return &ConfigError{Problems: probs}
+	}
+	return nil
+}
+
+func checkFiles(c Config, lines map[string]int) []Problem {
+	var probs []Problem
+	add := func(k, msg string) { probs = append(probs, Problem{Line: lines[k], Key: k, Msg: msg}) }
+	readable := true
+	var certPEM []byte
+	for _, f := range []struct {
+		key, path string
+	}{{KeyTLSCert, c.TLSCert}, {KeyTLSKey, c.TLSKey}, {KeyTLSCA, c.TLSCA}} {
+		if f.path == "" {
+			readable = false // reported by the parser
+			continue
+		}
+		b, err := os.ReadFile(f.path)
+		if err != nil {
+			add(f.key, fmt.Sprintf("cannot read: %v", err))
+			readable = false
+			continue
+		}
+		if f.key == KeyTLSCert {
+			certPEM = b
+		}
+	}
+	if readable {
+		if _, err := pki.ServerConfig(c.TLSCert, c.TLSKey, c.TLSCA); err != nil {
+			add(KeyTLSCert, fmt.Sprintf("%v: issue a new one with `kvmctl pki issue-agent %s`", err, c.HostName))
+		} else if c.HostName != "" {
+			if block, _ := pem.Decode(certPEM); block != nil {
+				if cert, err := x509.ParseCertificate(block.Bytes); err == nil {
+					if err := cert.VerifyHostname(c.HostName); err != nil {
+						add(KeyTLSCert, fmt.Sprintf("%s is not for %s=%s (%v): kvmctl would refuse this agent; issue one with `kvmctl pki issue-agent %s`",
+							c.TLSCert, KeyHostName, c.HostName, err, c.HostName))
+					}
+				}
+			}
+		}
+	}
+	if c.BootIDFile != "" {
+		if _, err := os.ReadFile(c.BootIDFile); err != nil {
+			add(KeyBootIDFile, fmt.Sprintf("cannot read: %v", err))
+		}
+	}
+	return probs
+}
+
+// Format writes c as agent.properties, one key=value line per known key. ParseConfig of the
+// result returns c again.
+func (c Config) Format() string {
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s=%s\n", k.name, k.get(c))
+	}
+	return b.String()
+}
+
+// closestKey returns the known key nearest to name by Levenshtein distance.
+func closestKey(name string) string {
+	if r := []rune(name); len(r) > 64 {
+		// No key is that long; the prefix decides, and the distance stays cheap.
+		name = string(r[:64])
+	}
+	best, bestD := "", -1
+	for _, k := range keys {
+		if d := levenshtein(name, k.name); bestD < 0 || d < bestD {
+			best, bestD = k.name, d
+		}
+	}
+	return best
+}
+
+// levenshtein is the edit distance between a and b, counted in runes.
+func levenshtein(a, b string) int {
+	ra, rb := []rune(a), []rune(b)
+	prev := make([]int, len(rb)+1)
+	cur := make([]int, len(rb)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(ra); i++ {
+		cur[0] = i
+		for j := 1; j <= len(rb); j++ {
+			cost := 1
+			if ra[i-1] == rb[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(rb)]
+}

@@ -1,0 +1,16 @@
+// Package agent is kvmagent: its configuration (agent.properties), its HTTPS server with mutual
+// TLS, the status it reports about its host, and its heartbeat writer.
+//
+// Layout, so that later issues know where to plug in:
+//
+//	config.go     agent.properties: keys, defaults, checks
+//	agent.go      Agent: construction, Serve, graceful shutdown
+//	routes.go     the route table (one line per endpoint, each with its timeout) and middleware
+//	http.go       JSON request decoding with limits, JSON answers and errors
+//	status.go     GET /v1/status, GET /v1/healthz
+//	state.go      the agent state (Up; hostInMaintenance comes with maintenance)
+//	heartbeat.go  the heartbeat file writer
+//
+// The hooks endpoints (/v1/hooks, /v1/stages) and maintenance (/v1/maintenance) are added to
+// the route table in routes.go by their own issues.
+package agent

@@ -1,0 +1,97 @@
+package agent
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+
+	"github.com/kvmctl/kvmctl/pkg/api"
+	"github.com/kvmctl/kvmctl/pkg/virt"
+)
+
+func (a *Agent) handleHealthz(w http.ResponseWriter, _ *http.Request) *httpError {
+	writeJSON(w, http.StatusOK, api.Health{OK: true})
+	return nil
+}
+
+func (a *Agent) handleStatus(w http.ResponseWriter, _ *http.Request) *httpError {
+	s, err := a.status()
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, s)
+	return nil
+}
+
+// Status gathers what GET /v1/status answers: identity, boot id, capacity and VMs, read afresh
+// on every call (the lab changes the boot id file to simulate a reboot).
+func (a *Agent) Status() (api.Status, error) {
+	s, err := a.status()
+	if err != nil {
+		return s, err
+	}
+	return s, nil
+}
+
+func (a *Agent) status() (api.Status, *httpError) {
+	bootID, err := a.BootID()
+	if err != nil {
+		return api.Status{}, newHTTPError(api.CodeInternal, "%v", err)
+	}
+	capacity, err := a.hv.NodeInfo()
+	if err != nil {
+		return api.Status{}, newHTTPError(api.CodeHypervisor, "node info: %v", err)
+	}
+	vms, err := a.hv.ListVMs()
+	if err != nil {
+		return api.Status{}, newHTTPError(api.CodeHypervisor, "list vms: %v", err)
+	}
+	alloc := virt.Allocation(vms)
+	s := api.Status{
+		HostName:     a.cfg.HostName,
+		AgentVersion: a.version,
+		BootID:       bootID,
+		StartedAt:    a.startedAt,
+		AgentState:   a.state.Get(),
+		Capacity:     api.Resources{CPUs: capacity.CPUs, MemoryMiB: capacity.MemoryMiB},
+		Allocation:   api.Resources{CPUs: alloc.CPUs, MemoryMiB: alloc.MemoryMiB},
+		VMs:          make([]api.VM, 0, len(vms)),
+	}
+	for _, vm := range vms {
+		s.VMs = append(s.VMs, wireVM(vm))
+	}
+	return s, nil
+}
+
+func wireVM(vm virt.VM) api.VM {
+	out := api.VM{
+		Name:      vm.Name,
+		UUID:      vm.UUID,
+		State:     string(vm.State),
+		VCPUs:     vm.VCPUs,
+		MemoryMiB: vm.MemoryMiB,
+		// Empty lists, not null: clients iterate without a nil check in any language.
+		Disks:  append([]string{}, vm.Disks...),
+		Tags:   append([]string{}, vm.RequiredTags...),
+		Groups: make([]api.AffinityGroup, 0, len(vm.AffinityGroups)),
+	}
+	for _, g := range vm.AffinityGroups {
+		out.Groups = append(out.Groups, api.AffinityGroup{Name: g.Name, Type: g.Type})
+	}
+	return out
+}
+
+// BootID returns the host's boot id from boot.id.file, which changes on every boot. The hooks
+// executors take it as their BootID function, so that the lab's simulated reboots count.
+func (a *Agent) BootID() (string, error) {
+	b, err := os.ReadFile(a.cfg.BootIDFile)
+	if err != nil {
+		return "", fmt.Errorf("read boot id: %w", err)
+	}
+	id := strings.TrimSpace(string(b))
+	if id == "" {
+		return "", fmt.Errorf("read boot id: %s is empty", a.cfg.BootIDFile)
+	}
+	return id, nil
+}
