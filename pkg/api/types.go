@@ -32,6 +32,17 @@ type AgentState string
 // operation, still accepts status, stages and cancel).
 const (
 	AgentStateUp AgentState = "Up"
+	// AgentStateInMaintenance: connected, refuses every VM operation, accepts status, stages
+	// and cancel.
+	AgentStateInMaintenance AgentState = "hostInMaintenance"
+)
+
+// Hypervisor kinds an agent reports in Status.Hypervisor (libvirt's driver name).
+const (
+	HypervisorQEMU = "qemu"
+	// HypervisorTest is libvirt's test driver, used by the lab: it cannot migrate, so VMs move
+	// between lab hosts by a transfer through the two agents.
+	HypervisorTest = "test"
 )
 
 // Status is the answer to GET /v1/status: who the agent is, what its host can hold and what runs
@@ -39,6 +50,8 @@ const (
 type Status struct {
 	HostName     string `json:"host_name"`
 	AgentVersion string `json:"agent_version"`
+	// Hypervisor is libvirt's driver name ("qemu", or "test" in the lab).
+	Hypervisor string `json:"hypervisor"`
 	// BootID changes on every boot of the host; kvmctl compares it across a stage to see that the
 	// host rebooted.
 	BootID     string     `json:"boot_id"`

@@ -23,6 +23,8 @@ type Factory struct {
 	StateFlag string
 	// JSON is the global --json flag: print one JSON document instead of text.
 	JSON bool
+	// Events is the global --events flag: stream progress as NDJSON on stdout.
+	Events bool
 	// Now is the clock; tests may fix it.
 	Now func() time.Time
 	// Getenv reads the environment; tests may replace it.

@@ -70,6 +70,7 @@ func MergeStatus(prev state.HostStatus, st api.Status, err error, now time.Time)
 		LastSeen:     now,
 		AgentState:   string(st.AgentState),
 		AgentVersion: st.AgentVersion,
+		Hypervisor:   st.Hypervisor,
 		BootID:       st.BootID,
 		StartedAt:    st.StartedAt,
 		Capacity:     state.Resources{CPUs: st.Capacity.CPUs, MemoryMiB: st.Capacity.MemoryMiB},

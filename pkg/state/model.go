@@ -165,6 +165,7 @@ type HostStatus struct {
 	LastError    string     `json:"last_error,omitempty"`
 	AgentState   string     `json:"agent_state,omitempty"`
 	AgentVersion string     `json:"agent_version,omitempty"`
+	Hypervisor   string     `json:"hypervisor,omitempty"`
 	BootID       string     `json:"boot_id,omitempty"`
 	StartedAt    time.Time  `json:"agent_started_at,omitzero"`
 	Capacity     Resources  `json:"capacity"`

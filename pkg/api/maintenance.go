@@ -1,0 +1,29 @@
+package api
+
+import "time"
+
+// Maintenance is the answer to POST and DELETE /v1/maintenance: the agent's state after the call.
+type Maintenance struct {
+	AgentState string `json:"agent_state"`
+	// Since is when the host entered maintenance; zero when it is not in maintenance.
+	Since time.Time `json:"since,omitzero"`
+}
+
+// MigrateRequest asks an agent to live-migrate one of its VMs (POST /v1/vms/{name}/migrate).
+type MigrateRequest struct {
+	// DestURI is the libvirt URI of the target host, e.g. qemu+tls://10.0.0.12/system.
+	DestURI       string `json:"dest_uri"`
+	BandwidthMiBs uint64 `json:"bandwidth_mibs,omitempty"`
+	TimeoutS      int    `json:"timeout_s,omitempty"`
+}
+
+// DefineVMRequest asks an agent to define and start a VM from its libvirt XML (POST /v1/vms).
+type DefineVMRequest struct {
+	XML string `json:"xml"`
+}
+
+// VMXML is the answer to GET /v1/vms/{name}/xml.
+type VMXML struct {
+	Name string `json:"name"`
+	XML  string `json:"xml"`
+}
