@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/kvmctl/kvmctl/pkg/buildinfo"
+	"github.com/kvmctl/kvmctl/pkg/hooks"
 	"github.com/kvmctl/kvmctl/pkg/pki"
 	"github.com/kvmctl/kvmctl/pkg/virt"
 )
@@ -39,6 +40,10 @@ type Agent struct {
 	startedAt time.Time
 	state     *agentState
 	handler   http.Handler
+
+	// stages runs the stage scripts (stages.go); hooksConfig are the WithHooksConfig changes.
+	stages      hooks.Executor
+	hooksConfig []func(*hooks.Config)
 }
 
 // Option changes an Agent's defaults.
@@ -100,7 +105,15 @@ func New(cfg Config, hv virt.Hypervisor, opts ...Option) (*Agent, error) {
 			return nil, fmt.Errorf("new agent: create state dir: %w", err)
 		}
 	}
+	if err := a.loadState(); err != nil {
+		return nil, fmt.Errorf("new agent: %w", err)
+	}
 	a.startedAt = a.now().UTC().Truncate(time.Second)
+	stages, err := a.newStageExecutor()
+	if err != nil {
+		return nil, fmt.Errorf("new agent: %w", err)
+	}
+	a.stages = stages
 	a.handler = a.newHandler()
 	return a, nil
 }
@@ -148,8 +161,8 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 			Heartbeat{Path: a.cfg.HeartbeatFile, Interval: a.cfg.HeartbeatInterval, Now: a.now, Log: a.log}.Run(bgCtx)
 		})
 	}
-	// Seams: the hooks executor's Recover and the maintenance state's reload run here, before
-	// the first request.
+	// New already reloaded the maintenance state and the hooks executor recovered the stages
+	// of an earlier agent, before the first request.
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()

@@ -33,9 +33,19 @@ func (a *Agent) routes() []route {
 	return []route{
 		{method: http.MethodGet, path: api.PathStatus, handler: a.handleStatus},
 		{method: http.MethodGet, path: api.PathHealthz, handler: a.handleHealthz, quiet: true},
-		// Hooks issue: GET api.PathHooks, POST api.PathStages, GET api.PathStages+"/{id}"
-		// (a long poll: timeout LongPollTimeout).
-		// Maintenance issue: GET/POST/DELETE api.PathMaintenance.
+		{method: http.MethodGet, path: api.PathHooks, handler: a.handleHooks},
+		{method: http.MethodPost, path: api.PathStages, handler: a.handleStartStage},
+		// A long poll (?wait=): its timeout outlasts the longest wait.
+		{method: http.MethodGet, path: api.PathStages + "/{id}", timeout: stageWaitTimeout, handler: a.handleStage},
+		{method: http.MethodGet, path: api.PathMaintenance, handler: a.handleGetMaintenance},
+		{method: http.MethodPost, path: api.PathMaintenance, handler: a.handleEnterMaintenance},
+		{method: http.MethodDelete, path: api.PathMaintenance, handler: a.handleCancelMaintenance},
+		{method: http.MethodPost, path: api.PathVMs, handler: a.handleDefineVM},
+		{method: http.MethodGet, path: api.PathVMs + "/{name}/xml", handler: a.handleVMXML},
+		{method: http.MethodPost, path: api.PathVMs + "/{name}/start", handler: a.handleStartVM},
+		{method: http.MethodDelete, path: api.PathVMs + "/{name}", handler: a.handleRemoveVM},
+		// A live migration copies the VM's memory while it runs: minutes for a large VM.
+		{method: http.MethodPost, path: api.PathVMs + "/{name}/migrate", timeout: api.MaxMigrateTimeout, handler: a.handleMigrateVM},
 	}
 }
 

@@ -51,6 +51,7 @@ func (a *Agent) status() (api.Status, *httpError) {
 	s := api.Status{
 		HostName:     a.cfg.HostName,
 		AgentVersion: a.version,
+		Hypervisor:   hypervisorName(a.cfg.LibvirtURI),
 		BootID:       bootID,
 		StartedAt:    a.startedAt,
 		AgentState:   a.state.Get(),

@@ -21,6 +21,12 @@ const (
 	CodeTimeout          = "timeout"            // the handler ran past its deadline (503)
 	CodeHypervisor       = "hypervisor_error"   // libvirt failed (502)
 	CodeInternal         = "internal"           // a bug in the agent (500)
+	CodeNoScript         = "no_script"          // the stage has no script on the host (404)
+	CodeScriptRefused    = "script_refused"     // the stage's script fails a safety check (409)
+
+	CodeInMaintenance        = "in_maintenance"        // the host is in maintenance and starts no VM (409)
+	CodeConflict             = "conflict"              // the VM already runs (409)
+	CodeMigrationUnsupported = "migration_unsupported" // the hypervisor cannot live-migrate (501)
 )
 
 // Error is an error answer from an agent: it was reached and refused or failed the request.
@@ -92,14 +98,20 @@ func HTTPStatus(code string) int {
 		return http.StatusBadRequest
 	case CodeTooLarge:
 		return http.StatusRequestEntityTooLarge
-	case CodeNotFound:
+	case CodeNotFound, CodeNoScript:
 		return http.StatusNotFound
+	case CodeScriptRefused:
+		return http.StatusConflict
 	case CodeMethodNotAllowed:
 		return http.StatusMethodNotAllowed
 	case CodeTimeout:
 		return http.StatusServiceUnavailable
 	case CodeHypervisor:
 		return http.StatusBadGateway
+	case CodeInMaintenance, CodeConflict:
+		return http.StatusConflict
+	case CodeMigrationUnsupported:
+		return http.StatusNotImplemented
 	default:
 		return http.StatusInternalServerError
 	}

@@ -85,6 +85,15 @@ type AgentRestart struct {
 	Output  string `json:"output,omitempty"`
 }
 
+// EnableOptions change how Enable works.
+type EnableOptions struct {
+	// DryRun plans and changes nothing.
+	DryRun bool
+	// Prepared accepts a host already marked PrepareForMaintenance, as rolling maintenance marks
+	// every host of a batch before it empties the first, so that none is a target for another.
+	Prepared bool
+}
+
 // ErrDoesNotFit fails enable when some running VM has nowhere to go; nothing was changed.
 var ErrDoesNotFit = errors.New("the host's VMs do not fit on the rest of its cluster")
 
@@ -216,7 +225,8 @@ func capacityHosts(cluster []state.Host, status map[string]state.HostStatus) []C
 // changed, when one fits nowhere), mark it PrepareForMaintenance, tell its agent to enter
 // hostInMaintenance, move the VMs at most `host.maintenance.max.parallel.migrations` at a time,
 // and mark it Maintenance. A failure leaves it ErrorInMaintenance with the reason.
-func (m *Maintenance) Enable(ctx context.Context, name string, dryRun bool) (MaintenanceResult, error) {
+func (m *Maintenance) Enable(ctx context.Context, name string, opts EnableOptions) (MaintenanceResult, error) {
+	dryRun := opts.DryRun
 	res := MaintenanceResult{Host: name, DryRun: dryRun, Plan: []Placement{}, Migrated: []string{}}
 	c, err := m.load(name)
 	if err != nil {
@@ -225,6 +235,10 @@ func (m *Maintenance) Enable(ctx context.Context, name string, dryRun bool) (Mai
 	res.ResourceState = c.host.ResourceState
 	switch c.host.ResourceState {
 	case state.Enabled, state.Disabled, state.ErrorInMaintenance:
+	case state.PrepareForMaintenance:
+		if !opts.Prepared {
+			return res, errs.Refusedf("host %s is in %s: another kvmctl is putting it into maintenance; wait, or `kvmctl maintenance cancel %s`", name, c.host.ResourceState, name)
+		}
 	default:
 		return res, errs.Refusedf("host %s is in %s: `kvmctl maintenance cancel %s` first, or leave it", name, c.host.ResourceState, name)
 	}
@@ -254,8 +268,10 @@ func (m *Maintenance) Enable(ctx context.Context, name string, dryRun bool) (Mai
 
 	// Journal the intent and the state to return to before the first action.
 	before := c.host.ResourceState
-	if err := m.setState(name, state.PrepareForMaintenance, "entering maintenance (was "+before+")"); err != nil {
-		return res, err
+	if before != state.PrepareForMaintenance {
+		if err := m.setState(name, state.PrepareForMaintenance, "entering maintenance (was "+before+")"); err != nil {
+			return res, err
+		}
 	}
 	res.ResourceState = state.PrepareForMaintenance
 	m.emit(events.Event{Type: events.HostMaintenancePrep, Host: name, Cluster: c.host.Cluster, Message: "was " + before})

@@ -18,6 +18,12 @@
 //	  <key>        -> value as the operator typed it, validated by pkg/settings
 //	host_status/
 //	  <host name>  -> HostStatus (JSON): the agent's last answer, from `host status`
+//	runs/
+//	  <run id>     -> a rolling-maintenance run and each host's progress (JSON, pkg/orchestrate)
+//	journal/
+//	  <run id>/<seq, 8 digits> -> one event of that run (JSON), written before and after each step
+//	locks/
+//	  <cluster>    -> id of the run that holds the cluster
 //
 // A Store is a path, not an open database: every View and Update opens the file, runs one
 // transaction and closes it again, so no command holds the file while it waits on the network
@@ -48,10 +54,14 @@ const (
 	BucketClusters = "clusters"
 	BucketHosts    = "hosts"
 	BucketSettings = "settings"
+	BucketRuns     = "runs"
+	BucketJournal  = "journal"
+	BucketLocks    = "locks"
 )
 
 // Buckets lists every top-level bucket of the current schema, created by Create and on upgrade.
-var Buckets = []string{BucketMeta, BucketZones, BucketPods, BucketClusters, BucketHosts, BucketSettings, BucketHostStatus}
+var Buckets = []string{BucketMeta, BucketZones, BucketPods, BucketClusters, BucketHosts, BucketSettings, BucketHostStatus,
+	BucketRuns, BucketJournal, BucketLocks}
 
 const keyVersion = "version"
 

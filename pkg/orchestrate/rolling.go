@@ -1,0 +1,1098 @@
+package orchestrate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kvmctl/kvmctl/pkg/api"
+	"github.com/kvmctl/kvmctl/pkg/errs"
+	"github.com/kvmctl/kvmctl/pkg/events"
+	"github.com/kvmctl/kvmctl/pkg/hooks"
+	"github.com/kvmctl/kvmctl/pkg/inventory"
+	"github.com/kvmctl/kvmctl/pkg/settings"
+	"github.com/kvmctl/kvmctl/pkg/state"
+)
+
+// RollingAgent is what rolling maintenance needs of a host's agent: maintenance, and stages.
+type RollingAgent interface {
+	MaintenanceAgent
+	Hooks(ctx context.Context) ([]api.HookScript, error)
+	StartStage(ctx context.Context, req api.StageRequest) (string, error)
+	WaitStage(ctx context.Context, id string, wait time.Duration) (api.StageStatus, error)
+}
+
+// RollingDialer returns a client for the agent of host h.
+type RollingDialer func(h state.Host) (RollingAgent, error)
+
+// Rolling runs rolling maintenance, CloudStack's algorithm: PreFlight on every host first, then
+// cluster by cluster, host by host (or N at a time): disable the cluster, check the Maintenance
+// script, PreMaintenance, recheck capacity, enter maintenance, Maintenance, cancel maintenance,
+// PostMaintenance; re-enable the cluster after its last host and on any error. Every step is
+// journaled in the store before and after it happens, so a killed run is resumed where it
+// stopped, and never leaves a cluster disabled or a host in maintenance that it put there.
+type Rolling struct {
+	Store  Store
+	Dial   RollingDialer
+	Events events.Sink
+	Now    func() time.Time
+	// Maint carries out maintenance enter and cancel; its Dial, Store and Events are set from
+	// Rolling's when nil.
+	Maint *Maintenance
+	// StageGrace is how long past a stage's timeout kvmctl still waits for its result.
+	StageGrace time.Duration
+
+	mu  sync.Mutex // guards run and serialises journal writes
+	run *Run
+}
+
+// ErrRunFailed is returned when a run ends without success; the result says why.
+var ErrRunFailed = errors.New("rolling maintenance failed")
+
+func (r *Rolling) now() time.Time {
+	if r.Now == nil {
+		return time.Now()
+	}
+	return r.Now()
+}
+
+func (r *Rolling) maint() *Maintenance {
+	if r.Maint == nil {
+		r.Maint = &Maintenance{}
+	}
+	m := r.Maint
+	if m.Store == nil {
+		m.Store = r.Store
+	}
+	if m.Dial == nil {
+		m.Dial = func(h state.Host) (MaintenanceAgent, error) { return r.Dial(h) }
+	}
+	if m.Now == nil {
+		m.Now = r.Now
+	}
+	return m
+}
+
+// rollPlan is a validated request: the hosts in order, grouped by cluster.
+type rollPlan struct {
+	clusters     []string
+	hosts        []state.Host // cluster by cluster, in inventory (natural) order
+	pingInterval time.Duration
+	timeout      time.Duration
+	waitTimeout  time.Duration
+}
+
+// Validate resolves the request to hosts and checks everything that can be checked before
+// any action; every problem is a refusal (exit 2) and nothing is changed.
+func (r *Rolling) validate(req *RollingRequest) (rollPlan, error) {
+	var p rollPlan
+	scopes := 0
+	for _, s := range [][]string{req.Zones, req.Pods, req.Clusters, req.Hosts} {
+		if len(s) > 0 {
+			scopes++
+		}
+	}
+	if scopes != 1 {
+		return p, errs.Refusedf("give exactly one of --zone, --pod, --cluster or --host")
+	}
+	if req.MaxUnavailable == 0 {
+		req.MaxUnavailable = 1
+	}
+	if req.MaxUnavailable < 1 {
+		return p, errs.Refusedf("--max-unavailable %d: must be at least 1", req.MaxUnavailable)
+	}
+	if _, err := hooks.SplitPayload(req.Payload); err != nil {
+		return p, errs.Refusedf("--payload: %v", err)
+	}
+	err := r.Store.View(func(tx state.Tx) error {
+		ping, err := settings.GetInt(tx, settings.PingInterval)
+		if err != nil {
+			return err
+		}
+		p.pingInterval = time.Duration(ping) * time.Second
+		if req.Timeout == 0 {
+			st, err := settings.GetInt(tx, settings.StageTimeout)
+			if err != nil {
+				return err
+			}
+			req.Timeout = time.Duration(st) * time.Second
+		}
+		if req.Timeout < p.pingInterval {
+			return errs.Refusedf("the stage timeout (%s) is below kvm.rolling.maintenance.ping.interval (%s): raise --timeout to at least %d, or lower the ping interval",
+				req.Timeout, p.pingInterval, ping)
+		}
+		p.timeout = req.Timeout
+		wait, err := settings.GetInt(tx, settings.WaitMaintenanceTimeout)
+		if err != nil {
+			return err
+		}
+		p.waitTimeout = time.Duration(wait) * time.Second
+		hosts, err := state.Hosts(tx)
+		if err != nil {
+			return err
+		}
+		clusters, err := state.Clusters(tx)
+		if err != nil {
+			return err
+		}
+		pods, err := state.Pods(tx)
+		if err != nil {
+			return err
+		}
+		zones, err := state.Zones(tx)
+		if err != nil {
+			return err
+		}
+		known := func(kind string, ids []string, names []string) error {
+			have := map[string]bool{}
+			for _, n := range names {
+				have[n] = true
+			}
+			var missing []string
+			for _, id := range ids {
+				if !have[id] {
+					missing = append(missing, id)
+				}
+			}
+			if len(missing) > 0 {
+				return errs.Refusedf("unknown %s %s: `kvmctl %s list` shows them", kind, strings.Join(missing, ", "), kind)
+			}
+			return nil
+		}
+		names := func(f func(int) string, n int) []string {
+			out := make([]string, n)
+			for i := range out {
+				out[i] = f(i)
+			}
+			return out
+		}
+		in := func(set []string, v string) bool {
+			for _, s := range set {
+				if s == v {
+					return true
+				}
+			}
+			return false
+		}
+		var pick func(h state.Host) bool
+		switch {
+		case len(req.Zones) > 0:
+			if err := known("zone", req.Zones, names(func(i int) string { return zones[i].Name }, len(zones))); err != nil {
+				return err
+			}
+			pick = func(h state.Host) bool { return in(req.Zones, h.Zone) }
+		case len(req.Pods) > 0:
+			if err := known("pod", req.Pods, names(func(i int) string { return pods[i].Name }, len(pods))); err != nil {
+				return err
+			}
+			pick = func(h state.Host) bool { return in(req.Pods, h.Pod) }
+		case len(req.Clusters) > 0:
+			if err := known("cluster", req.Clusters, names(func(i int) string { return clusters[i].Name }, len(clusters))); err != nil {
+				return err
+			}
+			pick = func(h state.Host) bool { return in(req.Clusters, h.Cluster) }
+		default:
+			if err := known("host", req.Hosts, names(func(i int) string { return hosts[i].Name }, len(hosts))); err != nil {
+				return err
+			}
+			pick = func(h state.Host) bool { return in(req.Hosts, h.Name) }
+		}
+		for _, h := range hosts {
+			if pick(h) {
+				p.hosts = append(p.hosts, h)
+			}
+		}
+		if len(p.hosts) == 0 {
+			return errs.Refusedf("the scope has no hosts")
+		}
+		sort.SliceStable(p.hosts, func(i, j int) bool {
+			if p.hosts[i].Cluster != p.hosts[j].Cluster {
+				return NaturalLess(p.hosts[i].Cluster, p.hosts[j].Cluster)
+			}
+			return NaturalLess(p.hosts[i].Name, p.hosts[j].Name)
+		})
+		for _, h := range p.hosts {
+			if len(p.clusters) == 0 || p.clusters[len(p.clusters)-1] != h.Cluster {
+				p.clusters = append(p.clusters, h.Cluster)
+			}
+			switch h.ResourceState {
+			case state.PrepareForMaintenance, state.Maintenance, state.ErrorInMaintenance:
+				return errs.Refusedf("host %s is in %s: cancel its maintenance first (kvmctl maintenance cancel %s)", h.Name, h.ResourceState, h.Name)
+			}
+		}
+		return nil
+	})
+	return p, err
+}
+
+// NaturalLess orders names with numbers as people do: h2 before h10.
+func NaturalLess(a, b string) bool {
+	for a != "" && b != "" {
+		da, db := digitsPrefix(a), digitsPrefix(b)
+		if da != "" && db != "" {
+			if len(strings.TrimLeft(da, "0")) != len(strings.TrimLeft(db, "0")) {
+				return len(strings.TrimLeft(da, "0")) < len(strings.TrimLeft(db, "0"))
+			}
+			if da != db {
+				return strings.TrimLeft(da, "0") < strings.TrimLeft(db, "0")
+			}
+			a, b = a[len(da):], b[len(db):]
+			continue
+		}
+		if a[0] != b[0] {
+			return a[0] < b[0]
+		}
+		a, b = a[1:], b[1:]
+	}
+	return len(a) < len(b)
+}
+
+func digitsPrefix(s string) string {
+	i := 0
+	for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+		i++
+	}
+	return s[:i]
+}
+
+// Start validates req, takes the clusters' locks and runs it to the end (or, with DryRun,
+// returns the plan without changing anything).
+func (r *Rolling) Start(ctx context.Context, req RollingRequest) (RunResult, error) {
+	p, err := r.validate(&req)
+	if err != nil {
+		return RunResult{}, err
+	}
+	run := &Run{ID: newRunID(r.now()), State: RunRunning, Request: req, PingInterval: p.pingInterval, WaitTimeout: p.waitTimeout,
+		CreatedAt: r.now().UTC(), Owner: SelfOwner()}
+	for _, c := range p.clusters {
+		run.Clusters = append(run.Clusters, &RunCluster{Name: c})
+	}
+	for _, h := range p.hosts {
+		run.Hosts = append(run.Hosts, &RunHost{Name: h.Name, Cluster: h.Cluster, Step: StepPending, Stages: map[string]*StageRecord{}})
+	}
+	err = r.Store.Update(func(tx state.Tx) error {
+		for _, c := range p.clusters {
+			raw, err := tx.Get(state.BucketLocks, c)
+			if state.IsNotFound(err) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			other, err := LoadRun(tx, string(raw))
+			if err != nil || other.State != RunRunning {
+				continue // a stale lock of a finished run
+			}
+			if other.Owner.Alive() {
+				return errs.Refusedf("cluster %s is in run %s, which is still running (pid %d): wait for it, or `kvmctl rolling abort %s`", c, other.ID, other.Owner.PID, other.ID)
+			}
+			return errs.Refusedf("cluster %s is held by run %s, whose kvmctl died: `kvmctl rolling resume %s` to finish it, or `kvmctl rolling abort %s`", c, other.ID, other.ID, other.ID)
+		}
+		if req.DryRun {
+			return nil
+		}
+		for _, c := range p.clusters {
+			if err := tx.Put(state.BucketLocks, c, []byte(run.ID)); err != nil {
+				return err
+			}
+		}
+		return r.appendLocked(tx, run, events.Event{Type: events.RunStarted, RunID: run.ID,
+			Fields: map[string]any{"hosts": len(run.Hosts), "clusters": len(run.Clusters), "forced": req.Forced, "max_unavailable": req.MaxUnavailable}})
+	})
+	if err != nil {
+		return RunResult{}, err
+	}
+	if req.DryRun {
+		return RunResult{}, errors.New("use DryRun for a dry run")
+	}
+	r.mu.Lock()
+	r.run = run
+	r.mu.Unlock()
+	r.emitNow(events.Event{Type: events.RunStarted, RunID: run.ID, Fields: map[string]any{"hosts": len(run.Hosts), "clusters": len(run.Clusters)}})
+	return r.execute(ctx)
+}
+
+// Resume takes over run id from a kvmctl that died and runs it to the end. It re-attaches to a
+// stage still running by its execution id and never runs a finished stage again.
+func (r *Rolling) Resume(ctx context.Context, id string) (RunResult, error) {
+	var run *Run
+	err := r.Store.Update(func(tx state.Tx) error {
+		var err error
+		run, err = LoadRun(tx, id)
+		if state.IsNotFound(err) {
+			return errs.Refusedf("no run %q: `kvmctl rolling list` shows the runs", id)
+		}
+		if err != nil {
+			return err
+		}
+		if run.State != RunRunning {
+			return errs.Refusedf("run %s has %s: nothing to resume", id, run.State)
+		}
+		if run.Owner.Alive() && run.Owner != SelfOwner() {
+			return errs.Refusedf("run %s is still running (pid %d): only a run whose kvmctl died can be resumed", id, run.Owner.PID)
+		}
+		prev := run.Owner
+		run.Owner = SelfOwner()
+		return r.appendLocked(tx, run, events.Event{Type: events.RunResumed, RunID: run.ID, Fields: map[string]any{"previous_pid": prev.PID}})
+	})
+	if err != nil {
+		return RunResult{}, err
+	}
+	r.mu.Lock()
+	r.run = run
+	r.mu.Unlock()
+	r.emitNow(events.Event{Type: events.RunResumed, RunID: run.ID})
+	return r.execute(ctx)
+}
+
+// Abort stops run id after its current step and restores its clusters and hosts. A run whose
+// kvmctl still lives is asked to stop (it restores things itself); a run whose kvmctl died is
+// restored here.
+func (r *Rolling) Abort(ctx context.Context, id string) (RunResult, bool, error) {
+	var run *Run
+	var asked bool
+	err := r.Store.Update(func(tx state.Tx) error {
+		var err error
+		run, err = LoadRun(tx, id)
+		if state.IsNotFound(err) {
+			return errs.Refusedf("no run %q: `kvmctl rolling list` shows the runs", id)
+		}
+		if err != nil {
+			return err
+		}
+		if run.State != RunRunning {
+			return errs.Refusedf("run %s has %s: nothing to abort", id, run.State)
+		}
+		if run.Owner.Alive() {
+			run.AbortRequested = true
+			asked = true
+			return r.appendLocked(tx, run, events.Event{Type: events.RunAbortRequested, RunID: run.ID})
+		}
+		run.Owner = SelfOwner()
+		run.AbortRequested = true
+		return r.appendLocked(tx, run, events.Event{Type: events.RunAbortRequested, RunID: run.ID, Message: "its kvmctl died; restoring here"})
+	})
+	if err != nil || asked {
+		if run != nil {
+			return run.Result(), asked, err
+		}
+		return RunResult{}, asked, err
+	}
+	r.mu.Lock()
+	r.run = run
+	r.mu.Unlock()
+	r.restore(ctx)
+	r.finish(RunAborted, "aborted by the operator")
+	return r.snapshot().Result(), false, nil
+}
+
+// appendLocked writes run and one journal event in tx. The caller holds r.mu or owns run.
+func (r *Rolling) appendLocked(tx state.Tx, run *Run, e events.Event) error {
+	run.Seq++
+	if e.Time.IsZero() {
+		e.Time = r.now().UTC()
+	}
+	e.RunID = run.ID
+	if err := state.PutJSON(tx, state.BucketJournal, journalKey(run.ID, run.Seq), e); err != nil {
+		return err
+	}
+	return state.PutJSON(tx, state.BucketRuns, run.ID, run)
+}
+
+// journal applies change to the run, writes it with event e in one transaction, and only then
+// emits e: what the operator sees has been recorded.
+func (r *Rolling) journal(e events.Event, change func(*Run)) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if change != nil {
+		change(r.run)
+	}
+	e.Time = r.now().UTC()
+	err := r.Store.Update(func(tx state.Tx) error { return r.appendLocked(tx, r.run, e) })
+	if err != nil {
+		return fmt.Errorf("journal: %w", err)
+	}
+	if r.Events != nil {
+		_ = r.Events.Emit(e)
+	}
+	return nil
+}
+
+func (r *Rolling) emitNow(e events.Event) {
+	if r.Events != nil {
+		e.Time = r.now().UTC()
+		_ = r.Events.Emit(e)
+	}
+}
+
+func (r *Rolling) snapshot() *Run {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.run
+}
+
+// abortRequested rereads the run: `rolling abort` from another shell sets the flag.
+func (r *Rolling) abortRequested() bool {
+	var stop bool
+	_ = r.Store.View(func(tx state.Tx) error {
+		run, err := LoadRun(tx, r.run.ID)
+		if err == nil {
+			stop = run.AbortRequested
+		}
+		return nil
+	})
+	return stop
+}
+
+// fatal ends a run that cannot go on: it restores what the run changed and records why.
+type fatal struct{ reason string }
+
+func (f *fatal) Error() string { return f.reason }
+
+func (r *Rolling) hostRecord(tx state.Tx, name string) (state.Host, error) {
+	h, err := state.GetHost(tx, name)
+	if state.IsNotFound(err) {
+		return h, fmt.Errorf("host %s was removed from the inventory during the run", name)
+	}
+	return h, err
+}
+
+func (r *Rolling) dialHost(name string) (RollingAgent, state.Host, error) {
+	var h state.Host
+	if err := r.Store.View(func(tx state.Tx) (err error) { h, err = r.hostRecord(tx, name); return err }); err != nil {
+		return nil, h, err
+	}
+	a, err := r.Dial(h)
+	return a, h, err
+}
+
+// execute carries the run from wherever its record says it is to the end.
+func (r *Rolling) execute(ctx context.Context) (RunResult, error) {
+	run := r.snapshot()
+	err := r.preflight(ctx)
+	if err == nil {
+		for _, c := range run.Clusters {
+			if c.Done {
+				continue
+			}
+			if err = r.doCluster(ctx, c); err != nil {
+				break
+			}
+		}
+	}
+	if err != nil {
+		r.restore(ctx)
+		var f *fatal
+		switch {
+		case errors.As(err, &f) && f.reason == "aborted":
+			r.finish(RunAborted, "aborted by the operator")
+		default:
+			r.finish(RunFailed, err.Error())
+		}
+		return r.snapshot().Result(), fmt.Errorf("%w: %v", ErrRunFailed, err)
+	}
+	r.finish(RunSucceeded, r.summary())
+	return r.snapshot().Result(), nil
+}
+
+func (r *Rolling) summary() string {
+	run := r.snapshot()
+	done, skipped := 0, 0
+	for _, h := range run.Hosts {
+		switch h.Step {
+		case StepDone:
+			done++
+		case StepSkipped:
+			skipped++
+		}
+	}
+	return fmt.Sprintf("%d hosts updated, %d skipped", done, skipped)
+}
+
+// finish records the end of the run and releases its locks.
+func (r *Rolling) finish(st, details string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.run.State, r.run.Details, r.run.EndedAt = st, details, r.now().UTC()
+	e := events.Event{Type: events.RunFinished, RunID: r.run.ID, Outcome: st, Message: details, Time: r.now().UTC()}
+	_ = r.Store.Update(func(tx state.Tx) error {
+		for _, c := range r.run.Clusters {
+			if raw, err := tx.Get(state.BucketLocks, c.Name); err == nil && string(raw) == r.run.ID {
+				if err := tx.Delete(state.BucketLocks, c.Name); err != nil {
+					return err
+				}
+			}
+		}
+		return r.appendLocked(tx, r.run, e)
+	})
+	if r.Events != nil {
+		_ = r.Events.Emit(e)
+	}
+}
+
+// restore cancels maintenance on every host the run put there and restores every cluster it
+// disabled. It goes on past errors: each is journaled, and the next resume or abort retries.
+func (r *Rolling) restore(ctx context.Context) {
+	run := r.snapshot()
+	for _, h := range run.Hosts {
+		if h.InMaint {
+			r.cancelMaintenance(ctx, h)
+		}
+	}
+	for _, c := range run.Clusters {
+		if c.Disabled {
+			_ = r.restoreCluster(c)
+		}
+	}
+}
+
+func (r *Rolling) preflight(ctx context.Context) error {
+	run := r.snapshot()
+	if run.PreFlightDone {
+		return nil
+	}
+	var failures []string
+	for _, h := range run.Hosts {
+		if !h.Active() || h.At(StepPreFlight) {
+			continue
+		}
+		if r.abortRequested() {
+			return &fatal{"aborted"}
+		}
+		st, err := r.runStage(ctx, h, hooks.PreFlight)
+		switch {
+		case err != nil:
+			failures = append(failures, fmt.Sprintf("%s: %v", h.Name, err))
+			if run.Request.Forced {
+				r.skip(h, "PreFlight: "+err.Error())
+			}
+		case st.Outcome == api.OutcomeSkipped:
+			r.skip(h, "no maintenance needed (PreFlight exit 70)")
+		case st.Outcome != api.OutcomeSucceeded:
+			reason := stageFailure("PreFlight", st)
+			failures = append(failures, h.Name+": "+reason)
+			if run.Request.Forced {
+				r.skip(h, reason)
+			}
+		default:
+			_ = r.journal(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Stage: StepPreFlight}, func(*Run) { h.Step = StepPreFlight })
+		}
+	}
+	if len(failures) > 0 && !run.Request.Forced {
+		return &fatal{"PreFlight failed, no action taken: " + strings.Join(failures, "; ")}
+	}
+	return r.journal(events.Event{Type: events.RunPreFlightDone, Message: fmt.Sprintf("%d hosts to maintain", countActive(run))}, func(rr *Run) { rr.PreFlightDone = true })
+}
+
+func countActive(run *Run) int {
+	n := 0
+	for _, h := range run.Hosts {
+		if h.Active() {
+			n++
+		}
+	}
+	return n
+}
+
+func stageFailure(stage string, st api.StageStatus) string {
+	s := fmt.Sprintf("%s %s", stage, st.Outcome)
+	if st.Outcome == api.OutcomeFailed {
+		s += fmt.Sprintf(" (exit %d)", st.ExitCode)
+	}
+	if st.Note != "" {
+		s += ": " + st.Note
+	}
+	if line := lastLine(st.Output); line != "" {
+		s += ": " + line
+	}
+	return s
+}
+
+func lastLine(s string) string {
+	s = strings.TrimRight(s, "\n")
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
+	}
+	if len(s) > 200 {
+		s = s[:200] + "..."
+	}
+	return s
+}
+
+func (r *Rolling) skip(h *RunHost, reason string) {
+	_ = r.journal(events.Event{Type: events.HostSkipped, Host: h.Name, Cluster: h.Cluster, Message: reason}, func(*Run) {
+		h.Step, h.Reason = StepSkipped, reason
+		if h.EndedAt.IsZero() && !h.StartedAt.IsZero() {
+			h.EndedAt = r.now().UTC()
+		}
+	})
+}
+
+// fail handles a host-level failure: with --forced the host is skipped and the run goes on;
+// without, the run stops.
+func (r *Rolling) fail(h *RunHost, reason string) error {
+	if r.snapshot().Request.Forced {
+		r.skip(h, reason)
+		return nil
+	}
+	return &fatal{fmt.Sprintf("host %s: %s", h.Name, reason)}
+}
+
+func (r *Rolling) disableCluster(c *RunCluster) error {
+	var prior string
+	err := r.Store.View(func(tx state.Tx) error {
+		cl, err := state.GetCluster(tx, c.Name)
+		prior = cl.ResourceState
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	// Journal the state to restore before changing it.
+	if err := r.journal(events.Event{Type: events.ClusterDisabling, Cluster: c.Name, Message: "was " + prior}, func(*Run) {
+		c.PriorState, c.Disabled = prior, true
+	}); err != nil {
+		return err
+	}
+	if err := r.Store.Update(func(tx state.Tx) error {
+		_, err := inventory.SetClusterState(tx, c.Name, state.Disabled)
+		return err
+	}); err != nil {
+		return err
+	}
+	return r.journal(events.Event{Type: events.ClusterDisabled, Cluster: c.Name}, nil)
+}
+
+func (r *Rolling) restoreCluster(c *RunCluster) error {
+	to := c.PriorState
+	if to != state.Disabled {
+		to = state.Enabled
+	}
+	if err := r.Store.Update(func(tx state.Tx) error {
+		_, err := inventory.SetClusterState(tx, c.Name, to)
+		return err
+	}); err != nil {
+		_ = r.journal(events.Event{Type: events.ClusterEnableFailed, Cluster: c.Name, Message: err.Error()}, nil)
+		return err
+	}
+	return r.journal(events.Event{Type: events.ClusterEnabled, Cluster: c.Name, Message: "restored to " + to}, func(*Run) { c.Disabled = false })
+}
+
+func (r *Rolling) doCluster(ctx context.Context, c *RunCluster) error {
+	run := r.snapshot()
+	var pending []*RunHost
+	for _, h := range run.Hosts {
+		if h.Cluster == c.Name && h.Active() {
+			pending = append(pending, h)
+		}
+	}
+	if len(pending) > 0 && !c.Disabled {
+		if err := r.disableCluster(c); err != nil {
+			return err
+		}
+	}
+	n := run.Request.MaxUnavailable
+	for i := 0; i < len(pending); i += n {
+		if err := r.doBatch(ctx, pending[i:min(i+n, len(pending))]); err != nil {
+			return err
+		}
+	}
+	if c.Disabled {
+		if err := r.restoreCluster(c); err != nil {
+			return err
+		}
+	}
+	return r.journal(events.Event{Type: events.ClusterDone, Cluster: c.Name}, func(*Run) { c.Done = true })
+}
+
+// doBatch takes up to MaxUnavailable hosts of one cluster through maintenance together: they
+// are emptied one after the other (each plan sees the VMs the previous moved) but are in
+// maintenance, and run their Maintenance scripts, at the same time.
+func (r *Rolling) doBatch(ctx context.Context, batch []*RunHost) error {
+	active := func() []*RunHost {
+		var out []*RunHost
+		for _, h := range batch {
+			if h.Active() {
+				out = append(out, h)
+			}
+		}
+		return out
+	}
+	// 1. The Maintenance script must exist; then PreMaintenance.
+	for _, h := range active() {
+		if r.abortRequested() {
+			return &fatal{"aborted"}
+		}
+		if h.StartedAt.IsZero() {
+			_ = r.journal(events.Event{Type: events.HostStarted, Host: h.Name, Cluster: h.Cluster}, func(*Run) { h.StartedAt = r.now().UTC() })
+		}
+		if !h.At(StepChecked) {
+			ok, reason, err := r.checkMaintenanceScript(ctx, h)
+			if err != nil {
+				if ferr := r.fail(h, err.Error()); ferr != nil {
+					return ferr
+				}
+				continue
+			}
+			if !ok {
+				r.skip(h, reason)
+				continue
+			}
+			_ = r.journal(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Stage: StepChecked}, func(*Run) { h.Step = StepChecked })
+		}
+		if !h.At(StepPreMaint) {
+			st, err := r.runStage(ctx, h, hooks.PreMaintenance)
+			switch {
+			case err != nil:
+				if ferr := r.fail(h, "PreMaintenance: "+err.Error()); ferr != nil {
+					return ferr
+				}
+				continue
+			case st.Outcome == api.OutcomeSkipped:
+				r.skip(h, "no maintenance needed (PreMaintenance exit 70)")
+				continue
+			case st.Outcome != api.OutcomeSucceeded:
+				if ferr := r.fail(h, stageFailure("PreMaintenance", st)); ferr != nil {
+					return ferr
+				}
+				continue
+			}
+			_ = r.journal(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Stage: StepPreMaint}, func(*Run) { h.Step = StepPreMaint })
+		}
+	}
+	// 2. Capacity, refreshed, for the batch together; then mark every host of the batch so
+	// that none is a target for another.
+	var toPrepare []*RunHost
+	for _, h := range active() {
+		if !h.At(StepPrepared) {
+			toPrepare = append(toPrepare, h)
+		}
+	}
+	if len(toPrepare) > 0 {
+		if err := r.recheckCapacity(ctx, toPrepare); err != nil {
+			return err
+		}
+	}
+	for _, h := range active() {
+		if h.At(StepPrepared) {
+			continue
+		}
+		if err := r.journal(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Stage: StepPrepared}, func(*Run) {
+			h.Step, h.InMaint = StepPrepared, true
+		}); err != nil {
+			return err
+		}
+		if err := r.Store.Update(func(tx state.Tx) error {
+			sh, err := r.hostRecord(tx, h.Name)
+			if err != nil {
+				return err
+			}
+			if sh.ResourceState == state.PrepareForMaintenance {
+				return nil
+			}
+			sh.ResourceState, sh.StateReason = state.PrepareForMaintenance, "rolling maintenance run "+r.run.ID+" (was "+sh.ResourceState+")"
+			return state.PutHost(tx, sh)
+		}); err != nil {
+			return err
+		}
+	}
+	// 3. Enter maintenance, one host after the other.
+	for _, h := range active() {
+		if h.At(StepInMaint) {
+			continue
+		}
+		if r.abortRequested() {
+			return &fatal{"aborted"}
+		}
+		m := r.maint()
+		m.Events = r.Events
+		wctx, cancel := context.WithTimeout(ctx, r.snapshot().WaitTimeout)
+		res, err := m.Enable(wctx, h.Name, EnableOptions{Prepared: true})
+		cancel()
+		if err != nil {
+			r.cancelMaintenance(ctx, h)
+			if ferr := r.fail(h, "entering maintenance: "+err.Error()); ferr != nil {
+				return ferr
+			}
+			continue
+		}
+		_ = r.journal(events.Event{Type: events.HostMaintenanceIn, Host: h.Name, Cluster: h.Cluster, Fields: map[string]any{"vms_moved": len(res.Migrated)}},
+			func(*Run) { h.Step, h.VMsMoved = StepInMaint, len(res.Migrated) })
+	}
+	// 4. The Maintenance scripts, at the same time.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	for _, h := range active() {
+		if h.At(StepMaintDone) {
+			continue
+		}
+		wg.Add(1)
+		go func(h *RunHost) {
+			defer wg.Done()
+			st, err := r.runStage(ctx, h, hooks.Maintenance)
+			reason := ""
+			switch {
+			case err != nil:
+				reason = "Maintenance: " + err.Error()
+			case st.Outcome != api.OutcomeSucceeded:
+				reason = stageFailure("Maintenance", st)
+			}
+			if reason != "" {
+				// The seed: a failed Maintenance script cancels maintenance, then stops unless forced.
+				r.cancelMaintenance(ctx, h)
+				if ferr := r.fail(h, reason); ferr != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = ferr
+					}
+					mu.Unlock()
+				}
+				return
+			}
+			_ = r.journal(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Stage: StepMaintDone}, func(*Run) { h.Step = StepMaintDone })
+		}(h)
+	}
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	// 5. Cancel maintenance, then PostMaintenance.
+	for _, h := range active() {
+		if !h.At(StepCancelled) {
+			if !r.cancelMaintenance(ctx, h) {
+				if ferr := r.fail(h, "cancelling maintenance failed"); ferr != nil {
+					return ferr
+				}
+				continue
+			}
+			_ = r.journal(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Stage: StepCancelled}, func(*Run) { h.Step = StepCancelled })
+		}
+		st, err := r.runStage(ctx, h, hooks.PostMaintenance)
+		switch {
+		case err != nil:
+			if ferr := r.fail(h, "PostMaintenance: "+err.Error()); ferr != nil {
+				return ferr
+			}
+			continue
+		case st.Outcome != api.OutcomeSucceeded:
+			if ferr := r.fail(h, stageFailure("PostMaintenance", st)); ferr != nil {
+				return ferr
+			}
+			continue
+		}
+		_ = r.journal(events.Event{Type: events.HostDone, Host: h.Name, Cluster: h.Cluster}, func(*Run) { h.Step, h.EndedAt = StepDone, r.now().UTC() })
+	}
+	return nil
+}
+
+// cancelMaintenance takes a host the run put into maintenance out again; it reports success.
+func (r *Rolling) cancelMaintenance(ctx context.Context, h *RunHost) bool {
+	if !h.InMaint {
+		return true
+	}
+	m := r.maint()
+	m.Events = r.Events
+	var cur string
+	_ = r.Store.View(func(tx state.Tx) error {
+		sh, err := state.GetHost(tx, h.Name)
+		cur = sh.ResourceState
+		return err
+	})
+	switch cur {
+	case state.PrepareForMaintenance, state.Maintenance, state.ErrorInMaintenance:
+		if _, err := m.Cancel(ctx, h.Name); err != nil {
+			_ = r.journal(events.Event{Type: events.HostMaintenanceError, Host: h.Name, Cluster: h.Cluster, Message: "cancel: " + err.Error()}, nil)
+			return false
+		}
+	}
+	_ = r.journal(events.Event{Type: events.HostMaintenanceCancel, Host: h.Name, Cluster: h.Cluster}, func(*Run) { h.InMaint = false })
+	return true
+}
+
+func (r *Rolling) checkMaintenanceScript(ctx context.Context, h *RunHost) (bool, string, error) {
+	a, _, err := r.dialHost(h.Name)
+	if err != nil {
+		return false, "", err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	scripts, err := a.Hooks(cctx)
+	if err != nil {
+		return false, "", fmt.Errorf("list hook scripts: %w", err)
+	}
+	for _, s := range scripts {
+		if s.Stage != string(hooks.Maintenance) {
+			continue
+		}
+		if !s.Present {
+			return false, "no Maintenance script", nil
+		}
+		if s.Refused != "" {
+			return false, "", fmt.Errorf("Maintenance script refused: %s", s.Refused)
+		}
+		return true, "", nil
+	}
+	return false, "no Maintenance script", nil
+}
+
+// recheckCapacity refreshes the cluster's statuses and plans the batch's evacuation together.
+func (r *Rolling) recheckCapacity(ctx context.Context, batch []*RunHost) error {
+	m := r.maint()
+	c, err := m.load(batch[0].Name)
+	if err != nil {
+		return err
+	}
+	if err := m.refresh(ctx, &c); err != nil {
+		return err
+	}
+	names := make([]string, len(batch))
+	for i, h := range batch {
+		names[i] = h.Name
+	}
+	p, err := PlanCapacity(CapacityInput{Hosts: capacityHosts(c.cluster, c.prev), Empty: names, CPUFactor: c.cpuF, MemFactor: c.memF})
+	if err != nil {
+		return err
+	}
+	_ = r.journal(events.Event{Type: events.HostMaintenancePlan, Cluster: batch[0].Cluster, Message: strings.Join(names, ","),
+		Fields: map[string]any{"vms": len(p.Placements), "unplaced": len(p.Unplaced)}}, nil)
+	if p.OK() {
+		return nil
+	}
+	bad := map[string]string{}
+	for _, u := range p.Unplaced {
+		if _, ok := bad[u.From]; !ok {
+			bad[u.From] = fmt.Sprintf("capacity: VM %s fits nowhere: %s", u.VM, u.Reason)
+		}
+	}
+	for _, h := range batch {
+		if reason, ok := bad[h.Name]; ok {
+			if ferr := r.fail(h, reason); ferr != nil {
+				return ferr
+			}
+		}
+	}
+	return nil
+}
+
+// runStage runs one stage on a host through its agent and waits for it with the long poll:
+// the next step starts the moment the stage ends, and the ping interval is the longest gap
+// between two checks. An agent that stops answering (its script may restart it, or reboot the
+// host) is tolerated until the stage timeout. A stage with no script counts as succeeded.
+func (r *Rolling) runStage(ctx context.Context, h *RunHost, stage hooks.Stage) (api.StageStatus, error) {
+	run := r.snapshot()
+	name := string(stage)
+	rec := h.Stages[name]
+	if rec != nil && rec.State == api.StageCompleted {
+		return api.StageStatus{State: api.StageCompleted, Outcome: rec.Outcome, ExitCode: rec.ExitCode, Output: rec.Output, Note: rec.Note}, nil
+	}
+	if rec == nil || rec.ExecID == "" {
+		if err := r.journal(events.Event{Type: events.HostStageStarted, Host: h.Name, Cluster: h.Cluster, Stage: name}, func(*Run) {
+			h.Stages[name] = &StageRecord{State: "starting", StartedAt: r.now().UTC()}
+		}); err != nil {
+			return api.StageStatus{}, err
+		}
+	}
+	timeout := run.Request.Timeout
+	grace := r.StageGrace
+	if grace <= 0 {
+		grace = run.PingInterval + 10*time.Second
+	}
+	deadline := h.Stages[name].StartedAt.Add(timeout + grace)
+	req := api.StageRequest{RunID: run.ID, Stage: name, Payload: run.Request.Payload, TimeoutS: int((timeout + time.Second - 1) / time.Second)}
+	var lastErr error
+	for {
+		if !time.Now().Before(deadline) {
+			st := api.StageStatus{State: api.StageCompleted, Outcome: api.OutcomeTimedOut, ExitCode: -1,
+				Note: fmt.Sprintf("no result from the agent within the stage timeout (%s)", timeout)}
+			if lastErr != nil {
+				st.Note += ": " + firstLine(lastErr.Error())
+			}
+			return st, r.recordStage(h, name, st)
+		}
+		st, err := r.tryStage(ctx, h, req, run.PingInterval, deadline)
+		if err == nil && st.Done() {
+			return st, r.recordStage(h, name, st)
+		}
+		if err != nil {
+			if api.IsCode(err, api.CodeNoScript) {
+				st := api.StageStatus{State: api.StageCompleted, Outcome: api.OutcomeSucceeded, Note: "no script"}
+				return st, r.recordStage(h, name, st)
+			}
+			var ae *api.Error
+			if errors.As(err, &ae) && !api.IsUnreachable(err) && ae.Status < 500 {
+				return api.StageStatus{}, err // a refusal (bad payload, refused script): retrying cannot help
+			}
+			lastErr = err
+			select {
+			case <-ctx.Done():
+				return api.StageStatus{}, ctx.Err()
+			case <-time.After(min(time.Second, run.PingInterval)):
+			}
+		}
+	}
+}
+
+// tryStage (re)starts the stage, idempotently, and long-polls it once.
+func (r *Rolling) tryStage(ctx context.Context, h *RunHost, req api.StageRequest, wait time.Duration, deadline time.Time) (api.StageStatus, error) {
+	a, _, err := r.dialHost(h.Name)
+	if err != nil {
+		return api.StageStatus{}, err
+	}
+	rec := r.stageRecord(h, req.Stage)
+	id := rec.ExecID
+	if id == "" {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		id, err = a.StartStage(sctx, req)
+		cancel()
+		if err != nil {
+			return api.StageStatus{}, err
+		}
+		if err := r.journal(events.Event{Type: events.HostStageRunning, Host: h.Name, Cluster: h.Cluster, Stage: req.Stage, Fields: map[string]any{"exec_id": id}}, func(*Run) {
+			rec.ExecID, rec.State = id, api.StageRunning
+		}); err != nil {
+			return api.StageStatus{}, err
+		}
+	}
+	wait = min(wait, time.Until(deadline))
+	wctx, cancel := context.WithTimeout(ctx, wait+15*time.Second)
+	defer cancel()
+	st, err := a.WaitStage(wctx, id, wait)
+	if api.IsCode(err, api.CodeNotFound) {
+		// The agent lost the execution (its state dir was wiped): start it again; the
+		// (run, stage) pair is still idempotent on the agent.
+		r.mu.Lock()
+		rec.ExecID = ""
+		r.mu.Unlock()
+	}
+	return st, err
+}
+
+func (r *Rolling) stageRecord(h *RunHost, stage string) *StageRecord {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return h.Stages[stage]
+}
+
+func (r *Rolling) recordStage(h *RunHost, stage string, st api.StageStatus) error {
+	fields := map[string]any{"exit_code": st.ExitCode}
+	if st.Note != "" {
+		fields["note"] = st.Note
+	}
+	if line := lastLine(st.Output); line != "" {
+		fields["last_line"] = line
+	}
+	return r.journal(events.Event{Type: events.HostStageFinished, Host: h.Name, Cluster: h.Cluster, Stage: stage, Outcome: st.Outcome, Fields: fields}, func(*Run) {
+		rec := h.Stages[stage]
+		if rec == nil {
+			rec = &StageRecord{StartedAt: r.now().UTC()}
+			h.Stages[stage] = rec
+		}
+		rec.State, rec.Outcome, rec.ExitCode, rec.Output, rec.Note = api.StageCompleted, st.Outcome, st.ExitCode, st.Output, st.Note
+		rec.EndedAt = r.now().UTC()
+	})
+}
