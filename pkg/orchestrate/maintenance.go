@@ -274,7 +274,9 @@ func (m *Maintenance) Enable(ctx context.Context, name string, opts EnableOption
 		}
 	}
 	res.ResourceState = state.PrepareForMaintenance
-	m.emit(events.Event{Type: events.HostMaintenancePrep, Host: name, Cluster: c.host.Cluster, Message: "was " + before})
+	if before != state.PrepareForMaintenance {
+		m.emit(events.Event{Type: events.HostMaintenancePrep, Host: name, Cluster: c.host.Cluster, Message: "was " + before})
+	}
 
 	fail := func(reason string) (MaintenanceResult, error) {
 		res.Reason = reason

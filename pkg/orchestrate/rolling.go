@@ -422,6 +422,12 @@ func (r *Rolling) journal(e events.Event, change func(*Run)) error {
 	return nil
 }
 
+// journalSink records the maintenance engine's events (VM moves, maintenance entered and
+// cancelled) in the run's journal, so `rolling status` and the live view see them too.
+func (r *Rolling) journalSink() events.Sink {
+	return events.SinkFunc(func(e events.Event) error { return r.journal(e, nil) })
+}
+
 func (r *Rolling) emitNow(e events.Event) {
 	if r.Events != nil {
 		e.Time = r.now().UTC()
@@ -809,7 +815,7 @@ func (r *Rolling) doBatch(ctx context.Context, batch []*RunHost) error {
 			return &fatal{"aborted"}
 		}
 		m := r.maint()
-		m.Events = r.Events
+		m.Events = r.journalSink()
 		wctx, cancel := context.WithTimeout(ctx, r.snapshot().WaitTimeout)
 		res, err := m.Enable(wctx, h.Name, EnableOptions{Prepared: true})
 		cancel()
@@ -820,7 +826,7 @@ func (r *Rolling) doBatch(ctx context.Context, batch []*RunHost) error {
 			}
 			continue
 		}
-		_ = r.journal(events.Event{Type: events.HostMaintenanceIn, Host: h.Name, Cluster: h.Cluster, Fields: map[string]any{"vms_moved": len(res.Migrated)}},
+		_ = r.journal(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Stage: StepInMaint, Fields: map[string]any{"vms_moved": len(res.Migrated)}},
 			func(*Run) { h.Step, h.VMsMoved = StepInMaint, len(res.Migrated) })
 	}
 	// 4. The Maintenance scripts, at the same time.
@@ -896,7 +902,7 @@ func (r *Rolling) cancelMaintenance(ctx context.Context, h *RunHost) bool {
 		return true
 	}
 	m := r.maint()
-	m.Events = r.Events
+	m.Events = r.journalSink()
 	var cur string
 	_ = r.Store.View(func(tx state.Tx) error {
 		sh, err := state.GetHost(tx, h.Name)
@@ -910,7 +916,7 @@ func (r *Rolling) cancelMaintenance(ctx context.Context, h *RunHost) bool {
 			return false
 		}
 	}
-	_ = r.journal(events.Event{Type: events.HostMaintenanceCancel, Host: h.Name, Cluster: h.Cluster}, func(*Run) { h.InMaint = false })
+	_ = r.journal(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Stage: "left_maintenance"}, func(*Run) { h.InMaint = false })
 	return true
 }
 

@@ -6,6 +6,7 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/cmdutil"
 	"github.com/kvmctl/kvmctl/pkg/events"
 	"github.com/kvmctl/kvmctl/pkg/orchestrate"
+	"github.com/kvmctl/kvmctl/pkg/sshx"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
@@ -31,3 +32,16 @@ func lockedDial(dial orchestrate.AgentDialer) orchestrate.AgentDialer {
 		return dial(h)
 	}
 }
+
+// lockedRollingDial makes a caching dialer safe for concurrent stages.
+func lockedRollingDial(dial orchestrate.RollingDialer) orchestrate.RollingDialer {
+	var mu sync.Mutex
+	return func(h state.Host) (orchestrate.RollingAgent, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return dial(h)
+	}
+}
+
+// sshRunner is how kvmctl reaches a host's shell: SSH with key auth and known_hosts checked.
+func sshRunner() orchestrate.SSHRunner { return &sshx.Client{} }

@@ -59,6 +59,9 @@ Exit codes: 0 success, 1 the operation failed, 2 bad usage or input refused (not
 		newConfigCmd(f),
 		newPKICmd(f),
 		newLabCmd(f),
+		newMaintenanceCmd(f),
+		newRollingCmd(f),
+		newHooksCmd(f),
 	)
 	return root
 }

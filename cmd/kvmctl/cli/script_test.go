@@ -1,16 +1,20 @@
 package cli
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/rogpeppe/go-internal/testscript"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/kvmctl/kvmctl/pkg/iostreams"
 )
@@ -38,10 +42,14 @@ func TestScripts(t *testing.T) {
 			env.Setenv("HOME", env.WorkDir)
 			env.Setenv("XDG_STATE_HOME", "")
 			env.Setenv("NO_COLOR", "1")
+			// Under -race every program that exits 0 sleeps 1s by default (atexit_sleep_ms).
+			env.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"exitcode": cmdExitCode,
+			"jsonsub":  cmdJSONSub,
+			"mkbolt":   cmdMkBolt,
 			"mode":     cmdMode,
 			"snapshot": cmdSnapshot,
 		},
@@ -93,6 +101,121 @@ func cmdMode(ts *testscript.TestScript, neg bool, args []string) {
 		}
 		ts.Fatalf("%s has mode %#o, want %#o", args[0], got, want)
 	}
+}
+
+// cmdJSONSub runs `jsonsub [-extra] FILE WANT`: FILE (or stdout/stderr) must hold JSON that
+// contains WANT's JSON: every key of a WANT object is in FILE's object with a matching value,
+// arrays have the same length and match element by element, other values are equal. Keys that
+// only FILE has are ignored, so a test does not break when a later change adds a field. With
+// -extra, FILE's arrays may also hold more elements: WANT's must match some of them, in order.
+func cmdJSONSub(ts *testscript.TestScript, neg bool, args []string) {
+	extra := len(args) > 0 && args[0] == "-extra"
+	if extra {
+		args = args[1:]
+	}
+	if len(args) != 2 {
+		ts.Fatalf("usage: jsonsub [-extra] file want.json")
+	}
+	var got, want any
+	if err := json.Unmarshal([]byte(ts.ReadFile(args[0])), &got); err != nil {
+		ts.Fatalf("jsonsub: %s: %v", args[0], err)
+	}
+	if err := json.Unmarshal([]byte(ts.ReadFile(args[1])), &want); err != nil {
+		ts.Fatalf("jsonsub: %s: %v", args[1], err)
+	}
+	err := jsonContains("$", got, want, extra)
+	switch {
+	case err != nil && !neg:
+		ts.Fatalf("%s does not contain %s: %v", args[0], args[1], err)
+	case err == nil && neg:
+		ts.Fatalf("%s contains %s", args[0], args[1])
+	}
+}
+
+func jsonContains(path string, got, want any, extra bool) error {
+	switch w := want.(type) {
+	case map[string]any:
+		g, ok := got.(map[string]any)
+		if !ok {
+			return fmt.Errorf("%s: got %v, want an object", path, got)
+		}
+		keys := make([]string, 0, len(w))
+		for k := range w {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			gv, ok := g[k]
+			if !ok {
+				return fmt.Errorf("%s: no key %q", path, k)
+			}
+			if err := jsonContains(path+"."+k, gv, w[k], extra); err != nil {
+				return err
+			}
+		}
+		return nil
+	case []any:
+		g, ok := got.([]any)
+		if !ok {
+			return fmt.Errorf("%s: got %v, want an array", path, got)
+		}
+		if !extra {
+			if len(g) != len(w) {
+				return fmt.Errorf("%s: got %d elements, want %d", path, len(g), len(w))
+			}
+			for i := range w {
+				if err := jsonContains(fmt.Sprintf("%s[%d]", path, i), g[i], w[i], extra); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		i := 0
+		for j := range w {
+			for i < len(g) && jsonContains("", g[i], w[j], extra) != nil {
+				i++
+			}
+			if i == len(g) {
+				return fmt.Errorf("%s: no element (after those matched before) contains %v", path, w[j])
+			}
+			i++
+		}
+		return nil
+	default:
+		if !reflect.DeepEqual(got, want) {
+			return fmt.Errorf("%s: got %#v, want %#v", path, got, want)
+		}
+		return nil
+	}
+}
+
+// cmdMkBolt runs `mkbolt FILE [BUCKET/KEY=VALUE...]`: it creates FILE as a bbolt database that
+// holds the given keys, to feed kvmctl files that are bbolt but not (current) kvmctl state.
+func cmdMkBolt(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 1 {
+		ts.Fatalf("usage: mkbolt file [bucket/key=value...]")
+	}
+	db, err := bolt.Open(ts.MkAbs(args[0]), 0o600, nil)
+	ts.Check(err)
+	defer db.Close()
+	ts.Check(db.Update(func(tx *bolt.Tx) error {
+		for _, kv := range args[1:] {
+			bk, value, ok := strings.Cut(kv, "=")
+			bucket, key, ok2 := strings.Cut(bk, "/")
+			if !ok || !ok2 {
+				return fmt.Errorf("mkbolt: want bucket/key=value, not %q", kv)
+			}
+			b, err := tx.CreateBucketIfNotExists([]byte(bucket))
+			if err != nil {
+				return err
+			}
+			if err := b.Put([]byte(key), []byte(value)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	ts.Check(db.Close())
 }
 
 // snapshotCommands read everything an operator can change through the CLI; two equal

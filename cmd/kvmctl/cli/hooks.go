@@ -1,0 +1,289 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kvmctl/kvmctl/pkg/api"
+	"github.com/kvmctl/kvmctl/pkg/cmdutil"
+	"github.com/kvmctl/kvmctl/pkg/errs"
+	"github.com/kvmctl/kvmctl/pkg/hooks"
+	"github.com/kvmctl/kvmctl/pkg/inventory"
+	"github.com/kvmctl/kvmctl/pkg/state"
+)
+
+// HooksListOptions are the inputs of `kvmctl hooks list`.
+type HooksListOptions struct {
+	F       *cmdutil.Factory
+	Host    string
+	Timeout time.Duration
+}
+
+// HooksRunOptions are the inputs of `kvmctl hooks run`.
+type HooksRunOptions struct {
+	F     *cmdutil.Factory
+	Host  string
+	Stage string
+	// Payload is passed to the script as arguments, split by shell quoting rules.
+	Payload string
+	// TimeoutS bounds the script's run time on the agent, in seconds.
+	TimeoutS int
+}
+
+// hooksRunMargin is how long past the stage timeout kvmctl keeps waiting: the agent's grace
+// period between SIGTERM and SIGKILL, and the result's way back.
+const hooksRunMargin = 30 * time.Second
+
+// hooksRetryDelay is the pause before asking again when the agent did not answer mid-stage
+// (an agent restart does not lose a stage).
+const hooksRetryDelay = time.Second
+
+func newHooksCmd(f *cmdutil.Factory) *cobra.Command {
+	return group("hooks", "List and try the rolling-maintenance stage scripts of a host",
+		newHooksListCmd(f), newHooksRunCmd(f))
+}
+
+func newHooksListCmd(f *cmdutil.Factory) *cobra.Command {
+	opts := &HooksListOptions{F: f, Timeout: 10 * time.Second}
+	c := &cobra.Command{
+		Use:   "list HOST",
+		Short: "Show which stages have a script on a host, and why a script would be refused",
+		Long: `List asks the host's agent for the script of each stage (PreFlight, PreMaintenance,
+Maintenance, PostMaintenance): present, missing, or refused with the reason (outside the hooks
+dir, writable by group or others, not executable, two scripts for one stage).`,
+		Args: cmdutil.ExactArgs(1, "HOST"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts.Host = args[0]
+			return runHooksList(opts)
+		},
+	}
+	c.Flags().DurationVar(&opts.Timeout, "timeout", opts.Timeout, "how long to wait for the agent")
+	return c
+}
+
+func newHooksRunCmd(f *cmdutil.Factory) *cobra.Command {
+	opts := &HooksRunOptions{F: f, TimeoutS: api.DefaultStageTimeoutS}
+	c := &cobra.Command{
+		Use:   "run HOST STAGE",
+		Short: "Run one stage script on a host now and wait for its result",
+		Long: `Run starts STAGE's script on HOST under a fresh run id and waits until it ends, then prints
+its outcome, exit code, note and output. Nothing else happens to the host: no maintenance mode,
+no VM moves. --payload is passed as arguments, split by shell quoting rules without a shell.
+
+Exit codes: 0 when the outcome is succeeded or skipped (exit 70, no maintenance needed); 1 when
+it failed, timed out or was terminated, or the stage has no script; 2 for an unknown host or
+stage, or a script the agent refuses to run.`,
+		Args: cmdutil.ExactArgs(2, "HOST and STAGE"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts.Host, opts.Stage = args[0], args[1]
+			return runHooksRun(cmd.Context(), opts)
+		},
+	}
+	c.Flags().StringVar(&opts.Payload, "payload", "", "arguments for the script, e.g. '--kernel \"6.1 lts\"'")
+	c.Flags().IntVar(&opts.TimeoutS, "timeout", opts.TimeoutS, "seconds the script may run before it is killed")
+	return c
+}
+
+// hooksClient reads host from the state file, lets go of the file, and returns a client for its
+// agent: nothing holds the state file while we talk to the agent.
+func hooksClient(f *cmdutil.Factory, name string) (*api.Client, error) {
+	var h state.Host
+	if err := view(f, func(tx state.Tx) error {
+		var err error
+		h, err = state.GetHost(tx, name)
+		if state.IsNotFound(err) {
+			return inventory.NotFound("host", name, "hosts")
+		}
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	pkiDir, err := f.PKIDir()
+	if err != nil {
+		return nil, err
+	}
+	return api.ClientForHost(pkiDir, h.Name, h.Address)
+}
+
+// hookListItem is one line of `hooks list`.
+type hookListItem struct {
+	api.HookScript
+	// Status is present, missing or refused.
+	Status string `json:"status"`
+}
+
+func runHooksList(opts *HooksListOptions) error {
+	if opts.Timeout <= 0 {
+		return errs.Refusedf("--timeout %s: must be positive, e.g. 10s", opts.Timeout)
+	}
+	c, err := hooksClient(opts.F, opts.Host)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)
+	defer cancel()
+	scripts, err := c.Hooks(ctx)
+	if err != nil {
+		return err
+	}
+	items := make([]hookListItem, 0, len(scripts))
+	for _, s := range scripts {
+		it := hookListItem{HookScript: s, Status: "present"}
+		switch {
+		case !s.Present:
+			it.Status = "missing"
+		case s.Refused != "":
+			it.Status = "refused"
+		}
+		items = append(items, it)
+	}
+	if opts.F.JSON {
+		return opts.F.PrintJSON(items)
+	}
+	t := opts.F.IO.NewTable("STAGE", "SCRIPT", "STATUS")
+	for _, it := range items {
+		status := it.Status
+		if it.Refused != "" {
+			status += ": " + it.Refused
+		}
+		t.AddRow(it.Stage, it.Path, status)
+	}
+	return t.Render()
+}
+
+// hookRunResult is what `hooks run --json` prints.
+type hookRunResult struct {
+	Host      string    `json:"host"`
+	Stage     string    `json:"stage"`
+	RunID     string    `json:"run_id"`
+	ExecID    string    `json:"exec_id,omitempty"`
+	Outcome   string    `json:"outcome"`
+	ExitCode  int       `json:"exit_code"`
+	Output    string    `json:"output"`
+	StartedAt time.Time `json:"started_at,omitzero"`
+	EndedAt   time.Time `json:"ended_at,omitzero"`
+	Note      string    `json:"note,omitempty"`
+}
+
+func runHooksRun(ctx context.Context, opts *HooksRunOptions) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	stage, err := hooks.ParseStage(opts.Stage)
+	if err != nil {
+		return errs.Refused(err)
+	}
+	if opts.TimeoutS <= 0 {
+		return errs.Refusedf("--timeout %d: must be a positive number of seconds", opts.TimeoutS)
+	}
+	if _, err := hooks.SplitPayload(opts.Payload); err != nil {
+		return errs.Refusedf("--payload: %w", err)
+	}
+	c, err := hooksClient(opts.F, opts.Host)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+
+	timeout := time.Duration(opts.TimeoutS) * time.Second
+	ctx, cancel := context.WithTimeout(ctx, timeout+hooksRunMargin)
+	defer cancel()
+	res := hookRunResult{Host: opts.Host, Stage: string(stage), RunID: fmt.Sprintf("manual-%d", opts.F.Now().UnixNano())}
+	id, err := c.StartStage(ctx, api.StageRequest{RunID: res.RunID, Stage: string(stage), Payload: opts.Payload, TimeoutS: opts.TimeoutS})
+	switch {
+	case api.IsCode(err, api.CodeNoScript):
+		res.Outcome, res.ExitCode, res.Note = string(hooks.NotFound), -1, firstLine(agentMessage(err))
+		return printHookRun(opts.F, res)
+	case api.IsCode(err, api.CodeScriptRefused):
+		return errs.Refusedf("%s: fix the script on %s, then check with `kvmctl hooks list %s`", agentMessage(err), opts.Host, opts.Host)
+	case err != nil:
+		return err
+	}
+	res.ExecID = id
+	fmt.Fprintf(opts.F.IO.ErrOut, "running %s on %s (run %s)...\n", stage, opts.Host, res.RunID)
+
+	st, err := waitStage(ctx, c, id)
+	if err != nil {
+		return fmt.Errorf("wait for %s on %s (exec %s): %w", stage, opts.Host, id, err)
+	}
+	res.Outcome, res.ExitCode, res.Output, res.Note = st.Outcome, st.ExitCode, st.Output, st.Note
+	res.StartedAt, res.EndedAt = st.StartedAt, st.EndedAt
+	return printHookRun(opts.F, res)
+}
+
+// waitStage long-polls until the stage completes or ctx ends. An agent that does not answer is
+// asked again: the stage survives an agent restart.
+func waitStage(ctx context.Context, c *api.Client, id string) (api.StageStatus, error) {
+	for {
+		wait := api.MaxStageWait
+		if dl, ok := ctx.Deadline(); ok {
+			wait = min(wait, time.Until(dl))
+		}
+		st, err := c.WaitStage(ctx, id, wait)
+		switch {
+		case err == nil && st.Done():
+			return st, nil
+		case err == nil:
+			if wait < time.Second {
+				// Near the deadline the agent answers at once; do not spin.
+				time.Sleep(100 * time.Millisecond)
+			}
+		case api.IsUnreachable(err):
+			select {
+			case <-ctx.Done():
+				return st, fmt.Errorf("%w (last: %w)", ctx.Err(), err)
+			case <-time.After(hooksRetryDelay):
+			}
+		default:
+			return st, err
+		}
+		if ctx.Err() != nil {
+			return st, fmt.Errorf("stage still %s when kvmctl stopped waiting: %w", st.State, ctx.Err())
+		}
+	}
+}
+
+// agentMessage is the agent's own message of an *api.Error, without the "agent h1:" wrapping.
+func agentMessage(err error) string {
+	var e *api.Error
+	if errors.As(err, &e) {
+		return e.Message
+	}
+	return err.Error()
+}
+
+func printHookRun(f *cmdutil.Factory, res hookRunResult) error {
+	if f.JSON {
+		if err := f.PrintJSON(res); err != nil {
+			return err
+		}
+	} else {
+		out := f.IO.Out
+		line := fmt.Sprintf("%s %s: %s (exit code %d)", res.Host, res.Stage, res.Outcome, res.ExitCode)
+		if !res.EndedAt.IsZero() && !res.StartedAt.IsZero() {
+			line += fmt.Sprintf(" in %s", res.EndedAt.Sub(res.StartedAt).Round(time.Millisecond))
+		}
+		fmt.Fprintln(out, line)
+		if res.Note != "" {
+			fmt.Fprintf(out, "note: %s\n", res.Note)
+		}
+		if res.Output != "" {
+			fmt.Fprintln(out, "output:")
+			fmt.Fprint(out, res.Output)
+			if !strings.HasSuffix(res.Output, "\n") {
+				fmt.Fprintln(out)
+			}
+		}
+	}
+	switch res.Outcome {
+	case string(hooks.Succeeded), string(hooks.Skipped):
+		return nil
+	}
+	return cmdutil.ErrSilent
+}
