@@ -124,7 +124,7 @@ func (s *agentState) Enter(now time.Time, bootID string) (api.Maintenance, bool,
 	if err := s.save(rec); err != nil {
 		return s.Maintenance(), false, err
 	}
-	s.set(rec)
+	s.apply(rec)
 	return s.Maintenance(), true, nil
 }
 
@@ -139,7 +139,7 @@ func (s *agentState) Cancel() (api.Maintenance, bool, error) {
 	if err := s.save(rec); err != nil {
 		return s.Maintenance(), false, err
 	}
-	s.set(rec)
+	s.apply(rec)
 	return s.Maintenance(), true, nil
 }
 
@@ -155,7 +155,15 @@ func (s *agentState) BeginVMStart() (done func(), since time.Time, ok bool) {
 	return s.gate.RUnlock, time.Time{}, true
 }
 
-func (s *agentState) set(rec maintenanceRecord) {
+// Set changes the state in memory only, without the file and without a Since: for tests that
+// need a state without going through Enter and Cancel.
+func (s *agentState) Set(v api.AgentState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.v = v
+}
+
+func (s *agentState) apply(rec maintenanceRecord) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.v, s.since, s.bootID = rec.AgentState, rec.Since, rec.BootID

@@ -26,14 +26,21 @@ func ValidName(kind, name string) error {
 	return nil
 }
 
-// ValidAddress checks an agent address: host:port with a port from 1 to 65535.
+var dnsName = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$`)
+
+// ValidAddress checks an agent address: host:port, the host an IP address or a DNS name, the
+// port a plain number from 1 to 65535 (no sign, no leading zero, so one endpoint has one
+// spelling and duplicate addresses are caught).
 func ValidAddress(addr string) error {
 	h, p, err := net.SplitHostPort(addr)
 	if err != nil || h == "" {
 		return fmt.Errorf("invalid address %q: want host:port of the host's kvmagent, e.g. 10.0.0.11:9250", addr)
 	}
+	if net.ParseIP(h) == nil && (len(h) > 253 || !dnsName.MatchString(h)) {
+		return fmt.Errorf("invalid address %q: %q is neither an IP address nor a DNS name", addr, h)
+	}
 	n, err := strconv.Atoi(p)
-	if err != nil || n < 1 || n > 65535 {
+	if err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != p {
 		return fmt.Errorf("invalid address %q: the port must be a number from 1 to 65535", addr)
 	}
 	return nil

@@ -18,35 +18,35 @@ import (
 // hold hosts. Resource states are not part of it: they are the fleet's live condition, not its
 // shape.
 type Document struct {
-	Zones []ZoneDoc `yaml:"zones"`
+	Zones []ZoneDoc `yaml:"zones" json:"zones"`
 }
 
 // ZoneDoc is one zone and its pods.
 type ZoneDoc struct {
-	Name string   `yaml:"name"`
-	Pods []PodDoc `yaml:"pods,omitempty"`
+	Name string   `yaml:"name" json:"name"`
+	Pods []PodDoc `yaml:"pods,omitempty" json:"pods,omitempty"`
 }
 
 // PodDoc is one pod and its clusters.
 type PodDoc struct {
-	Name     string       `yaml:"name"`
-	Clusters []ClusterDoc `yaml:"clusters,omitempty"`
+	Name     string       `yaml:"name" json:"name"`
+	Clusters []ClusterDoc `yaml:"clusters,omitempty" json:"clusters,omitempty"`
 }
 
 // ClusterDoc is one cluster and its hosts.
 type ClusterDoc struct {
-	Name  string    `yaml:"name"`
-	Hosts []HostDoc `yaml:"hosts,omitempty"`
+	Name  string    `yaml:"name" json:"name"`
+	Hosts []HostDoc `yaml:"hosts,omitempty" json:"hosts,omitempty"`
 }
 
 // HostDoc is one host.
 type HostDoc struct {
-	Name    string     `yaml:"name"`
-	Address string     `yaml:"address"`
-	Tags    []string   `yaml:"tags,omitempty"`
-	SSH     *state.SSH `yaml:"ssh,omitempty"`
+	Name    string     `yaml:"name" json:"name"`
+	Address string     `yaml:"address" json:"address"`
+	Tags    []string   `yaml:"tags,omitempty" json:"tags,omitempty"`
+	SSH     *state.SSH `yaml:"ssh,omitempty" json:"ssh,omitempty"`
 	// RestartCommand restarts the agent over SSH (default `systemctl restart kvmagent`).
-	RestartCommand string `yaml:"restart_command,omitempty"`
+	RestartCommand string `yaml:"restart_command,omitempty" json:"restart_command,omitempty"`
 }
 
 // Parsed is a document that passed its own checks, with the position of each element so that
@@ -68,7 +68,7 @@ func Parse(name string, data []byte) (*Parsed, error) {
 	if err := yaml.UnmarshalWithOptions(data, &p.Doc, yaml.DisallowUnknownField()); err != nil {
 		return nil, errs.Refused(yamlErr(name, err))
 	}
-	if len(p.Doc.Zones) == 0 {
+	if p.Doc.Zones == nil {
 		return nil, errs.Refusedf("%s: no zones: the file must start with `zones:` (see `kvmctl inventory export`)", name)
 	}
 	var problems []string

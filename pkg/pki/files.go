@@ -22,8 +22,8 @@ const (
 
 // FileResult is the outcome for one file.
 type FileResult struct {
-	Path   string
-	Action Action
+	Path   string `json:"path"`
+	Action Action `json:"action"`
 }
 
 // Result lists the files a call looked at, in a fixed order, with what it did to each.

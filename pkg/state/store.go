@@ -40,6 +40,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/kvmctl/kvmctl/pkg/errs"
 	berrors "go.etcd.io/bbolt/errors"
 )
 
@@ -164,7 +166,11 @@ func (s *Store) open(readOnly bool) (*bolt.DB, error) {
 		return nil, fmt.Errorf("open state: %w", err)
 	}
 	if fi.IsDir() {
-		return nil, fmt.Errorf("open state: %s is a directory, not a state file", s.Path)
+		return nil, errs.Refusedf("open state: %s is a directory, not a state file: point --state at the file", s.Path)
+	}
+	if fi.Size() == 0 {
+		// bbolt would quietly turn an empty file into a database; it is not ours to take.
+		return nil, errs.Refusedf("%s is not a kvmctl state file (it is empty): point --state at the right file, or remove it and run `kvmctl init`", s.Path)
 	}
 	db, err := bolt.Open(s.Path, 0o600, &bolt.Options{Timeout: s.timeout(), ReadOnly: readOnly})
 	switch {
@@ -174,7 +180,7 @@ func (s *Store) open(readOnly bool) (*bolt.DB, error) {
 		return nil, fmt.Errorf("open state %s: %w: run kvmctl as the user that owns it", s.Path, err)
 	case err != nil:
 		// bbolt reports a foreign file in several ways (invalid, checksum, too small, ...).
-		return nil, fmt.Errorf("%s is not a kvmctl state file (%v): point --state at the right file", s.Path, err)
+		return nil, errs.Refusedf("%s is not a kvmctl state file (%v): point --state at the right file", s.Path, err)
 	}
 	if err := checkVersion(db, s.Path, readOnly); err != nil {
 		db.Close()
@@ -188,12 +194,12 @@ func checkVersion(db *bolt.DB, path string, readOnly bool) error {
 	err := db.View(func(tx *bolt.Tx) error {
 		b := tx.Bucket([]byte(BucketMeta))
 		if b == nil {
-			return fmt.Errorf("%s is not a kvmctl state file (no meta bucket): point --state at the right file", path)
+			return errs.Refusedf("%s is not a kvmctl state file (no meta bucket): point --state at the right file", path)
 		}
 		raw := b.Get([]byte(keyVersion))
 		n, err := strconv.Atoi(string(raw))
 		if err != nil {
-			return fmt.Errorf("%s has an unreadable schema version %q: restore it from a backup", path, raw)
+			return errs.Refusedf("%s has an unreadable schema version %q: restore it from a backup", path, raw)
 		}
 		v = n
 		return nil
@@ -202,7 +208,7 @@ func checkVersion(db *bolt.DB, path string, readOnly bool) error {
 		return err
 	}
 	if v > SchemaVersion {
-		return fmt.Errorf("%s has schema version %d, this kvmctl knows up to %d: upgrade kvmctl", path, v, SchemaVersion)
+		return errs.Refusedf("%s has schema version %d, this kvmctl knows up to %d: upgrade kvmctl", path, v, SchemaVersion)
 	}
 	if readOnly {
 		return nil

@@ -63,6 +63,15 @@ Exit codes: 0 success, 1 the operation failed, 2 bad usage or input refused (not
 		newRollingCmd(f),
 		newHooksCmd(f),
 	)
+	// Cobra's completion command prints help and exits 0 when the shell is missing or unknown;
+	// like every other group, it refuses instead.
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() == "completion" {
+			c.Args = cobra.NoArgs
+			c.RunE = func(cmd *cobra.Command, args []string) error { return refusedUsage(cmd) }
+		}
+	}
 	return root
 }
 

@@ -16,13 +16,15 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/kvmctl/kvmctl/cmd/kvmagent/agentcli"
 	"github.com/kvmctl/kvmctl/pkg/iostreams"
 )
 
 // scriptCommands are the programs the scripts in testdata/script run with `exec NAME`: the test
 // binary re-executes itself as each of them. Add a program here to make it available.
 var scriptCommands = map[string]func(){
-	"kvmctl": func() { os.Exit(Run(os.Args[1:], iostreams.System())) },
+	"kvmctl":   func() { os.Exit(Run(os.Args[1:], iostreams.System())) },
+	"kvmagent": func() { os.Exit(agentcli.Run(os.Args[1:], os.Stdout, os.Stderr)) },
 }
 
 func TestMain(m *testing.M) {
@@ -52,6 +54,7 @@ func TestScripts(t *testing.T) {
 			"mkbolt":   cmdMkBolt,
 			"mode":     cmdMode,
 			"snapshot": cmdSnapshot,
+			"noagents": cmdNoAgents,
 		},
 	})
 }
@@ -245,4 +248,25 @@ func cmdSnapshot(ts *testscript.TestScript, neg bool, args []string) {
 		fmt.Fprintf(&buf, "# kvmctl %s\n%s", strings.Join(c, " "), ts.ReadFile("stdout"))
 	}
 	ts.Check(os.WriteFile(ts.MkAbs(args[0]), []byte(buf.String()), 0o644))
+}
+
+// cmdNoAgents runs `noagents DIR`: no process on the machine may still run with DIR in its
+// command line (a lab's agents are started with their config file, which lives in DIR).
+func cmdNoAgents(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: noagents DIR")
+	}
+	dir := ts.MkAbs(args[0])
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		raw, err := os.ReadFile(p)
+		if err != nil || !strings.Contains(string(raw), dir) {
+			continue
+		}
+		stat, _ := os.ReadFile(strings.TrimSuffix(p, "cmdline") + "stat")
+		if i := strings.LastIndexByte(string(stat), ')'); i > 0 && i+2 < len(stat) && (stat[i+2] == 'Z' || stat[i+2] == 'X') {
+			continue // a zombie is dead; its parent has not reaped it yet
+		}
+		ts.Fatalf("a process still runs from %s: %s (%s)", dir, strings.ReplaceAll(string(raw), "\x00", " "), p)
+	}
 }

@@ -1,0 +1,539 @@
+package agentcli
+
+// End-to-end tests of the stage endpoints through real kvmagent processes: the test binary
+// re-executes itself as kvmagent (envAsAgent), serves HTTPS with mutual TLS on 127.0.0.1 with a
+// libvirt test node, and runs stage scripts the tests write. The service executor's detached
+// stage-exec is that same binary again, so every process boundary of production is crossed.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kvmctl/kvmctl/pkg/api"
+	"github.com/kvmctl/kvmctl/pkg/hooks"
+	"github.com/kvmctl/kvmctl/pkg/pki"
+	"github.com/kvmctl/kvmctl/pkg/virt"
+)
+
+// envAsAgent makes the test binary run as kvmagent with its arguments.
+const envAsAgent = "KVMCTL_AGENTCLI_TEST_AS_KVMAGENT"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envAsAgent) == "1" {
+		os.Exit(Run(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+// e2eAgent is one kvmagent process for host kvm1 with its own dirs, and a client for it.
+type e2eAgent struct {
+	t                      testing.TB
+	dir, hooks, state, pki string
+	conf, addr             string
+	client                 *api.Client
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+	log  *syncBuffer
+}
+
+// newE2EAgent writes the PKI, node, boot id and agent.properties of an agent and starts it.
+// agentExecutor sets rolling.maintenance.service.executor.disabled.
+func newE2EAgent(t testing.TB, agentExecutor bool) *e2eAgent {
+	t.Helper()
+	dir := t.TempDir()
+	a := &e2eAgent{t: t, dir: dir, hooks: filepath.Join(dir, "hooks"), state: filepath.Join(dir, "state"), pki: filepath.Join(dir, "pki")}
+	now := time.Now()
+	kp, err := pki.GenerateCA(now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := pki.ParseCA(kp.CertPEM, kp.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ag, err := ca.NewAgent("kvm1", []string{"127.0.0.1"}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	op, err := ca.NewOperator("alice", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node, err := virt.NodeXML(virt.NodeSpec{HostName: "kvm1", CPUs: 4, MemoryMiB: 8192})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{a.hooks, a.pki} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for path, data := range map[string][]byte{
+		filepath.Join(a.pki, pki.CACertFile): kp.CertPEM, filepath.Join(a.pki, pki.OperatorCertFile): op.CertPEM,
+		filepath.Join(a.pki, pki.OperatorKeyFile): op.KeyPEM,
+		filepath.Join(dir, "agent.crt"):           ag.CertPEM, filepath.Join(dir, "agent.key"): ag.KeyPEM,
+		filepath.Join(dir, "node.xml"): node, filepath.Join(dir, "boot_id"): []byte("boot-1\n"),
+	} {
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.addr = e2eFreeAddr(t)
+	a.conf = filepath.Join(dir, "agent.properties")
+	props := strings.Join([]string{
+		"host.name=kvm1",
+		"listen=" + a.addr,
+		"tls.cert=" + filepath.Join(dir, "agent.crt"),
+		"tls.key=" + filepath.Join(dir, "agent.key"),
+		"tls.ca=" + filepath.Join(a.pki, pki.CACertFile),
+		"libvirt.uri=test://" + filepath.Join(dir, "node.xml"),
+		"state.dir=" + a.state,
+		"rolling.maintenance.hooks.dir=" + a.hooks,
+		"rolling.maintenance.service.executor.disabled=" + strconv.FormatBool(agentExecutor),
+		"boot.id.file=" + filepath.Join(dir, "boot_id"),
+	}, "\n") + "\n"
+	if err := os.WriteFile(a.conf, []byte(props), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.client, err = api.ClientForHost(a.pki, "kvm1", a.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		a.stop(syscall.SIGTERM)
+		a.client.Close()
+	})
+	a.start()
+	return a
+}
+
+func e2eFreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// start runs the agent process and returns once it answers health checks.
+func (a *e2eAgent) start() {
+	a.t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "run", "--config", a.conf, "--log-level", "debug")
+	// GORACE: a race-enabled binary otherwise sleeps 1 s at exit, stage-exec included.
+	cmd.Env = append(os.Environ(), envAsAgent+"=1", "GORACE=atexit_sleep_ms=0")
+	log := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		a.t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+	}()
+	a.mu.Lock()
+	a.cmd, a.done, a.log = cmd, done, log
+	a.mu.Unlock()
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := a.client.Healthz(ctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		select {
+		case <-done:
+			a.t.Fatalf("kvmagent exited at start (%v):\n%s", cmd.ProcessState, log.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			a.t.Fatalf("kvmagent not healthy after 30s: %v\n%s", err, log.String())
+		}
+	}
+}
+
+// stop sends sig to the agent process, if it runs, and waits for it to exit.
+func (a *e2eAgent) stop(sig syscall.Signal) {
+	a.mu.Lock()
+	cmd, done := a.cmd, a.done
+	a.cmd = nil
+	a.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+		a.t.Errorf("kvmagent did not stop on %s", sig)
+	}
+	a.client.Close() // drop connections to the dead process
+}
+
+// script writes a stage script (with a #!/bin/sh line) with mode perm.
+func (a *e2eAgent) script(t testing.TB, name, body string, perm os.FileMode) {
+	t.Helper()
+	p := filepath.Join(a.hooks, name)
+	if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), perm); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, perm); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// run starts a stage and long-polls it to completion.
+func (a *e2eAgent) run(t testing.TB, req api.StageRequest) api.StageStatus {
+	t.Helper()
+	id, err := a.client.StartStage(context.Background(), req)
+	if err != nil {
+		t.Fatalf("StartStage(%+v): %v", req, err)
+	}
+	return a.wait(t, id, 30*time.Second)
+}
+
+// wait long-polls execution id until it completes, at most limit.
+func (a *e2eAgent) wait(t testing.TB, id string, limit time.Duration) api.StageStatus {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	for {
+		st, err := a.client.WaitStage(ctx, id, 10*time.Second)
+		if err != nil {
+			t.Fatalf("WaitStage(%s): %v\nagent log:\n%s", id, err, a.logs())
+		}
+		if st.Done() {
+			return st
+		}
+	}
+}
+
+func (a *e2eAgent) logs() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.log == nil {
+		return ""
+	}
+	return a.log.String()
+}
+
+func TestE2EStageOutcomes(t *testing.T) {
+	t.Parallel()
+	a := newE2EAgent(t, false)
+	pidFile := filepath.Join(a.dir, "bg.pid")
+	for _, tc := range []struct {
+		name, body  string
+		timeoutS    int
+		outcome     string
+		code        int
+		outputHas   string
+		maxDuration time.Duration
+	}{
+		{"succeeded", "echo fine; exit 0", 10, api.OutcomeSucceeded, 0, "fine", 5 * time.Second},
+		{"skipped", "echo nothing to do; exit 70", 10, api.OutcomeSkipped, 70, "nothing to do", 5 * time.Second},
+		{"failed", "echo broken >&2; exit 3", 10, api.OutcomeFailed, 3, "broken", 5 * time.Second},
+		// The background sleep holds the output pipe too: the whole group must die for the
+		// stage to end in about its timeout.
+		{"timed_out", "sleep 30 & echo $! > " + pidFile + "; echo waiting; sleep 30", 1, api.OutcomeTimedOut, 0, "waiting", 8 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a.script(t, "PreFlight.sh", tc.body, 0o755)
+			start := time.Now()
+			st := a.run(t, api.StageRequest{RunID: "outcome-" + tc.name, Stage: "PreFlight", TimeoutS: tc.timeoutS})
+			took := time.Since(start)
+			if st.State != api.StageCompleted || st.Outcome != tc.outcome || !strings.Contains(st.Output, tc.outputHas) {
+				t.Errorf("status = %+v, want outcome %s with output %q", st, tc.outcome, tc.outputHas)
+			}
+			if tc.outcome != api.OutcomeTimedOut && st.ExitCode != tc.code {
+				t.Errorf("exit code = %d, want %d", st.ExitCode, tc.code)
+			}
+			if st.StartedAt.IsZero() || st.EndedAt.Before(st.StartedAt) || st.Stage != "PreFlight" || st.RunID != "outcome-"+tc.name {
+				t.Errorf("status = %+v", st)
+			}
+			if took > tc.maxDuration {
+				t.Errorf("stage took %s, want under %s", took, tc.maxDuration)
+			}
+			if tc.outcome == api.OutcomeTimedOut {
+				b, err := os.ReadFile(pidFile)
+				if err != nil {
+					t.Fatal(err)
+				}
+				pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+				if pid <= 0 || processAlive(pid) {
+					t.Errorf("background child %q of the timed-out script is still alive", b)
+				}
+			}
+		})
+	}
+}
+
+// processAlive reports whether pid runs (a zombie that nobody reaps counts as gone).
+func processAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
+}
+
+func TestE2EStagePayloadIsNotAShell(t *testing.T) {
+	t.Parallel()
+	a := newE2EAgent(t, false)
+	touched := filepath.Join(a.dir, "x")
+	a.script(t, "PreMaintenance.sh", `echo "argc=$#"; for w in "$@"; do echo "[$w]"; done`, 0o755)
+	st := a.run(t, api.StageRequest{RunID: "payload", Stage: "PreMaintenance", TimeoutS: 10,
+		Payload: `a=1 "b c" ';touch ` + touched + `'`})
+	want := "argc=3\n[a=1]\n[b c]\n[;touch " + touched + "]\n"
+	if st.Outcome != api.OutcomeSucceeded || st.Output != want {
+		t.Errorf("status = %+v\noutput %q, want %q", st, st.Output, want)
+	}
+	if _, err := os.Stat(touched); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the payload ran: %s exists (%v)", touched, err)
+	}
+	// An unquoted ; is refused before anything runs.
+	_, err := a.client.StartStage(context.Background(), api.StageRequest{RunID: "payload2", Stage: "PreMaintenance", Payload: "a; touch " + touched})
+	if !api.IsCode(err, api.CodeBadRequest) {
+		t.Errorf("unquoted ; = %v, want %s", err, api.CodeBadRequest)
+	}
+}
+
+func TestE2EStageIdempotent(t *testing.T) {
+	t.Parallel()
+	a := newE2EAgent(t, false)
+	counter := filepath.Join(a.dir, "counter")
+	a.script(t, "Maintenance", "echo run >> "+counter+"; sleep 0.3", 0o755)
+	req := api.StageRequest{RunID: "idem", Stage: "Maintenance", TimeoutS: 10}
+	ids := make([]string, 8)
+	var wg sync.WaitGroup
+	for i := range ids {
+		wg.Go(func() {
+			id, err := a.client.StartStage(context.Background(), req)
+			if err != nil {
+				t.Errorf("StartStage: %v", err)
+			}
+			ids[i] = id
+		})
+	}
+	wg.Wait()
+	if ids[0] == "" || len(slices.Compact(slices.Clone(ids))) != 1 {
+		t.Fatalf("concurrent POSTs gave ids %q, want one", ids)
+	}
+	if ids[0] != hooks.ExecID("idem", hooks.Maintenance) {
+		t.Errorf("exec id %s, want hooks.ExecID", ids[0])
+	}
+	st := a.wait(t, ids[0], 20*time.Second)
+	// Asking again after the end finds the same execution and does not run it again.
+	again, err := a.client.StartStage(context.Background(), req)
+	if err != nil || again != ids[0] {
+		t.Errorf("POST after completion = %q, %v; want %q", again, err, ids[0])
+	}
+	time.Sleep(200 * time.Millisecond)
+	b, err := os.ReadFile(counter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b) != "run\n" || st.Outcome != api.OutcomeSucceeded {
+		t.Errorf("counter %q (want one run), status %+v", b, st)
+	}
+}
+
+func TestE2EAgentKilledMidStage(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name          string
+		agentExecutor bool
+	}{{"service", false}, {"agent", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			a := newE2EAgent(t, tc.agentExecutor)
+			started := filepath.Join(a.dir, "started")
+			a.script(t, "Maintenance.sh", "touch "+started+"; sleep 2.5; echo finished; exit 3", 0o755)
+			id, err := a.client.StartStage(context.Background(), api.StageRequest{RunID: "kill", Stage: "Maintenance", TimeoutS: 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitFile(t, started, 10*time.Second)
+			a.stop(syscall.SIGKILL)
+			a.start()
+
+			st, err := a.client.Stage(context.Background(), id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.agentExecutor {
+				// The script died with the agent as far as the agent knows: completed, as the seed
+				// says of the agent executor.
+				if st.State != api.StageCompleted || st.Outcome != api.OutcomeSucceeded || st.Note != hooks.NoteAgentRestart {
+					t.Errorf("after restart = %+v, want completed, succeeded, note %q", st, hooks.NoteAgentRestart)
+				}
+				return
+			}
+			if st.State != api.StageRunning {
+				t.Errorf("after restart = %+v, want running", st)
+			}
+			st = a.wait(t, id, 20*time.Second)
+			if st.Outcome != api.OutcomeFailed || st.ExitCode != 3 || !strings.Contains(st.Output, "finished") || st.Note != "" {
+				t.Errorf("final = %+v, want the script's own result (failed, exit 3, output finished)", st)
+			}
+		})
+	}
+}
+
+func waitFile(t *testing.T, path string, limit time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not appear within %s", path, limit)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestE2EHooksListAndRefusals(t *testing.T) {
+	t.Parallel()
+	a := newE2EAgent(t, false)
+	a.script(t, "PreFlight.sh", "exit 0", 0o755)
+	a.script(t, "PostMaintenance.sh", "exit 0", 0o777)
+	a.script(t, "PreMaintenance.py", "exit 0", 0o644)
+
+	scripts, err := a.client.Hooks(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]api.HookScript{}
+	var order []string
+	for _, s := range scripts {
+		got[s.Stage] = s
+		order = append(order, s.Stage)
+	}
+	if want := []string{"PreFlight", "PreMaintenance", "Maintenance", "PostMaintenance"}; !slices.Equal(order, want) {
+		t.Errorf("stages %q, want %q", order, want)
+	}
+	if s := got["PreFlight"]; !s.Present || s.Refused != "" || !strings.HasSuffix(s.Path, "/PreFlight.sh") {
+		t.Errorf("PreFlight = %+v, want present", s)
+	}
+	if s := got["Maintenance"]; s.Present || s.Refused != "" {
+		t.Errorf("Maintenance = %+v, want missing", s)
+	}
+	if s := got["PostMaintenance"]; !s.Present || !strings.Contains(s.Refused, "writable by group or others") {
+		t.Errorf("PostMaintenance = %+v, want refused as world-writable", s)
+	}
+	if s := got["PreMaintenance"]; !s.Present || !strings.Contains(s.Refused, "not executable") {
+		t.Errorf("PreMaintenance = %+v, want refused as not executable", s)
+	}
+
+	_, err = a.client.StartStage(context.Background(), api.StageRequest{RunID: "r1", Stage: "PostMaintenance", TimeoutS: 5})
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Code != api.CodeScriptRefused || ae.Status != 409 || !strings.Contains(ae.Message, "writable by group or others") {
+		t.Errorf("refused script: %v, want 409 %s with the reason", err, api.CodeScriptRefused)
+	}
+	_, err = a.client.StartStage(context.Background(), api.StageRequest{RunID: "r1", Stage: "Maintenance", TimeoutS: 5})
+	if !errors.As(err, &ae) || ae.Code != api.CodeNoScript || ae.Status != 404 {
+		t.Errorf("missing script: %v, want 404 %s", err, api.CodeNoScript)
+	}
+	// A refused stage leaves no execution behind.
+	if _, err := a.client.Stage(context.Background(), hooks.ExecID("r1", hooks.PostMaintenance)); !api.IsCode(err, api.CodeNotFound) {
+		t.Errorf("Stage of a refused start: %v, want %s", err, api.CodeNotFound)
+	}
+}
+
+// BenchmarkStageNoop measures a no-op stage through the API on loopback: POST, then long-poll
+// until completed. ns/op is the mean; median_ms and p90_ms come from every iteration.
+func BenchmarkStageNoop(b *testing.B) {
+	for _, k := range []struct {
+		name          string
+		agentExecutor bool
+	}{{"service", false}, {"agent", true}} {
+		b.Run(k.name, func(b *testing.B) {
+			a := newE2EAgent(b, k.agentExecutor)
+			a.script(b, "PreFlight", "exit 0", 0o755)
+			lat := make([]time.Duration, 0, b.N)
+			for i := 0; b.Loop(); i++ {
+				start := time.Now()
+				st := a.run(b, api.StageRequest{RunID: fmt.Sprintf("bench-%d", i), Stage: "PreFlight", TimeoutS: 10})
+				lat = append(lat, time.Since(start))
+				if st.Outcome != api.OutcomeSucceeded {
+					b.Fatalf("status %+v", st)
+				}
+			}
+			reportQuantiles(b, lat)
+		})
+	}
+}
+
+// BenchmarkExitToSeen measures the time from a script's last action (it writes the time in
+// nanoseconds to a file and exits) to the long poll returning it to the client.
+func BenchmarkExitToSeen(b *testing.B) {
+	for _, k := range []struct {
+		name          string
+		agentExecutor bool
+	}{{"service", false}, {"agent", true}} {
+		b.Run(k.name, func(b *testing.B) {
+			a := newE2EAgent(b, k.agentExecutor)
+			stamp := filepath.Join(a.dir, "exit-ns")
+			a.script(b, "PostMaintenance", "date +%s%N > "+stamp, 0o755)
+			lat := make([]time.Duration, 0, b.N)
+			for i := 0; b.Loop(); i++ {
+				id, err := a.client.StartStage(context.Background(), api.StageRequest{RunID: fmt.Sprintf("seen-%d", i), Stage: "PostMaintenance", TimeoutS: 10})
+				if err != nil {
+					b.Fatal(err)
+				}
+				st := a.wait(b, id, 30*time.Second)
+				seen := time.Now()
+				data, err := os.ReadFile(stamp)
+				if err != nil || st.Outcome != api.OutcomeSucceeded {
+					b.Fatalf("status %+v, stamp: %v", st, err)
+				}
+				ns, err := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64)
+				if err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, seen.Sub(time.Unix(0, ns)))
+			}
+			reportQuantiles(b, lat)
+		})
+	}
+}
+
+func reportQuantiles(b *testing.B, lat []time.Duration) {
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	b.ReportMetric(ms(lat[len(lat)/2]), "median_ms")
+	b.ReportMetric(ms(lat[len(lat)*9/10]), "p90_ms")
+}
