@@ -37,6 +37,14 @@ lint: deps
 test: lint
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 
+## bench: the README's performance numbers (labs of 100 and 30 hosts, stage API benchmarks)
+bench: build
+	./scripts/bench.sh
+
+## demo: build, bring up a lab of 6 hosts (2 clusters, 3 VMs each), run rolling maintenance of c1
+demo: build
+	./scripts/demo.sh
+
 ## fmt: rewrite the sources with gofmt
 fmt:
 	gofmt -w $$(git ls-files '*.go')

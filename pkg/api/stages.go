@@ -122,10 +122,9 @@ const waitSlack = 2 * time.Second
 // deadline on ctx the call gets one of wait plus a margin; with one, wait is shortened to end
 // before it.
 func (c *Client) WaitStage(ctx context.Context, id string, wait time.Duration) (StageStatus, error) {
-	wait = min(max(wait, 0), MaxStageWait)
-	if dl, ok := ctx.Deadline(); ok {
-		wait = min(wait, max(time.Until(dl)-waitSlack, 0))
-	} else {
+	dl, ok := ctx.Deadline()
+	wait = clampWait(wait, dl, ok, time.Now())
+	if !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, wait+c.requestTimeout)
 		defer cancel()
@@ -134,4 +133,14 @@ func (c *Client) WaitStage(ctx context.Context, id string, wait time.Duration) (
 	path := PathStages + "/" + url.PathEscape(id) + "?wait=" + url.QueryEscape(wait.String())
 	err := c.do(ctx, http.MethodGet, path, nil, &s)
 	return s, err
+}
+
+// clampWait bounds a long poll's wait to [0, MaxStageWait] and, when the caller has a deadline,
+// ends it waitSlack before that deadline so that the answer still arrives in time.
+func clampWait(wait time.Duration, deadline time.Time, hasDeadline bool, now time.Time) time.Duration {
+	wait = min(max(wait, 0), MaxStageWait)
+	if hasDeadline {
+		wait = min(wait, max(deadline.Sub(now)-waitSlack, 0))
+	}
+	return wait
 }

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# make bench: the numbers of the README's performance section, measured on labs of this machine.
+#   1. `kvmctl host status` over a 100-host lab: median wall time of 10 runs; agent RSS when idle.
+#   2. rolling maintenance over a 30-host lab (3 clusters, no VMs, no-op scripts): orchestration
+#      overhead per host, with --max-unavailable 1 and 3.
+#   3. the Go benchmarks of the stage API (no-op stage latency, script exit to kvmctl seeing it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=$PWD/bin
+WORK=$(mktemp -d)
+trap '"$BIN/kvmctl" lab down --purge --dir "$WORK/lab100" >/dev/null 2>&1 || true; "$BIN/kvmctl" lab down --purge --dir "$WORK/lab30" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
+now_ms() { date +%s%3N; }
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+echo "== host status over a 100-host lab"
+"$BIN/kvmctl" lab up --hosts 100 --clusters 10 --vms 3 --dir "$WORK/lab100" --timeout 120s >/dev/null 2>&1
+export KVMCTL_STATE=$WORK/lab100/state.db
+"$BIN/kvmctl" host status >/dev/null # warm up
+times=()
+for i in $(seq 10); do
+	t0=$(now_ms); "$BIN/kvmctl" host status >/dev/null; t1=$(now_ms)
+	times+=($((t1 - t0)))
+done
+up=$("$BIN/kvmctl" host status --json | grep -c '"connection": "Up"')
+echo "hosts Up: $up/100"
+echo "host status wall time, median of 10: $(printf '%s\n' "${times[@]}" | median) ms (min $(printf '%s\n' "${times[@]}" | sort -n | head -1), max $(printf '%s\n' "${times[@]}" | sort -n | tail -1))"
+sleep 2
+rss=$(for pid in $(python3 -c "import json;print(' '.join(str(h['pid']) for h in json.load(open('$WORK/lab100/lab.json'))['hosts']))"); do
+	awk '/VmRSS/ {print $2}' /proc/$pid/status; done | median)
+echo "agent RSS when idle, median of 100 agents: $((rss / 1024)) MiB ($rss KiB)"
+"$BIN/kvmctl" lab down --purge --dir "$WORK/lab100" >/dev/null
+
+echo
+echo "== rolling maintenance over a 30-host lab (3 clusters, no VMs, no-op scripts)"
+for mu in 1 3; do
+	"$BIN/kvmctl" lab up --hosts 30 --clusters 3 --vms 0 --dir "$WORK/lab30" --timeout 120s >/dev/null 2>&1
+	for h in "$WORK"/lab30/hosts/*/hooks; do
+		for s in PreFlight PreMaintenance Maintenance PostMaintenance; do
+			printf '#!/bin/sh\nexit 0\n' >"$h/$s.sh"
+		done
+	done
+	export KVMCTL_STATE=$WORK/lab30/state.db
+	"$BIN/kvmctl" host status >/dev/null
+	t0=$(now_ms)
+	"$BIN/kvmctl" rolling start --zone z1 --max-unavailable $mu --no-tui >/dev/null 2>&1
+	t1=$(now_ms)
+	n=$("$BIN/kvmctl" rolling status --json | grep -c '"step": "done"')
+	echo "--max-unavailable $mu: $n/30 hosts updated in $((t1 - t0)) ms: $(((t1 - t0) / 30)) ms per host (each host: 4 stages, enter and cancel maintenance, every step journaled)"
+	"$BIN/kvmctl" lab down --purge --dir "$WORK/lab30" >/dev/null
+done
+
+echo
+echo "== stage API benchmarks (go test -bench)"
+go test -run '^$' -bench 'Stage|ExitTo' -benchtime 50x ./cmd/kvmagent/agentcli/ ./pkg/hooks/ 2>&1 | grep -E '^(Benchmark|ok|goos)' || true
