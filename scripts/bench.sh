@@ -25,9 +25,12 @@ up=$("$BIN/kvmctl" host status --json | grep -c '"connection": "Up"')
 echo "hosts Up: $up/100"
 echo "host status wall time, median of 10: $(printf '%s\n' "${times[@]}" | median) ms (min $(printf '%s\n' "${times[@]}" | sort -n | head -1), max $(printf '%s\n' "${times[@]}" | sort -n | tail -1))"
 sleep 2
-rss=$(for pid in $(python3 -c "import json;print(' '.join(str(h['pid']) for h in json.load(open('$WORK/lab100/lab.json'))['hosts']))"); do
-	awk '/VmRSS/ {print $2}' /proc/$pid/status; done | median)
-echo "agent RSS when idle, median of 100 agents: $((rss / 1024)) MiB ($rss KiB)"
+pids=$(python3 -c "import json;print(' '.join(str(h['pid']) for h in json.load(open('$WORK/lab100/lab.json'))['hosts']))")
+rss=$(for pid in $pids; do awk '/^VmRSS/ {print $2}' /proc/$pid/status; done | median)
+anon=$(for pid in $pids; do awk '/^RssAnon/ {print $2}' /proc/$pid/status; done | median)
+pss=$(for pid in $pids; do awk '/^Pss:/ {print $2}' /proc/$pid/smaps_rollup; done | median)
+echo "agent RSS when idle, median of 100 agents: $rss KiB ($((rss / 1024)) MiB); of it private (RssAnon) $anon KiB;"
+echo "  PSS (shared libvirt/gnutls pages divided among the agents) $pss KiB"
 "$BIN/kvmctl" lab down --purge --dir "$WORK/lab100" >/dev/null
 
 echo

@@ -66,7 +66,8 @@ type KeyMap struct {
 func DefaultKeyMap() *KeyMap {
 	return &KeyMap{
 		Detach: key.NewBinding(key.WithKeys("q", "ctrl+c"), key.WithHelp("q", "detach")),
-		Exit:   key.NewBinding(key.WithHelp("any key", "exit")),
+		// Any key exits; the keys here only enable the binding so help shows it.
+		Exit: key.NewBinding(key.WithKeys("enter", "q", "esc"), key.WithHelp("any key", "exit")),
 	}
 }
 

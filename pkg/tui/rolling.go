@@ -686,12 +686,28 @@ func (m *RollingModel) table(width int) []tableLine {
 			b.Reset()
 			b.WriteString(indent)
 			b.WriteString(cell(st.Host, h.Name, hostW+1))
-			for _, s := range h.Stages {
-				text, style := m.stageCell(h, s, compact)
-				b.WriteString(cell(style, text, sw+1))
+			if strings.HasPrefix(h.terminal, "skipped") {
+				// The stages it will not run leave room for why: the reason is the news.
+				for _, s := range h.Stages {
+					if s.State == StagePending {
+						break
+					}
+					text, style := m.stageCell(h, s, compact)
+					b.WriteString(cell(style, text, sw+1))
+				}
+				reason := h.terminal
+				if h.VMsMoved > 0 {
+					reason += " · " + vms(h) + " moved"
+				}
+				b.WriteString(st.Skipped.Render(reason))
+			} else {
+				for _, s := range h.Stages {
+					text, style := m.stageCell(h, s, compact)
+					b.WriteString(cell(style, text, sw+1))
+				}
+				b.WriteString(cell(st.Host, vms(h), vmsWidth))
+				b.WriteString(m.phaseStyle(h).Render(h.phase()))
 			}
-			b.WriteString(cell(st.Host, vms(h), vmsWidth))
-			b.WriteString(m.phaseStyle(h).Render(h.phase()))
 			tl := tableLine{text: b.String(), host: h}
 			// A skipped host's reason is its phase already.
 			if h.LastLine != "" && !strings.HasPrefix(h.terminal, "skipped") {
