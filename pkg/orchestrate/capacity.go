@@ -85,18 +85,18 @@ type CapacityInput struct {
 
 // Placement moves one running VM off a host being emptied.
 type Placement struct {
-	VM   string
-	UUID string
-	From string
-	To   string
+	VM   string `json:"vm"`
+	UUID string `json:"uuid"`
+	From string `json:"from"`
+	To   string `json:"to"`
 }
 
 // Unplaced is a running VM that fits on no host; Reason tells the operator what to change.
 type Unplaced struct {
-	VM     string
-	UUID   string
-	From   string
-	Reason string
+	VM     string `json:"vm"`
+	UUID   string `json:"uuid"`
+	From   string `json:"from"`
+	Reason string `json:"reason"`
 }
 
 // Plan is the outcome of PlanCapacity. Placements are listed in the order they were decided

@@ -53,6 +53,9 @@ type Rolling struct {
 // ErrRunFailed is returned when a run ends without success; the result says why.
 var ErrRunFailed = errors.New("rolling maintenance failed")
 
+// ErrInterrupted is returned when the context ends mid-run: the run is left resumable.
+var ErrInterrupted = errors.New("interrupted")
+
 func (r *Rolling) now() time.Time {
 	if r.Now == nil {
 		return time.Now()
@@ -219,6 +222,13 @@ func (r *Rolling) validate(req *RollingRequest) (rollPlan, error) {
 			if len(p.clusters) == 0 || p.clusters[len(p.clusters)-1] != h.Cluster {
 				p.clusters = append(p.clusters, h.Cluster)
 			}
+		}
+		// A run that overlaps a running one is refused naming it, before the host states
+		// below, which that run is changing.
+		if err := lockConflict(tx, p.clusters); err != nil {
+			return err
+		}
+		for _, h := range p.hosts {
 			switch h.ResourceState {
 			case state.PrepareForMaintenance, state.Maintenance, state.ErrorInMaintenance:
 				return errs.Refusedf("host %s is in %s: cancel its maintenance first (kvmctl maintenance cancel %s)", h.Name, h.ResourceState, h.Name)
@@ -227,6 +237,30 @@ func (r *Rolling) validate(req *RollingRequest) (rollPlan, error) {
 		return nil
 	})
 	return p, err
+}
+
+// lockConflict refuses clusters that a running run holds, naming that run. A lock of a run
+// that finished is stale and ignored; one of a run whose kvmctl died is taken over only by
+// `rolling resume`.
+func lockConflict(tx state.Tx, clusters []string) error {
+	for _, c := range clusters {
+		raw, err := tx.Get(state.BucketLocks, c)
+		if state.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		other, err := LoadRun(tx, string(raw))
+		if err != nil || other.State != RunRunning {
+			continue // a stale lock of a finished run
+		}
+		if other.Owner.Alive() {
+			return errs.Refusedf("cluster %s is in run %s, which is still running (pid %d): wait for it, or `kvmctl rolling abort %s`", c, other.ID, other.Owner.PID, other.ID)
+		}
+		return errs.Refusedf("cluster %s is held by run %s, whose kvmctl died: `kvmctl rolling resume %s` to finish it, or `kvmctl rolling abort %s`", c, other.ID, other.ID, other.ID)
+	}
+	return nil
 }
 
 // NaturalLess orders names with numbers as people do: h2 before h10.
@@ -259,12 +293,23 @@ func digitsPrefix(s string) string {
 	return s[:i]
 }
 
-// Start validates req, takes the clusters' locks and runs it to the end (or, with DryRun,
-// returns the plan without changing anything).
+// Start validates req, takes the clusters' locks and runs it to the end.
 func (r *Rolling) Start(ctx context.Context, req RollingRequest) (RunResult, error) {
+	if _, err := r.Begin(req); err != nil {
+		return RunResult{}, err
+	}
+	return r.Execute(ctx)
+}
+
+// Begin validates req, records the run and takes its clusters' locks, without acting yet: the
+// caller learns the run id and hosts (for a live view) and then calls Execute.
+func (r *Rolling) Begin(req RollingRequest) (*Run, error) {
+	if req.DryRun {
+		return nil, errors.New("use DryRun for a dry run")
+	}
 	p, err := r.validate(&req)
 	if err != nil {
-		return RunResult{}, err
+		return nil, err
 	}
 	run := &Run{ID: newRunID(r.now()), State: RunRunning, Request: req, PingInterval: p.pingInterval, WaitTimeout: p.waitTimeout,
 		CreatedAt: r.now().UTC(), Owner: SelfOwner()}
@@ -275,25 +320,10 @@ func (r *Rolling) Start(ctx context.Context, req RollingRequest) (RunResult, err
 		run.Hosts = append(run.Hosts, &RunHost{Name: h.Name, Cluster: h.Cluster, Step: StepPending, Stages: map[string]*StageRecord{}})
 	}
 	err = r.Store.Update(func(tx state.Tx) error {
-		for _, c := range p.clusters {
-			raw, err := tx.Get(state.BucketLocks, c)
-			if state.IsNotFound(err) {
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			other, err := LoadRun(tx, string(raw))
-			if err != nil || other.State != RunRunning {
-				continue // a stale lock of a finished run
-			}
-			if other.Owner.Alive() {
-				return errs.Refusedf("cluster %s is in run %s, which is still running (pid %d): wait for it, or `kvmctl rolling abort %s`", c, other.ID, other.Owner.PID, other.ID)
-			}
-			return errs.Refusedf("cluster %s is held by run %s, whose kvmctl died: `kvmctl rolling resume %s` to finish it, or `kvmctl rolling abort %s`", c, other.ID, other.ID, other.ID)
-		}
-		if req.DryRun {
-			return nil
+		// Checked again here, in the transaction that takes the locks: validate's check was
+		// in an earlier one.
+		if err := lockConflict(tx, p.clusters); err != nil {
+			return err
 		}
 		for _, c := range p.clusters {
 			if err := tx.Put(state.BucketLocks, c, []byte(run.ID)); err != nil {
@@ -304,14 +334,20 @@ func (r *Rolling) Start(ctx context.Context, req RollingRequest) (RunResult, err
 			Fields: map[string]any{"hosts": len(run.Hosts), "clusters": len(run.Clusters), "forced": req.Forced, "max_unavailable": req.MaxUnavailable}})
 	})
 	if err != nil {
-		return RunResult{}, err
-	}
-	if req.DryRun {
-		return RunResult{}, errors.New("use DryRun for a dry run")
+		return nil, err
 	}
 	r.mu.Lock()
 	r.run = run
 	r.mu.Unlock()
+	return run, nil
+}
+
+// Execute runs the run that Begin or BeginResume set up, to the end.
+func (r *Rolling) Execute(ctx context.Context) (RunResult, error) {
+	run := r.snapshot()
+	if run == nil {
+		return RunResult{}, errors.New("no run to execute: call Begin or BeginResume first")
+	}
 	r.emitNow(events.Event{Type: events.RunStarted, RunID: run.ID, Fields: map[string]any{"hosts": len(run.Hosts), "clusters": len(run.Clusters)}})
 	return r.execute(ctx)
 }
@@ -319,6 +355,14 @@ func (r *Rolling) Start(ctx context.Context, req RollingRequest) (RunResult, err
 // Resume takes over run id from a kvmctl that died and runs it to the end. It re-attaches to a
 // stage still running by its execution id and never runs a finished stage again.
 func (r *Rolling) Resume(ctx context.Context, id string) (RunResult, error) {
+	if _, err := r.BeginResume(id); err != nil {
+		return RunResult{}, err
+	}
+	return r.execute(ctx)
+}
+
+// BeginResume takes over run id from a kvmctl that died, without acting yet; Execute goes on.
+func (r *Rolling) BeginResume(id string) (*Run, error) {
 	var run *Run
 	err := r.Store.Update(func(tx state.Tx) error {
 		var err error
@@ -340,13 +384,13 @@ func (r *Rolling) Resume(ctx context.Context, id string) (RunResult, error) {
 		return r.appendLocked(tx, run, events.Event{Type: events.RunResumed, RunID: run.ID, Fields: map[string]any{"previous_pid": prev.PID}})
 	})
 	if err != nil {
-		return RunResult{}, err
+		return nil, err
 	}
 	r.mu.Lock()
 	r.run = run
 	r.mu.Unlock()
 	r.emitNow(events.Event{Type: events.RunResumed, RunID: run.ID})
-	return r.execute(ctx)
+	return run, nil
 }
 
 // Abort stops run id after its current step and restores its clusters and hosts. A run whose
@@ -489,6 +533,11 @@ func (r *Rolling) execute(ctx context.Context) (RunResult, error) {
 				break
 			}
 		}
+	}
+	if err != nil && ctx.Err() != nil {
+		// kvmctl is going away (interrupt, detach): leave the run as it is, resumable, rather
+		// than half-restore it with a cancelled context.
+		return r.snapshot().Result(), fmt.Errorf("%w: run %s stays resumable: kvmctl rolling resume %s", ErrInterrupted, run.ID, run.ID)
 	}
 	if err != nil {
 		r.restore(ctx)

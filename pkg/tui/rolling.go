@@ -523,7 +523,7 @@ func (m *RollingModel) stageCell(h *hostRow, s StageStatus, compact bool) (strin
 	style := st.Pending
 	switch s.State {
 	case StagePending:
-		if h.ended() {
+		if h.ended() || m.finished {
 			return "-", st.Pending
 		}
 		return "·", st.Pending

@@ -124,6 +124,9 @@ func e2eKvmctl(t *testing.T, m *lab.Manifest, want int, args ...string) (stdout,
 	if code != want {
 		t.Fatalf("kvmctl %s: exit %d, want %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, want, out, errOut)
 	}
+	if code != 0 {
+		t.Logf("kvmctl %s: exit %d: %s", strings.Join(args, " "), code, strings.TrimSpace(errOut))
+	}
 	return out, errOut
 }
 
@@ -386,15 +389,20 @@ func TestMaintenanceE2ECancelDisconnectedAgent(t *testing.T) {
 	})
 	stillInMaintenance("after cancel against a wrong host key")
 
-	// The right server runs the restart command, which starts h1's agent; cancel succeeds.
+	// The right server runs the restart command. While startAgent is off the command "succeeds"
+	// but no agent comes back: cancel fails saying so once kvm.ssh.agent.restart.timeout is up.
 	var mu sync.Mutex
 	var ran []string
+	startAgent := false
 	good := sshtest.NewServer(t, clientPub, func(command string) (string, int) {
 		mu.Lock()
 		defer mu.Unlock()
 		ran = append(ran, command)
 		if command != restartCmd {
 			return "unknown command\n", 127
+		}
+		if !startAgent {
+			return "", 0
 		}
 		if err := lab.StartAgent(m, h1); err != nil {
 			return err.Error() + "\n", 1
@@ -407,12 +415,27 @@ func TestMaintenanceE2ECancelDisconnectedAgent(t *testing.T) {
 	goodKnown := filepath.Join(keyDir, "known_hosts")
 	good.WriteKnownHosts(goodKnown, "")
 	e2eApplyInventory(t, m, e2eInventoryYAML(m, e2ePort(t, good.Addr), keyFile, goodKnown))
+	e2eKvmctl(t, m, 0, "config", "set", "kvm.ssh.agent.restart.timeout", "1")
+	_, errOut = e2eKvmctl(t, m, 1, "maintenance", "cancel", "h1")
+	if !strings.Contains(errOut, "did not answer within 1s of its restart over SSH") || !strings.Contains(errOut, "maintenance was not cancelled") {
+		t.Errorf("cancel when the restarted agent never answers: stderr %q, want it to say the agent did not answer and maintenance was not cancelled", errOut)
+	}
+	if cmds := good.Commands(); !slices.Equal(cmds, []string{restartCmd}) {
+		t.Errorf("the SSH server received %q, want exactly [%q]", cmds, restartCmd)
+	}
+	stillInMaintenance("after an SSH restart whose agent never answered")
+
+	// Now the restart command starts h1's agent: cancel succeeds.
+	e2eKvmctl(t, m, 0, "config", "set", "kvm.ssh.agent.restart.timeout", "60")
+	mu.Lock()
+	startAgent, ran = true, nil
+	mu.Unlock()
 	out, errOut := e2eKvmctl(t, m, 0, "maintenance", "cancel", "h1")
 	if !strings.Contains(out, "restarted over SSH ("+restartCmd+")") {
 		t.Errorf("cancel printed %q, want it to say the agent was restarted over SSH (%s); stderr %q", out, restartCmd, errOut)
 	}
-	if cmds := good.Commands(); !slices.Equal(cmds, []string{restartCmd}) {
-		t.Errorf("the SSH server received %q, want exactly [%q]", cmds, restartCmd)
+	if cmds := good.Commands(); !slices.Equal(cmds, []string{restartCmd, restartCmd}) {
+		t.Errorf("the SSH server received %q, want exactly [%q %q] (one per cancel)", cmds, restartCmd, restartCmd)
 	}
 	mu.Lock()
 	if !slices.Equal(ran, []string{restartCmd}) {
@@ -528,6 +551,29 @@ func TestMaintenanceE2EAntiAffinityRefused(t *testing.T) {
 			}
 			if len(unplaced) == 0 {
 				t.Errorf("no VM listed as unplaced:\n%s", errOut)
+			}
+
+			// --json prints the same refusal as a result, still exit 1.
+			out, _ = e2eKvmctl(t, m, 1, "--json", "maintenance", "enable", "h1")
+			var res struct {
+				ResourceState string `json:"resource_state"`
+				Unplaced      []struct {
+					VM, From, Reason string
+				} `json:"unplaced"`
+				Migrated []string `json:"migrated"`
+			}
+			if err := json.Unmarshal([]byte(out), &res); err != nil {
+				t.Fatalf("refused enable --json: %v\n%s", err, out)
+			}
+			var jsonUnplaced []string
+			for _, u := range res.Unplaced {
+				jsonUnplaced = append(jsonUnplaced, u.VM)
+				if u.From != "h1" || !strings.Contains(u.Reason, "anti-affinity") {
+					t.Errorf("--json unplaced %+v: want from h1 with an anti-affinity reason", u)
+				}
+			}
+			if !slices.Equal(jsonUnplaced, unplaced) || res.ResourceState != "Enabled" || len(res.Migrated) != 0 {
+				t.Errorf("--json result: %s; want unplaced %v, resource_state Enabled, nothing migrated", out, unplaced)
 			}
 
 			// Refused, nothing moved: h1 still runs its VMs and is still Enabled and Up.

@@ -153,7 +153,7 @@ func runRollingStart(opts *RollingOptions) error {
 		}
 		return printDryRun(opts.F, plan)
 	}
-	return followRun(opts, r, func(ctx context.Context) (orchestrate.RunResult, error) { return r.Start(ctx, opts.Req) })
+	return followRun(opts, r, func() (*orchestrate.Run, error) { return r.Begin(opts.Req) })
 }
 
 func runRollingResume(opts *RollingOptions) error {
@@ -161,21 +161,37 @@ func runRollingResume(opts *RollingOptions) error {
 	if err != nil {
 		return err
 	}
-	return followRun(opts, r, func(ctx context.Context) (orchestrate.RunResult, error) { return r.Resume(ctx, opts.RunID) })
+	return followRun(opts, r, func() (*orchestrate.Run, error) { return r.BeginResume(opts.RunID) })
 }
 
 // followRun runs the engine with the output the operator asked for and maps the result to the
 // exit code: 0 on success, 1 otherwise.
-func followRun(opts *RollingOptions, r *orchestrate.Rolling, do func(context.Context) (orchestrate.RunResult, error)) error {
+func followRun(opts *RollingOptions, r *orchestrate.Rolling, begin func() (*orchestrate.Run, error)) error {
 	f := opts.F
 	ctx, cancel := interruptible()
 	defer cancel()
 	useTUI := f.IO.IsStdoutTTY() && f.IO.IsStdinTTY() && !f.JSON && !f.Events && !opts.NoTUI
-	if useTUI {
-		return followRunTUI(ctx, opts, r, do)
+	if !useTUI {
+		r.Events = progressSink(f)
 	}
-	r.Events = progressSink(f)
-	res, err := do(ctx)
+	run, err := begin()
+	if err != nil {
+		return err
+	}
+	var res orchestrate.RunResult
+	if useTUI {
+		var detached bool
+		res, detached, err = followRunTUI(ctx, f, r, run)
+		if detached {
+			fmt.Fprintf(f.IO.ErrOut, "detached from run %s; it stays resumable: kvmctl rolling resume %s\n", run.ID, run.ID)
+			return nil
+		}
+	} else {
+		res, err = r.Execute(ctx)
+	}
+	if errors.Is(err, orchestrate.ErrInterrupted) {
+		return err
+	}
 	if err != nil && !errors.Is(err, orchestrate.ErrRunFailed) {
 		return err
 	}

@@ -2,11 +2,51 @@ package cli
 
 import (
 	"context"
+	"time"
 
+	"github.com/charmbracelet/lipgloss"
+
+	"github.com/kvmctl/kvmctl/pkg/cmdutil"
 	"github.com/kvmctl/kvmctl/pkg/orchestrate"
+	"github.com/kvmctl/kvmctl/pkg/tui"
 )
 
-func followRunTUI(ctx context.Context, opts *RollingOptions, r *orchestrate.Rolling, do func(context.Context) (orchestrate.RunResult, error)) error {
-	opts.NoTUI = true
-	return followRun(opts, r, do)
+// followRunTUI runs the engine under the live view. The view only renders the engine's events;
+// q detaches: the engine is stopped where it is and the run stays resumable.
+func followRunTUI(ctx context.Context, f *cmdutil.Factory, r *orchestrate.Rolling, run *orchestrate.Run) (orchestrate.RunResult, bool, error) {
+	feed := tui.NewFeed(256)
+	r.Events = feed
+	rows := make([]tui.HostRow, len(run.Hosts))
+	for i, h := range run.Hosts {
+		rows[i] = tui.HostRow{Name: h.Name, Cluster: h.Cluster}
+	}
+	m := tui.NewRolling(run.ID, rows, tui.RollingOptions{Renderer: lipgloss.NewRenderer(f.IO.Out), StartedAt: run.CreatedAt})
+	ectx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type outcome struct {
+		res orchestrate.RunResult
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		res, err := r.Execute(ectx)
+		feed.Close()
+		done <- outcome{res, err}
+	}()
+	detached, terr := tui.Run(ctx, m, feed.Events(), f.IO.In, f.IO.Out)
+	feed.Detach()
+	if detached || terr != nil {
+		cancel()
+		select {
+		case o := <-done:
+			if terr != nil {
+				return o.res, false, terr
+			}
+			return o.res, true, nil
+		case <-time.After(10 * time.Second):
+			return orchestrate.RunResult{RunID: run.ID}, true, terr
+		}
+	}
+	o := <-done
+	return o.res, false, o.err
 }
