@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/kvmctl/kvmctl/pkg/api"
+	"github.com/kvmctl/kvmctl/pkg/fsutil"
 )
 
 // MaintenanceFile is the file in state.dir that holds the agent state, so that a host in
@@ -171,7 +171,7 @@ func (s *agentState) apply(rec maintenanceRecord) {
 
 // save writes rec to the file, if there is one, so that a crash leaves the old or the new
 // state, never a mix: temp file, fsync, rename, fsync of the dir. The caller holds gate.
-func (s *agentState) save(rec maintenanceRecord) (err error) {
+func (s *agentState) save(rec maintenanceRecord) error {
 	if s.path == "" {
 		return nil
 	}
@@ -179,35 +179,8 @@ func (s *agentState) save(rec maintenanceRecord) (err error) {
 	if err != nil {
 		return fmt.Errorf("save maintenance state: %w", err)
 	}
-	dir := filepath.Dir(s.path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(s.path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("save maintenance state: %w", err)
+	if err := fsutil.WriteFileAtomic(s.path, append(data, '\n'), 0o600); err != nil {
+		return fmt.Errorf("save maintenance state %s: %w", s.path, err)
 	}
-	defer func() {
-		if err != nil {
-			_ = os.Remove(f.Name())
-			err = fmt.Errorf("save maintenance state %s: %w", s.path, err)
-		}
-	}()
-	if _, err = f.Write(append(data, '\n')); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(f.Name(), s.path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return nil
 }

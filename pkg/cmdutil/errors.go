@@ -3,7 +3,6 @@ package cmdutil
 import (
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -26,19 +25,11 @@ func ExitCode(err error) int {
 	switch {
 	case err == nil:
 		return ExitOK
-	case errs.IsRefused(err), errors.Is(err, state.ErrNotInitialized), isCobraUsage(err):
+	case errs.IsRefused(err), errors.Is(err, state.ErrNotInitialized), errs.IsCobraUsage(err):
 		return ExitRefused
 	default:
 		return ExitFailed
 	}
-}
-
-func isCobraUsage(err error) bool {
-	msg := err.Error()
-	return strings.HasPrefix(msg, "unknown command") || strings.HasPrefix(msg, "unknown flag") ||
-		strings.HasPrefix(msg, "unknown shorthand flag") || strings.Contains(msg, "flag needs an argument") ||
-		strings.HasPrefix(msg, "invalid argument") || strings.HasPrefix(msg, "required flag") ||
-		strings.HasPrefix(msg, "if any flags in the group") || strings.HasPrefix(msg, "at least one of the flags")
 }
 
 // FlagErrorFunc turns cobra's flag parsing errors into refusals that point at --help.

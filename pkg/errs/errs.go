@@ -5,6 +5,7 @@ package errs
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // RefusedError wraps an error that rejects what the operator asked for.
@@ -32,4 +33,20 @@ func Refusedf(format string, args ...any) error {
 func IsRefused(err error) bool {
 	var r *RefusedError
 	return errors.As(err, &r)
+}
+
+// IsCobraUsage reports whether err is one of cobra's own command-line errors (unknown command or
+// flag, missing flag value, required flag, flag group): bad usage, refused like a RefusedError.
+func IsCobraUsage(err error) bool {
+	if err == nil {
+		return false
+	}
+	msg := err.Error()
+	for _, prefix := range []string{"unknown command", "unknown flag", "unknown shorthand flag", "invalid argument",
+		"required flag", "if any flags in the group", "at least one of the flags"} {
+		if strings.HasPrefix(msg, prefix) {
+			return true
+		}
+	}
+	return strings.Contains(msg, "flag needs an argument")
 }

@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/kvmctl/kvmctl/pkg/errs"
+	"github.com/kvmctl/kvmctl/pkg/fsutil"
 	"github.com/kvmctl/kvmctl/pkg/inventory"
 	"github.com/kvmctl/kvmctl/pkg/pki"
 	"github.com/kvmctl/kvmctl/pkg/state"
@@ -145,23 +146,7 @@ func (m *Manifest) Save() error {
 }
 
 func writeAtomic(path string, data []byte, mode fs.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return fsutil.WriteFileAtomic(path, data, mode)
 }
 
 // sizeHost gives every host room for its own VMs plus one other host's VMs spread over the

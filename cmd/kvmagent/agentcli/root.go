@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -55,18 +54,11 @@ func exitCode(err error) int {
 	switch {
 	case err == nil:
 		return ExitOK
-	case errs.IsRefused(err), isCobraUsage(err):
+	case errs.IsRefused(err), errs.IsCobraUsage(err):
 		return ExitRefused
 	default:
 		return ExitFailed
 	}
-}
-
-func isCobraUsage(err error) bool {
-	msg := err.Error()
-	return strings.HasPrefix(msg, "unknown command") || strings.HasPrefix(msg, "unknown flag") ||
-		strings.HasPrefix(msg, "unknown shorthand flag") || strings.Contains(msg, "flag needs an argument") ||
-		strings.HasPrefix(msg, "invalid argument") || strings.HasPrefix(msg, "required flag")
 }
 
 // NewRootCmd builds kvmagent's command tree writing to stdout and stderr.

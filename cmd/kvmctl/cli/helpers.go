@@ -8,6 +8,7 @@ import (
 
 	"github.com/kvmctl/kvmctl/pkg/cmdutil"
 	"github.com/kvmctl/kvmctl/pkg/errs"
+	"github.com/kvmctl/kvmctl/pkg/inventory"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
@@ -58,4 +59,17 @@ func splitList(values []string) []string {
 		}
 	}
 	return out
+}
+
+// getHost reads host name from the state file, or refuses naming the way to list the hosts.
+func getHost(f *cmdutil.Factory, name string) (state.Host, error) {
+	var h state.Host
+	err := view(f, func(tx state.Tx) (err error) {
+		h, err = state.GetHost(tx, name)
+		if state.IsNotFound(err) {
+			return inventory.NotFound("host", name, "hosts")
+		}
+		return err
+	})
+	return h, err
 }

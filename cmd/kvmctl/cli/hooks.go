@@ -13,8 +13,6 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/cmdutil"
 	"github.com/kvmctl/kvmctl/pkg/errs"
 	"github.com/kvmctl/kvmctl/pkg/hooks"
-	"github.com/kvmctl/kvmctl/pkg/inventory"
-	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
 // HooksListOptions are the inputs of `kvmctl hooks list`.
@@ -92,22 +90,15 @@ stage, or a script the agent refuses to run.`,
 // hooksClient reads host from the state file, lets go of the file, and returns a client for its
 // agent: nothing holds the state file while we talk to the agent.
 func hooksClient(f *cmdutil.Factory, name string) (*api.Client, error) {
-	var h state.Host
-	if err := view(f, func(tx state.Tx) error {
-		var err error
-		h, err = state.GetHost(tx, name)
-		if state.IsNotFound(err) {
-			return inventory.NotFound("host", name, "hosts")
-		}
-		return err
-	}); err != nil {
-		return nil, err
-	}
-	pkiDir, err := f.PKIDir()
+	h, err := getHost(f, name)
 	if err != nil {
 		return nil, err
 	}
-	return api.ClientForHost(pkiDir, h.Name, h.Address)
+	clients, err := agentClients(f)
+	if err != nil {
+		return nil, err
+	}
+	return clients(h)
 }
 
 // hookListItem is one line of `hooks list`.

@@ -8,7 +8,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kvmctl/kvmctl/pkg/api"
 	"github.com/kvmctl/kvmctl/pkg/cmdutil"
 	"github.com/kvmctl/kvmctl/pkg/errs"
 	"github.com/kvmctl/kvmctl/pkg/inventory"
@@ -83,13 +82,11 @@ func runHostStatus(opts *HostStatusOptions) error {
 	}); err != nil {
 		return err
 	}
-	pkiDir, err := opts.F.PKIDir()
+	clients, err := agentClients(opts.F)
 	if err != nil {
 		return err
 	}
-	dial := func(h state.Host) (orchestrate.StatusClient, error) {
-		return api.ClientForHost(pkiDir, h.Name, h.Address)
-	}
+	dial := func(h state.Host) (orchestrate.StatusClient, error) { return clients(h) }
 	checks := orchestrate.CheckHosts(context.Background(), hosts, prev, dial, opts.Timeout, opts.F.Now)
 	if err := update(opts.F, func(tx state.Tx) error {
 		for _, c := range checks {

@@ -182,12 +182,18 @@ func runLabDown(opts *LabOptions) error {
 	return done(opts.F, map[string]any{"dir": m.Dir, "purged": opts.Purge}, "lab in %s %s", m.Dir, what)
 }
 
-func runLabKillAgent(opts *LabOptions) error {
+// labHost loads the lab of --dir and the host the command names.
+func labHost(opts *LabOptions) (*lab.Manifest, *lab.HostManifest, error) {
 	m, err := lab.Load(opts.Dir)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	h, err := m.Host(opts.Host)
+	return m, h, err
+}
+
+func runLabKillAgent(opts *LabOptions) error {
+	_, h, err := labHost(opts)
 	if err != nil {
 		return err
 	}
@@ -199,11 +205,7 @@ func runLabKillAgent(opts *LabOptions) error {
 }
 
 func runLabStartAgent(opts *LabOptions) error {
-	m, err := lab.Load(opts.Dir)
-	if err != nil {
-		return err
-	}
-	h, err := m.Host(opts.Host)
+	m, h, err := labHost(opts)
 	if err != nil {
 		return err
 	}

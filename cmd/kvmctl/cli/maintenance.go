@@ -8,7 +8,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kvmctl/kvmctl/pkg/api"
 	"github.com/kvmctl/kvmctl/pkg/cmdutil"
 	"github.com/kvmctl/kvmctl/pkg/orchestrate"
 	"github.com/kvmctl/kvmctl/pkg/state"
@@ -62,25 +61,14 @@ func maintenanceEngine(f *cmdutil.Factory) (*orchestrate.Maintenance, error) {
 	if err != nil {
 		return nil, err
 	}
-	pkiDir, err := f.PKIDir()
+	clients, err := agentClients(f)
 	if err != nil {
 		return nil, err
 	}
-	clients := map[string]*api.Client{}
-	dial := func(h state.Host) (orchestrate.MaintenanceAgent, error) {
-		if c, ok := clients[h.Name]; ok {
-			return c, nil
-		}
-		c, err := api.ClientForHost(pkiDir, h.Name, h.Address)
-		if err != nil {
-			return nil, err
-		}
-		clients[h.Name] = c
-		return c, nil
-	}
+	dial := func(h state.Host) (orchestrate.MaintenanceAgent, error) { return clients(h) }
 	return &orchestrate.Maintenance{
 		Store:  st,
-		Dial:   lockedDial(dial),
+		Dial:   dial,
 		SSH:    sshRunner(),
 		Events: progressSink(f),
 		Now:    f.Now,

@@ -8,9 +8,7 @@ import (
 
 	"github.com/kvmctl/kvmctl/pkg/cmdutil"
 	"github.com/kvmctl/kvmctl/pkg/errs"
-	"github.com/kvmctl/kvmctl/pkg/inventory"
 	"github.com/kvmctl/kvmctl/pkg/pki"
-	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
 // PKIOptions are the inputs of `kvmctl pki issue-agent`.
@@ -41,14 +39,8 @@ Run again to renew: the agent's files in DIR are replaced, the CA never is.`,
 }
 
 func runPKIIssueAgent(opts *PKIOptions) error {
-	var h state.Host
-	if err := view(opts.F, func(tx state.Tx) (err error) {
-		h, err = state.GetHost(tx, opts.Host)
-		if state.IsNotFound(err) {
-			return inventory.NotFound("host", opts.Host, "hosts")
-		}
-		return err
-	}); err != nil {
+	h, err := getHost(opts.F, opts.Host)
+	if err != nil {
 		return err
 	}
 	addrHost, _, err := net.SplitHostPort(h.Address)

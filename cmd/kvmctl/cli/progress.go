@@ -3,6 +3,7 @@ package cli
 import (
 	"sync"
 
+	"github.com/kvmctl/kvmctl/pkg/api"
 	"github.com/kvmctl/kvmctl/pkg/cmdutil"
 	"github.com/kvmctl/kvmctl/pkg/events"
 	"github.com/kvmctl/kvmctl/pkg/orchestrate"
@@ -23,24 +24,29 @@ func progressSink(f *cmdutil.Factory) events.Sink {
 	}
 }
 
-// lockedDial makes a caching dialer safe for the engine's concurrent migrations.
-func lockedDial(dial orchestrate.AgentDialer) orchestrate.AgentDialer {
+// agentClients returns a dialer that builds one mutual-TLS client per host (keyed by name and
+// address) from the operator's PKI, safe for the engines' concurrent use.
+func agentClients(f *cmdutil.Factory) (func(h state.Host) (*api.Client, error), error) {
+	pkiDir, err := f.PKIDir()
+	if err != nil {
+		return nil, err
+	}
 	var mu sync.Mutex
-	return func(h state.Host) (orchestrate.MaintenanceAgent, error) {
+	clients := map[string]*api.Client{}
+	return func(h state.Host) (*api.Client, error) {
 		mu.Lock()
 		defer mu.Unlock()
-		return dial(h)
-	}
-}
-
-// lockedRollingDial makes a caching dialer safe for concurrent stages.
-func lockedRollingDial(dial orchestrate.RollingDialer) orchestrate.RollingDialer {
-	var mu sync.Mutex
-	return func(h state.Host) (orchestrate.RollingAgent, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		return dial(h)
-	}
+		key := h.Name + "@" + h.Address
+		if c, ok := clients[key]; ok {
+			return c, nil
+		}
+		c, err := api.ClientForHost(pkiDir, h.Name, h.Address)
+		if err != nil {
+			return nil, err
+		}
+		clients[key] = c
+		return c, nil
+	}, nil
 }
 
 // sshRunner is how kvmctl reaches a host's shell: SSH with key auth and known_hosts checked.

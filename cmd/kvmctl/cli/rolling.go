@@ -12,7 +12,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kvmctl/kvmctl/pkg/api"
 	"github.com/kvmctl/kvmctl/pkg/cmdutil"
 	"github.com/kvmctl/kvmctl/pkg/errs"
 	"github.com/kvmctl/kvmctl/pkg/orchestrate"
@@ -114,23 +113,12 @@ func rollingEngine(f *cmdutil.Factory) (*orchestrate.Rolling, error) {
 	if err != nil {
 		return nil, err
 	}
-	pkiDir, err := f.PKIDir()
+	clients, err := agentClients(f)
 	if err != nil {
 		return nil, err
 	}
-	clients := map[string]*api.Client{}
-	dial := func(h state.Host) (orchestrate.RollingAgent, error) {
-		if c, ok := clients[h.Name+"@"+h.Address]; ok {
-			return c, nil
-		}
-		c, err := api.ClientForHost(pkiDir, h.Name, h.Address)
-		if err != nil {
-			return nil, err
-		}
-		clients[h.Name+"@"+h.Address] = c
-		return c, nil
-	}
-	return &orchestrate.Rolling{Store: st, Dial: lockedRollingDial(dial), Now: f.Now,
+	dial := func(h state.Host) (orchestrate.RollingAgent, error) { return clients(h) }
+	return &orchestrate.Rolling{Store: st, Dial: dial, Now: f.Now,
 		Maint: &orchestrate.Maintenance{Store: st, Now: f.Now, SSH: sshRunner()}}, nil
 }
 

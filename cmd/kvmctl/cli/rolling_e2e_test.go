@@ -57,6 +57,14 @@ func newRollingLab(t *testing.T, hosts, clusters, vms int) *rollingLab {
 	m, err := lab.Up(ctx, lab.Options{Dir: filepath.Join(t.TempDir(), "lab"), Hosts: hosts, Clusters: clusters, VMs: vms, Agent: agent})
 	if m != nil {
 		t.Cleanup(func() {
+			// Stop the agents together and with a short grace: an agent waits up to 5 s on a
+			// connection that this process's in-process kvmctl opened but never used (net/http
+			// counts a new connection idle only after 5 s), and the lab is thrown away anyway.
+			var wg sync.WaitGroup
+			for i := range m.Hosts {
+				wg.Go(func() { _ = lab.StopAgent(&m.Hosts[i], 200*time.Millisecond) })
+			}
+			wg.Wait()
 			if err := lab.Down(m, false); err != nil {
 				t.Errorf("lab down: %v", err)
 			}
@@ -723,12 +731,21 @@ func TestRollingE2E(t *testing.T) {
 		}()
 		// Release the script only once resume has taken the run over, so that it re-attaches
 		// to a stage still running.
+		var r result
 		deadline := time.Now().Add(30 * time.Second)
-		for !l.status(id).OwnerAlive && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
+	takeover:
+		for !l.status(id).OwnerAlive {
+			select {
+			case r = <-done:
+				t.Fatalf("rolling resume ended before the script was released: exit %d\n%s%s", r.code, r.out, r.errOut)
+			case <-time.After(20 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				t.Error("rolling resume never took the run over")
+				break takeover
+			}
 		}
 		release()
-		var r result
 		select {
 		case r = <-done:
 		case <-time.After(60 * time.Second):
