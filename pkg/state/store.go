@@ -191,7 +191,13 @@ func (s *Store) open(readOnly bool) (*bolt.DB, error) {
 
 func checkVersion(db *bolt.DB, path string, readOnly bool) error {
 	var v int
+	missing := false
 	err := db.View(func(tx *bolt.Tx) error {
+		for _, name := range Buckets {
+			if tx.Bucket([]byte(name)) == nil {
+				missing = true
+			}
+		}
 		b := tx.Bucket([]byte(BucketMeta))
 		if b == nil {
 			return errs.Refusedf("%s is not a kvmctl state file (no meta bucket): point --state at the right file", path)
@@ -210,10 +216,11 @@ func checkVersion(db *bolt.DB, path string, readOnly bool) error {
 	if v > SchemaVersion {
 		return errs.Refusedf("%s has schema version %d, this kvmctl knows up to %d: upgrade kvmctl", path, v, SchemaVersion)
 	}
-	if readOnly {
+	if readOnly || !missing {
 		return nil
 	}
-	// Buckets added by later issues appear here without a version bump: they are additive.
+	// Buckets added by later versions appear here without a version bump: they are additive.
+	// Only then is there a write (and an fsync) before the caller's own transaction.
 	return db.Update(func(tx *bolt.Tx) error {
 		for _, b := range Buckets {
 			if _, err := tx.CreateBucketIfNotExists([]byte(b)); err != nil {

@@ -174,3 +174,31 @@ func TestReadersDoNotBlockEachOther(t *testing.T) {
 		t.Errorf("nested View = %v, want two readers at once", err)
 	}
 }
+
+// A file written before a bucket existed gets it on its next write, without a version bump.
+func TestMissingBucketAddedOnUpdate(t *testing.T) {
+	s := newStore(t)
+	db, err := bolt.Open(s.Path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket([]byte(BucketRuns)) })
+	db.Close()
+	if err := s.View(func(tx Tx) error { return tx.ForEach(BucketRuns, func(string, []byte) error { return nil }) }); err != nil {
+		t.Fatalf("reading a missing bucket = %v, want nothing to read", err)
+	}
+	if err := s.Update(func(tx Tx) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	db, err = bolt.Open(s.Path, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	_ = db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket([]byte(BucketRuns)) == nil {
+			t.Errorf("bucket %s not recreated by the first write", BucketRuns)
+		}
+		return nil
+	})
+}
