@@ -149,6 +149,10 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:       slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 		BaseContext:    func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
+	// Shutdown waits up to 5 s for a connection that was opened but has sent no request yet
+	// (a client that dialled ahead); such a connection carries no work, so it is closed at once.
+	fresh := newConnSet()
+	srv.ConnState = fresh.track
 
 	var wg sync.WaitGroup
 	bgCtx, stopBackground := context.WithCancel(ctx)
@@ -177,6 +181,11 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 	a.log.Info("kvmagent shutting down", "reason", context.Cause(ctx))
 	sctx, cancel := context.WithTimeout(context.Background(), a.shutdownTimeout)
 	defer cancel()
+	go func() {
+		// Shutdown first stops accepting; then the fresh connections go.
+		time.Sleep(10 * time.Millisecond)
+		fresh.closeAll()
+	}()
 	if err := srv.Shutdown(sctx); err != nil {
 		srv.Close()
 		a.log.Warn("requests still running at shutdown were cut off", "err", err)
@@ -185,4 +194,31 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 		return fmt.Errorf("serve: %w", err)
 	}
 	return nil
+}
+
+// connSet tracks the connections that have not carried a request yet.
+type connSet struct {
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+func newConnSet() *connSet { return &connSet{conns: map[net.Conn]struct{}{}} }
+
+func (s *connSet) track(c net.Conn, st http.ConnState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st == http.StateNew {
+		s.conns[c] = struct{}{}
+	} else {
+		delete(s.conns, c)
+	}
+}
+
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		_ = c.Close()
+		delete(s.conns, c)
+	}
 }

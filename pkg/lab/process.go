@@ -203,14 +203,24 @@ func StartHosts(ctx context.Context, m *Manifest, hosts []*HostManifest) error {
 
 // Down stops every agent the lab started; with purge it also removes the lab's directory.
 func Down(m *Manifest, purge bool) error {
-	var all []error
+	// All at once: a lab of 100 agents stops in the time of its slowest one.
+	errc := make([]error, len(m.Hosts))
+	var wg sync.WaitGroup
 	for i := range m.Hosts {
-		h := &m.Hosts[i]
-		if err := StopAgent(h, 5*time.Second); err != nil {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			errc[i] = StopAgent(&m.Hosts[i], 5*time.Second)
+		}(i)
+	}
+	wg.Wait()
+	var all []error
+	for i, err := range errc {
+		if err != nil {
 			all = append(all, err)
 			continue
 		}
-		h.PID = 0
+		m.Hosts[i].PID = 0
 	}
 	if err := errors.Join(all...); err != nil {
 		_ = m.Save()
