@@ -56,6 +56,9 @@ type Maintenance struct {
 	StatusTimeout time.Duration
 	// PollInterval is how often a wait (VMs gone, agent back) looks again.
 	PollInterval time.Duration
+	// SkipFinalRefresh leaves out the status refresh after enable and cancel, for a caller
+	// (rolling maintenance) that refreshes before its next plan anyway.
+	SkipFinalRefresh bool
 }
 
 // MaintenanceResult is what enable and cancel report.
@@ -92,6 +95,8 @@ type EnableOptions struct {
 	// Prepared accepts a host already marked PrepareForMaintenance, as rolling maintenance marks
 	// every host of a batch before it empties the first, so that none is a target for another.
 	Prepared bool
+	// Fresh plans with the statuses in the store, which the caller has just refreshed.
+	Fresh bool
 }
 
 // ErrDoesNotFit fails enable when some running VM has nowhere to go; nothing was changed.
@@ -242,8 +247,10 @@ func (m *Maintenance) Enable(ctx context.Context, name string, opts EnableOption
 	default:
 		return res, errs.Refusedf("host %s is in %s: `kvmctl maintenance cancel %s` first, or leave it", name, c.host.ResourceState, name)
 	}
-	if err := m.refresh(ctx, &c); err != nil {
-		return res, err
+	if !opts.Fresh {
+		if err := m.refresh(ctx, &c); err != nil {
+			return res, err
+		}
 	}
 	if s := c.prev[name]; s.Connection != state.ConnUp {
 		return res, fmt.Errorf("the agent of %s does not answer (%s): start it, then try again", name, firstLine(s.LastError))
@@ -312,7 +319,9 @@ func (m *Maintenance) Enable(ctx context.Context, name string, opts EnableOption
 	}
 	res.ResourceState = state.Maintenance
 	m.emit(events.Event{Type: events.HostMaintenanceIn, Host: name, Cluster: c.host.Cluster, Fields: map[string]any{"vms_moved": len(res.Migrated)}})
-	_ = m.refresh(ctx, &c)
+	if !m.SkipFinalRefresh {
+		_ = m.refresh(ctx, &c)
+	}
 	return res, nil
 }
 
@@ -478,7 +487,9 @@ func (m *Maintenance) Cancel(ctx context.Context, name string) (MaintenanceResul
 	}
 	res.ResourceState = state.Enabled
 	m.emit(events.Event{Type: events.HostMaintenanceCancel, Host: name, Cluster: c.host.Cluster})
-	_ = m.refresh(ctx, &c)
+	if !m.SkipFinalRefresh {
+		_ = m.refresh(ctx, &c)
+	}
 	return res, nil
 }
 

@@ -46,8 +46,9 @@ type Rolling struct {
 	// StageGrace is how long past a stage's timeout kvmctl still waits for its result.
 	StageGrace time.Duration
 
-	mu  sync.Mutex // guards run and serialises journal writes
-	run *Run
+	mu        sync.Mutex // guards run and serialises journal writes
+	run       *Run
+	maintOnce sync.Once
 }
 
 // ErrRunFailed is returned when a run ends without success; the result says why.
@@ -64,20 +65,26 @@ func (r *Rolling) now() time.Time {
 }
 
 func (r *Rolling) maint() *Maintenance {
-	if r.Maint == nil {
-		r.Maint = &Maintenance{}
-	}
-	m := r.Maint
-	if m.Store == nil {
-		m.Store = r.Store
-	}
-	if m.Dial == nil {
-		m.Dial = func(h state.Host) (MaintenanceAgent, error) { return r.Dial(h) }
-	}
-	if m.Now == nil {
-		m.Now = r.Now
-	}
-	return m
+	r.maintOnce.Do(func() {
+		if r.Maint == nil {
+			r.Maint = &Maintenance{}
+		}
+		m := r.Maint
+		if m.Store == nil {
+			m.Store = r.Store
+		}
+		if m.Dial == nil {
+			m.Dial = func(h state.Host) (MaintenanceAgent, error) { return r.Dial(h) }
+		}
+		if m.Now == nil {
+			m.Now = r.Now
+		}
+		// The run refreshes statuses itself before each plan; the engine need not after.
+		m.SkipFinalRefresh = true
+		// The engine's events (VM moves, maintenance entered and cancelled) go to the journal.
+		m.Events = r.journalSink()
+	})
+	return r.Maint
 }
 
 // rollPlan is a validated request: the hosts in order, grouped by cluster.
@@ -610,37 +617,74 @@ func (r *Rolling) preflight(ctx context.Context) error {
 	if run.PreFlightDone {
 		return nil
 	}
-	var failures []string
+	var (
+		mu       sync.Mutex
+		failures []string
+		pending  []*RunHost
+	)
 	for _, h := range run.Hosts {
-		if !h.Active() || h.At(StepPreFlight) {
-			continue
-		}
-		if r.abortRequested() {
-			return &fatal{"aborted"}
-		}
-		st, err := r.runStage(ctx, h, hooks.PreFlight)
-		switch {
-		case err != nil:
-			failures = append(failures, fmt.Sprintf("%s: %v", h.Name, err))
-			if run.Request.Forced {
-				r.skip(h, "PreFlight: "+err.Error())
-			}
-		case st.Outcome == api.OutcomeSkipped:
-			r.skip(h, "no maintenance needed (PreFlight exit 70)")
-		case st.Outcome != api.OutcomeSucceeded:
-			reason := stageFailure("PreFlight", st)
-			failures = append(failures, h.Name+": "+reason)
-			if run.Request.Forced {
-				r.skip(h, reason)
-			}
-		default:
-			_ = r.journal(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Stage: StepPreFlight}, func(*Run) { h.Step = StepPreFlight })
+		if h.Active() && !h.At(StepPreFlight) {
+			pending = append(pending, h)
 		}
 	}
+	if r.abortRequested() {
+		return &fatal{"aborted"}
+	}
+	// PreFlight changes nothing on a host, so every host runs it at once (a few at a time).
+	_ = r.parallel(pending, preflightParallelism, func(h *RunHost) error {
+		st, err := r.runStage(ctx, h, hooks.PreFlight)
+		reason := ""
+		switch {
+		case err != nil:
+			reason = "PreFlight: " + err.Error()
+		case st.Outcome == api.OutcomeSkipped:
+			r.skip(h, "no maintenance needed (PreFlight exit 70)")
+			return nil
+		case st.Outcome != api.OutcomeSucceeded:
+			reason = stageFailure("PreFlight", st)
+		default:
+			return r.journal(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Stage: StepPreFlight}, func(*Run) { h.Step = StepPreFlight })
+		}
+		mu.Lock()
+		failures = append(failures, h.Name+": "+reason)
+		mu.Unlock()
+		if run.Request.Forced {
+			r.skip(h, reason)
+		}
+		return nil
+	})
+	sort.Strings(failures)
 	if len(failures) > 0 && !run.Request.Forced {
 		return &fatal{"PreFlight failed, no action taken: " + strings.Join(failures, "; ")}
 	}
 	return r.journal(events.Event{Type: events.RunPreFlightDone, Message: fmt.Sprintf("%d hosts to maintain", countActive(run))}, func(rr *Run) { rr.PreFlightDone = true })
+}
+
+// preflightParallelism bounds how many hosts run PreFlight at the same time.
+const preflightParallelism = 8
+
+// parallel runs fn for every host, at most limit at a time, and returns the first error (in
+// host order) once all have finished: a batch never leaves a host half-handled.
+func (r *Rolling) parallel(hosts []*RunHost, limit int, fn func(*RunHost) error) error {
+	errs := make([]error, len(hosts))
+	slots := make(chan struct{}, max(limit, 1))
+	var wg sync.WaitGroup
+	for i, h := range hosts {
+		wg.Add(1)
+		go func(i int, h *RunHost) {
+			defer wg.Done()
+			slots <- struct{}{}
+			defer func() { <-slots }()
+			errs[i] = fn(h)
+		}(i, h)
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func countActive(run *Run) int {
@@ -777,47 +821,41 @@ func (r *Rolling) doBatch(ctx context.Context, batch []*RunHost) error {
 		}
 		return out
 	}
-	// 1. The Maintenance script must exist; then PreMaintenance.
-	for _, h := range active() {
-		if r.abortRequested() {
-			return &fatal{"aborted"}
-		}
+	// 1. The Maintenance script must exist; then PreMaintenance, on the batch's hosts at once.
+	if r.abortRequested() {
+		return &fatal{"aborted"}
+	}
+	if err := r.parallel(active(), len(batch), func(h *RunHost) error {
 		if h.StartedAt.IsZero() {
 			_ = r.journal(events.Event{Type: events.HostStarted, Host: h.Name, Cluster: h.Cluster}, func(*Run) { h.StartedAt = r.now().UTC() })
 		}
 		if !h.At(StepChecked) {
 			ok, reason, err := r.checkMaintenanceScript(ctx, h)
 			if err != nil {
-				if ferr := r.fail(h, err.Error()); ferr != nil {
-					return ferr
-				}
-				continue
+				return r.fail(h, err.Error())
 			}
 			if !ok {
 				r.skip(h, reason)
-				continue
+				return nil
 			}
 			_ = r.journal(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Stage: StepChecked}, func(*Run) { h.Step = StepChecked })
 		}
-		if !h.At(StepPreMaint) {
-			st, err := r.runStage(ctx, h, hooks.PreMaintenance)
-			switch {
-			case err != nil:
-				if ferr := r.fail(h, "PreMaintenance: "+err.Error()); ferr != nil {
-					return ferr
-				}
-				continue
-			case st.Outcome == api.OutcomeSkipped:
-				r.skip(h, "no maintenance needed (PreMaintenance exit 70)")
-				continue
-			case st.Outcome != api.OutcomeSucceeded:
-				if ferr := r.fail(h, stageFailure("PreMaintenance", st)); ferr != nil {
-					return ferr
-				}
-				continue
-			}
-			_ = r.journal(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Stage: StepPreMaint}, func(*Run) { h.Step = StepPreMaint })
+		if h.At(StepPreMaint) {
+			return nil
 		}
+		st, err := r.runStage(ctx, h, hooks.PreMaintenance)
+		switch {
+		case err != nil:
+			return r.fail(h, "PreMaintenance: "+err.Error())
+		case st.Outcome == api.OutcomeSkipped:
+			r.skip(h, "no maintenance needed (PreMaintenance exit 70)")
+			return nil
+		case st.Outcome != api.OutcomeSucceeded:
+			return r.fail(h, stageFailure("PreMaintenance", st))
+		}
+		return r.journal(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Stage: StepPreMaint}, func(*Run) { h.Step = StepPreMaint })
+	}); err != nil {
+		return err
 	}
 	// 2. Capacity, refreshed, for the batch together; then mark every host of the batch so
 	// that none is a target for another.
@@ -855,8 +893,9 @@ func (r *Rolling) doBatch(ctx context.Context, batch []*RunHost) error {
 			return err
 		}
 	}
-	// 3. Enter maintenance, one host after the other.
-	for _, h := range active() {
+	// 3. Enter maintenance, one host after the other. The first plans with the statuses the
+	// capacity check just read; each later one reads them again, with its predecessors' VMs moved.
+	for i, h := range active() {
 		if h.At(StepInMaint) {
 			continue
 		}
@@ -864,9 +903,8 @@ func (r *Rolling) doBatch(ctx context.Context, batch []*RunHost) error {
 			return &fatal{"aborted"}
 		}
 		m := r.maint()
-		m.Events = r.journalSink()
 		wctx, cancel := context.WithTimeout(ctx, r.snapshot().WaitTimeout)
-		res, err := m.Enable(wctx, h.Name, EnableOptions{Prepared: true})
+		res, err := m.Enable(wctx, h.Name, EnableOptions{Prepared: true, Fresh: i == 0 && len(toPrepare) > 0})
 		cancel()
 		if err != nil {
 			r.cancelMaintenance(ctx, h)
@@ -879,70 +917,47 @@ func (r *Rolling) doBatch(ctx context.Context, batch []*RunHost) error {
 			func(*Run) { h.Step, h.VMsMoved = StepInMaint, len(res.Migrated) })
 	}
 	// 4. The Maintenance scripts, at the same time.
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var firstErr error
+	var maintain []*RunHost
 	for _, h := range active() {
-		if h.At(StepMaintDone) {
-			continue
+		if !h.At(StepMaintDone) {
+			maintain = append(maintain, h)
 		}
-		wg.Add(1)
-		go func(h *RunHost) {
-			defer wg.Done()
-			st, err := r.runStage(ctx, h, hooks.Maintenance)
-			reason := ""
-			switch {
-			case err != nil:
-				reason = "Maintenance: " + err.Error()
-			case st.Outcome != api.OutcomeSucceeded:
-				reason = stageFailure("Maintenance", st)
-			}
-			if reason != "" {
-				// The seed: a failed Maintenance script cancels maintenance, then stops unless forced.
-				r.cancelMaintenance(ctx, h)
-				if ferr := r.fail(h, reason); ferr != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = ferr
-					}
-					mu.Unlock()
-				}
-				return
-			}
-			_ = r.journal(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Stage: StepMaintDone}, func(*Run) { h.Step = StepMaintDone })
-		}(h)
 	}
-	wg.Wait()
-	if firstErr != nil {
-		return firstErr
+	if err := r.parallel(maintain, len(batch), func(h *RunHost) error {
+		st, err := r.runStage(ctx, h, hooks.Maintenance)
+		reason := ""
+		switch {
+		case err != nil:
+			reason = "Maintenance: " + err.Error()
+		case st.Outcome != api.OutcomeSucceeded:
+			reason = stageFailure("Maintenance", st)
+		}
+		if reason != "" {
+			// The seed: a failed Maintenance script cancels maintenance, then stops unless forced.
+			r.cancelMaintenance(ctx, h)
+			return r.fail(h, reason)
+		}
+		return r.journal(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Stage: StepMaintDone}, func(*Run) { h.Step = StepMaintDone })
+	}); err != nil {
+		return err
 	}
-	// 5. Cancel maintenance, then PostMaintenance.
-	for _, h := range active() {
+	// 5. Cancel maintenance, then PostMaintenance, on the batch's hosts at once.
+	return r.parallel(active(), len(batch), func(h *RunHost) error {
 		if !h.At(StepCancelled) {
 			if !r.cancelMaintenance(ctx, h) {
-				if ferr := r.fail(h, "cancelling maintenance failed"); ferr != nil {
-					return ferr
-				}
-				continue
+				return r.fail(h, "cancelling maintenance failed")
 			}
 			_ = r.journal(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Stage: StepCancelled}, func(*Run) { h.Step = StepCancelled })
 		}
 		st, err := r.runStage(ctx, h, hooks.PostMaintenance)
 		switch {
 		case err != nil:
-			if ferr := r.fail(h, "PostMaintenance: "+err.Error()); ferr != nil {
-				return ferr
-			}
-			continue
+			return r.fail(h, "PostMaintenance: "+err.Error())
 		case st.Outcome != api.OutcomeSucceeded:
-			if ferr := r.fail(h, stageFailure("PostMaintenance", st)); ferr != nil {
-				return ferr
-			}
-			continue
+			return r.fail(h, stageFailure("PostMaintenance", st))
 		}
-		_ = r.journal(events.Event{Type: events.HostDone, Host: h.Name, Cluster: h.Cluster}, func(*Run) { h.Step, h.EndedAt = StepDone, r.now().UTC() })
-	}
-	return nil
+		return r.journal(events.Event{Type: events.HostDone, Host: h.Name, Cluster: h.Cluster}, func(*Run) { h.Step, h.EndedAt = StepDone, r.now().UTC() })
+	})
 }
 
 // cancelMaintenance takes a host the run put into maintenance out again; it reports success.
@@ -951,7 +966,6 @@ func (r *Rolling) cancelMaintenance(ctx context.Context, h *RunHost) bool {
 		return true
 	}
 	m := r.maint()
-	m.Events = r.journalSink()
 	var cur string
 	_ = r.Store.View(func(tx state.Tx) error {
 		sh, err := state.GetHost(tx, h.Name)

@@ -37,6 +37,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -83,6 +84,10 @@ var ErrNotFound = errors.New("not found")
 type Store struct {
 	Path        string
 	LockTimeout time.Duration
+
+	// mu orders this process's own transactions: bbolt's file lock is per open file, so two
+	// goroutines of one kvmctl would otherwise wait on each other through flock's retry loop.
+	mu sync.RWMutex
 }
 
 // New returns a Store for path. It does not touch the file: see Create, View and Update.
@@ -131,6 +136,8 @@ func (s *Store) Create() (bool, error) {
 
 // View runs fn in a read-only transaction on a freshly opened file.
 func (s *Store) View(fn func(Tx) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	db, err := s.open(true)
 	if err != nil {
 		return err
@@ -142,6 +149,8 @@ func (s *Store) View(fn func(Tx) error) error {
 // Update runs fn in a read-write transaction on a freshly opened file; an error from fn rolls
 // back everything fn wrote.
 func (s *Store) Update(fn func(Tx) error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	db, err := s.open(false)
 	if err != nil {
 		return err
