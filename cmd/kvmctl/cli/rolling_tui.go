@@ -20,7 +20,7 @@ func followRunTUI(ctx context.Context, f *cmdutil.Factory, r *orchestrate.Rollin
 	for i, h := range run.Hosts {
 		rows[i] = tui.HostRow{Name: h.Name, Cluster: h.Cluster}
 	}
-	m := tui.NewRolling(run.ID, rows, tui.RollingOptions{Renderer: lipgloss.NewRenderer(f.IO.Out), StartedAt: run.CreatedAt})
+	m := tui.NewRolling(run.ID, rows, tui.RollingOptions{Renderer: lipgloss.NewRenderer(f.IO.Out), StartedAt: run.CreatedAt, ExitOnFinish: true})
 	ectx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type outcome struct {
