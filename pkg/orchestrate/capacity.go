@@ -81,6 +81,9 @@ type CapacityInput struct {
 	Empty     []string
 	CPUFactor float64
 	MemFactor float64
+	// Prefer names targets to fill first: rolling maintenance prefers the hosts it has already
+	// updated, so that a VM lands on a patched host and does not move twice.
+	Prefer []string
 }
 
 // Placement moves one running VM off a host being emptied.
@@ -139,6 +142,7 @@ func PlanCapacity(in CapacityInput) (Plan, error) {
 			continue
 		}
 		t := newTarget(h, in.CPUFactor, in.MemFactor)
+		t.preferred = slices.Contains(in.Prefer, h.Name)
 		for _, vm := range h.VMs {
 			if vm.State != capVMRunning {
 				continue
@@ -394,6 +398,8 @@ type target struct {
 	freeCPU  int64           // may go negative on an overcommitted host
 	freeMem  int64           // likewise
 	antiHere map[string]bool // anti-affinity groups with a running or planned member here
+	// preferred targets are filled first (see CapacityInput.Prefer).
+	preferred bool
 }
 
 func newTarget(h *CapacityHost, cpuFactor, memFactor float64) *target {
@@ -543,7 +549,7 @@ func (p *planner) place(u *unit) (*target, string) {
 		if roomiest == nil || more(t, roomiest) {
 			roomiest = t
 		}
-		if t.freeCPU >= u.cpu && t.freeMem >= u.mem && (best == nil || more(t, best)) {
+		if t.freeCPU >= u.cpu && t.freeMem >= u.mem && (best == nil || better(t, best)) {
 			best = t
 		}
 	}
@@ -565,6 +571,14 @@ func (p *planner) place(u *unit) (*target, string) {
 		best.antiHere[g] = true
 	}
 	return best, ""
+}
+
+// better orders the targets that can hold a unit: a preferred host first, then worst fit.
+func better(a, b *target) bool {
+	if a.preferred != b.preferred {
+		return a.preferred
+	}
+	return more(a, b)
 }
 
 // more is the worst-fit order: more free memory, then more free vCPU.

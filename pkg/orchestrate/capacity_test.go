@@ -508,3 +508,40 @@ func TestPlanOK(t *testing.T) {
 		t.Error("one unplaced: OK() = true, want false")
 	}
 }
+
+// A preferred target (a host rolling maintenance already updated) is filled before a roomier
+// one, as long as the VM fits there.
+func TestPlanCapacityPrefer(t *testing.T) {
+	host := func(name string, cpus int, mem uint64, vms ...CapacityVM) CapacityHost {
+		return CapacityHost{Name: name, Cluster: "c1", ResourceState: "Enabled", Connection: "Up", AgentState: "Up", CPUs: cpus, MemoryMiB: mem, VMs: vms}
+	}
+	vm := func(name string) CapacityVM {
+		return CapacityVM{Name: name, State: "running", VCPUs: 1, MemoryMiB: 1024}
+	}
+	hosts := []CapacityHost{host("h1", 8, 8192, vm("a"), vm("b")), host("h2", 8, 4096), host("h3", 8, 16384)}
+	plan, err := PlanCapacity(CapacityInput{Hosts: hosts, Empty: []string{"h1"}, CPUFactor: 1, MemFactor: 1, Prefer: []string{"h2"}})
+	if err != nil || !plan.OK() {
+		t.Fatal(plan, err)
+	}
+	for _, p := range plan.Placements {
+		if p.To != "h2" {
+			t.Errorf("%s -> %s, want the preferred h2", p.VM, p.To)
+		}
+	}
+	plan, _ = PlanCapacity(CapacityInput{Hosts: hosts, Empty: []string{"h1"}, CPUFactor: 1, MemFactor: 1})
+	for _, p := range plan.Placements {
+		if p.To != "h3" {
+			t.Errorf("without a preference %s -> %s, want the roomiest h3", p.VM, p.To)
+		}
+	}
+	// A preferred host that is full is passed over.
+	hosts[1].CPUs = 1
+	plan, _ = PlanCapacity(CapacityInput{Hosts: hosts, Empty: []string{"h1"}, CPUFactor: 1, MemFactor: 1, Prefer: []string{"h2"}})
+	got := map[string]int{}
+	for _, p := range plan.Placements {
+		got[p.To]++
+	}
+	if got["h2"] != 1 || got["h3"] != 1 {
+		t.Errorf("placements %v, want one on the preferred h2 (room for one) and one on h3", got)
+	}
+}

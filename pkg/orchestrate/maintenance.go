@@ -97,6 +97,8 @@ type EnableOptions struct {
 	Prepared bool
 	// Fresh plans with the statuses in the store, which the caller has just refreshed.
 	Fresh bool
+	// Prefer names hosts to fill first (see CapacityInput.Prefer).
+	Prefer []string
 }
 
 // ErrDoesNotFit fails enable when some running VM has nowhere to go; nothing was changed.
@@ -255,7 +257,7 @@ func (m *Maintenance) Enable(ctx context.Context, name string, opts EnableOption
 	if s := c.prev[name]; s.Connection != state.ConnUp {
 		return res, fmt.Errorf("the agent of %s does not answer (%s): start it, then try again", name, firstLine(s.LastError))
 	}
-	plan, err := PlanCapacity(CapacityInput{Hosts: capacityHosts(c.cluster, c.prev), Empty: []string{name}, CPUFactor: c.cpuF, MemFactor: c.memF})
+	plan, err := PlanCapacity(CapacityInput{Hosts: capacityHosts(c.cluster, c.prev), Empty: []string{name}, CPUFactor: c.cpuF, MemFactor: c.memF, Prefer: opts.Prefer})
 	if err != nil {
 		return res, err
 	}

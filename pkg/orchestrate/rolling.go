@@ -904,7 +904,7 @@ func (r *Rolling) doBatch(ctx context.Context, batch []*RunHost) error {
 		}
 		m := r.maint()
 		wctx, cancel := context.WithTimeout(ctx, r.snapshot().WaitTimeout)
-		res, err := m.Enable(wctx, h.Name, EnableOptions{Prepared: true, Fresh: i == 0 && len(toPrepare) > 0})
+		res, err := m.Enable(wctx, h.Name, EnableOptions{Prepared: true, Fresh: i == 0 && len(toPrepare) > 0, Prefer: r.updatedHosts(h.Cluster)})
 		cancel()
 		if err != nil {
 			r.cancelMaintenance(ctx, h)
@@ -958,6 +958,20 @@ func (r *Rolling) doBatch(ctx context.Context, batch []*RunHost) error {
 		}
 		return r.journal(events.Event{Type: events.HostDone, Host: h.Name, Cluster: h.Cluster}, func(*Run) { h.Step, h.EndedAt = StepDone, r.now().UTC() })
 	})
+}
+
+// updatedHosts names the hosts of cluster this run has already taken through maintenance: the
+// best targets for the VMs of the next host, which then never move twice.
+func (r *Rolling) updatedHosts(cluster string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, h := range r.run.Hosts {
+		if h.Cluster == cluster && h.Step == StepDone {
+			out = append(out, h.Name)
+		}
+	}
+	return out
 }
 
 // cancelMaintenance takes a host the run put into maintenance out again; it reports success.
