@@ -25,6 +25,8 @@ type Factory struct {
 	JSON bool
 	// Events is the global --events flag: stream progress as NDJSON on stdout.
 	Events bool
+	// NoTUI is the global --no-tui flag: plain progress lines even on a terminal.
+	NoTUI bool
 	// Now is the clock; tests may fix it.
 	Now func() time.Time
 	// Getenv reads the environment; tests may replace it.

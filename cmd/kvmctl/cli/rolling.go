@@ -24,7 +24,6 @@ type RollingOptions struct {
 	Req      orchestrate.RollingRequest
 	TimeoutS int
 	RunID    string
-	NoTUI    bool
 }
 
 func newRollingCmd(f *cmdutil.Factory) *cobra.Command {
@@ -65,7 +64,6 @@ Every step is journaled in the state file before and after it happens: if kvmctl
 	fl.StringVar(&opts.Req.Payload, "payload", "", "extra arguments for every script, split by shell quoting rules (no shell runs them)")
 	fl.BoolVar(&opts.Req.DryRun, "dry-run", false, "print the plan (order, scripts, capacity) and change nothing")
 	fl.IntVar(&opts.Req.MaxUnavailable, "max-unavailable", 1, "hosts of a cluster in maintenance at the same time")
-	fl.BoolVar(&opts.NoTUI, "no-tui", false, "plain progress lines even on a terminal")
 	start.MarkFlagsMutuallyExclusive("zone", "pod", "cluster", "host")
 	start.MarkFlagsOneRequired("zone", "pod", "cluster", "host")
 
@@ -95,7 +93,6 @@ Every step is journaled in the state file before and after it happens: if kvmctl
 			return runRollingResume(opts)
 		},
 	}
-	resume.Flags().BoolVar(&opts.NoTUI, "no-tui", false, "plain progress lines even on a terminal")
 	abort := &cobra.Command{
 		Use:   "abort RUN",
 		Short: "Stop a run after its current step and restore its clusters and hosts",
@@ -158,7 +155,7 @@ func followRun(opts *RollingOptions, r *orchestrate.Rolling, begin func() (*orch
 	f := opts.F
 	ctx, cancel := interruptible()
 	defer cancel()
-	useTUI := f.IO.IsStdoutTTY() && f.IO.IsStdinTTY() && !f.JSON && !f.Events && !opts.NoTUI
+	useTUI := f.IO.IsStdoutTTY() && f.IO.IsStdinTTY() && !f.JSON && !f.Events && !f.NoTUI
 	if !useTUI {
 		r.Events = progressSink(f)
 	}

@@ -47,6 +47,7 @@ Exit codes: 0 success, 1 the operation failed, 2 bad usage or input refused (not
 	pf.StringVar(&f.StateFlag, "state", "", "state file (default $KVMCTL_STATE, else ~/.local/state/kvmctl/state.db)")
 	pf.BoolVar(&f.JSON, "json", false, "print the result as JSON")
 	pf.BoolVar(&f.Events, "events", false, "stream progress events as JSON lines on stdout (commands that report progress)")
+	pf.BoolVar(&f.NoTUI, "no-tui", false, "plain progress lines instead of the live view, even on a terminal")
 
 	root.AddCommand(
 		newVersionCmd(f),
