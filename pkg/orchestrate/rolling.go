@@ -1088,6 +1088,7 @@ func (r *Rolling) runStage(ctx context.Context, h *RunHost, stage hooks.Stage) (
 	deadline := h.Stages[name].StartedAt.Add(timeout + grace)
 	req := api.StageRequest{RunID: run.ID, Stage: name, Payload: run.Request.Payload, TimeoutS: int((timeout + time.Second - 1) / time.Second)}
 	var lastErr error
+	unreachable := 0
 	for {
 		if !time.Now().Before(deadline) {
 			st := api.StageStatus{State: api.StageCompleted, Outcome: api.OutcomeTimedOut, ExitCode: -1,
@@ -1111,6 +1112,14 @@ func (r *Rolling) runStage(ctx context.Context, h *RunHost, stage hooks.Stage) (
 				return api.StageStatus{}, err // a refusal (bad payload, refused script): retrying cannot help
 			}
 			lastErr = err
+			// A host not yet touched by the run whose agent does not answer fails PreFlight at
+			// once: nothing it does could be the cause, and waiting out the stage timeout (30
+			// minutes by default) helps nobody. Later stages wait: a reboot takes a while.
+			if stage == hooks.PreFlight && r.stageRecord(h, name).ExecID == "" && api.IsUnreachable(err) {
+				if unreachable++; unreachable >= 3 {
+					return api.StageStatus{}, fmt.Errorf("agent unreachable: %s", firstLine(err.Error()))
+				}
+			}
 			select {
 			case <-ctx.Done():
 				return api.StageStatus{}, ctx.Err()

@@ -151,3 +151,28 @@ func TestNaturalLess(t *testing.T) {
 		t.Errorf("natural order = %v, want %s", got, want)
 	}
 }
+
+// A host whose agent is down before the run touched it fails PreFlight at once, not after the
+// stage timeout; --forced skips it and maintains the others.
+func TestRollingPreFlightUnreachableFailsFast(t *testing.T) {
+	f := newFleet()
+	f.add("h1")
+	f.add("h2").down = true
+	r, st := newRolling(t, f, "h1", "h2")
+	start := time.Now()
+	res, err := r.Start(context.Background(), RollingRequest{Clusters: []string{"c1"}, Timeout: time.Hour})
+	if !errors.Is(err, ErrRunFailed) || !strings.Contains(res.Details, "h2") || !strings.Contains(res.Details, "unreachable") {
+		t.Fatalf("run = %+v, %v; want PreFlight failed naming h2 unreachable", res, err)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("took %s to give up on an unreachable agent", d)
+	}
+	if f.agents["h1"].started["PreMaintenance"] != 0 {
+		t.Errorf("a PreFlight failure must change nothing, but h1 ran PreMaintenance")
+	}
+	r2 := &Rolling{Store: st, Dial: f.dial, Maint: &Maintenance{PollInterval: time.Millisecond}}
+	res, err = r2.Start(context.Background(), RollingRequest{Clusters: []string{"c1"}, Timeout: time.Hour, Forced: true})
+	if err != nil || len(res.HostsUpdated) != 1 || len(res.HostsSkipped) != 1 || res.HostsSkipped[0].Host != "h2" {
+		t.Errorf("forced run = %+v, %v; want h1 updated and h2 skipped", res, err)
+	}
+}
