@@ -368,20 +368,28 @@ func (r *Rolling) Resume(ctx context.Context, id string) (RunResult, error) {
 	return r.execute(ctx)
 }
 
+// loadRunning reads run id for a verb (resume, abort) that only applies to a running run.
+func loadRunning(tx state.Tx, id, verb string) (*Run, error) {
+	run, err := LoadRun(tx, id)
+	if state.IsNotFound(err) {
+		return nil, errs.Refusedf("no run %q: `kvmctl rolling list` shows the runs", id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if run.State != RunRunning {
+		return nil, errs.Refusedf("run %s has %s: nothing to %s", id, run.State, verb)
+	}
+	return run, nil
+}
+
 // BeginResume takes over run id from a kvmctl that died, without acting yet; Execute goes on.
 func (r *Rolling) BeginResume(id string) (*Run, error) {
 	var run *Run
 	err := r.Store.Update(func(tx state.Tx) error {
 		var err error
-		run, err = LoadRun(tx, id)
-		if state.IsNotFound(err) {
-			return errs.Refusedf("no run %q: `kvmctl rolling list` shows the runs", id)
-		}
-		if err != nil {
+		if run, err = loadRunning(tx, id, "resume"); err != nil {
 			return err
-		}
-		if run.State != RunRunning {
-			return errs.Refusedf("run %s has %s: nothing to resume", id, run.State)
 		}
 		if run.Owner.Alive() && run.Owner != SelfOwner() {
 			return errs.Refusedf("run %s is still running (pid %d): only a run whose kvmctl died can be resumed", id, run.Owner.PID)
@@ -408,15 +416,8 @@ func (r *Rolling) Abort(ctx context.Context, id string) (RunResult, bool, error)
 	var asked bool
 	err := r.Store.Update(func(tx state.Tx) error {
 		var err error
-		run, err = LoadRun(tx, id)
-		if state.IsNotFound(err) {
-			return errs.Refusedf("no run %q: `kvmctl rolling list` shows the runs", id)
-		}
-		if err != nil {
+		if run, err = loadRunning(tx, id, "abort"); err != nil {
 			return err
-		}
-		if run.State != RunRunning {
-			return errs.Refusedf("run %s has %s: nothing to abort", id, run.State)
 		}
 		if run.Owner.Alive() {
 			run.AbortRequested = true

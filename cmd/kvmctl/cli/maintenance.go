@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/kvmctl/kvmctl/pkg/api"
 	"github.com/kvmctl/kvmctl/pkg/cmdutil"
 	"github.com/kvmctl/kvmctl/pkg/orchestrate"
 	"github.com/kvmctl/kvmctl/pkg/state"
@@ -55,28 +56,28 @@ VMs do not move back by themselves.`,
 	return group("maintenance", "Put hosts into maintenance mode and take them out", enable, cancel)
 }
 
-// maintenanceEngine wires the engine to the state file, the agents, SSH and the output.
-func maintenanceEngine(f *cmdutil.Factory) (*orchestrate.Maintenance, error) {
+// maintenanceEngine wires the engine to the state file, the agents, SSH and the output; it also
+// returns the agent clients, for engines built on top of it.
+func maintenanceEngine(f *cmdutil.Factory) (*orchestrate.Maintenance, func(state.Host) (*api.Client, error), error) {
 	st, err := f.Store()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	clients, err := agentClients(f)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	dial := func(h state.Host) (orchestrate.MaintenanceAgent, error) { return clients(h) }
 	return &orchestrate.Maintenance{
 		Store:  st,
-		Dial:   dial,
+		Dial:   func(h state.Host) (orchestrate.MaintenanceAgent, error) { return clients(h) },
 		SSH:    sshRunner(),
 		Events: progressSink(f),
 		Now:    f.Now,
-	}, nil
+	}, clients, nil
 }
 
 func runMaintenanceEnable(opts *MaintenanceOptions) error {
-	m, err := maintenanceEngine(opts.F)
+	m, _, err := maintenanceEngine(opts.F)
 	if err != nil {
 		return err
 	}
@@ -108,7 +109,7 @@ func runMaintenanceEnable(opts *MaintenanceOptions) error {
 }
 
 func runMaintenanceCancel(opts *MaintenanceOptions) error {
-	m, err := maintenanceEngine(opts.F)
+	m, _, err := maintenanceEngine(opts.F)
 	if err != nil {
 		return err
 	}

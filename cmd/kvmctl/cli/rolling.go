@@ -105,18 +105,16 @@ Every step is journaled in the state file before and after it happens: if kvmctl
 	return group("rolling", "Rolling maintenance of zones, pods, clusters or hosts through hook scripts", start, status, list, resume, abort)
 }
 
+// rollingEngine wires the rolling engine, and the maintenance engine it drives, to the state
+// file and the agents; the run journals the maintenance engine's events itself.
 func rollingEngine(f *cmdutil.Factory) (*orchestrate.Rolling, error) {
-	st, err := f.Store()
+	m, clients, err := maintenanceEngine(f)
 	if err != nil {
 		return nil, err
 	}
-	clients, err := agentClients(f)
-	if err != nil {
-		return nil, err
-	}
+	m.Events = nil
 	dial := func(h state.Host) (orchestrate.RollingAgent, error) { return clients(h) }
-	return &orchestrate.Rolling{Store: st, Dial: dial, Now: f.Now,
-		Maint: &orchestrate.Maintenance{Store: st, Now: f.Now, SSH: sshRunner()}}, nil
+	return &orchestrate.Rolling{Store: m.Store, Dial: dial, Now: f.Now, Maint: m}, nil
 }
 
 // interruptible cancels ctx on SIGINT/SIGTERM; the run stays resumable.
