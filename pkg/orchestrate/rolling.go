@@ -444,6 +444,12 @@ func (r *Rolling) Abort(ctx context.Context, id string) (RunResult, bool, error)
 
 // appendLocked writes run and one journal event in tx. The caller holds r.mu or owns run.
 func (r *Rolling) appendLocked(tx state.Tx, run *Run, e events.Event) error {
+	// Another kvmctl may have written the record since we read it (`rolling abort` sets the
+	// flag and journals): keep its flag and never reuse its journal sequence.
+	if cur, err := LoadRun(tx, run.ID); err == nil {
+		run.AbortRequested = run.AbortRequested || cur.AbortRequested
+		run.Seq = max(run.Seq, cur.Seq)
+	}
 	run.Seq++
 	if e.Time.IsZero() {
 		e.Time = r.now().UTC()
@@ -532,7 +538,7 @@ func (r *Rolling) dialHost(name string) (RollingAgent, state.Host, error) {
 func (r *Rolling) execute(ctx context.Context) (RunResult, error) {
 	run := r.snapshot()
 	err := r.preflight(ctx)
-	if err == nil {
+	if err == nil && ctx.Err() == nil {
 		for _, c := range run.Clusters {
 			if c.Done {
 				continue
@@ -542,7 +548,7 @@ func (r *Rolling) execute(ctx context.Context) (RunResult, error) {
 			}
 		}
 	}
-	if err != nil && ctx.Err() != nil {
+	if ctx.Err() != nil {
 		// kvmctl is going away (interrupt, detach): leave the run as it is, resumable, rather
 		// than half-restore it with a cancelled context.
 		return r.snapshot().Result(), fmt.Errorf("%w: run %s stays resumable: kvmctl rolling resume %s", ErrInterrupted, run.ID, run.ID)
@@ -632,10 +638,12 @@ func (r *Rolling) preflight(ctx context.Context) error {
 		return &fatal{"aborted"}
 	}
 	// PreFlight changes nothing on a host, so every host runs it at once (a few at a time).
-	_ = r.parallel(pending, preflightParallelism, func(h *RunHost) error {
+	if err := r.parallel(pending, preflightParallelism, func(h *RunHost) error {
 		st, err := r.runStage(ctx, h, hooks.PreFlight)
 		reason := ""
 		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
 		case err != nil:
 			reason = "PreFlight: " + err.Error()
 		case st.Outcome == api.OutcomeSkipped:
@@ -653,7 +661,9 @@ func (r *Rolling) preflight(ctx context.Context) error {
 			r.skip(h, reason)
 		}
 		return nil
-	})
+	}); err != nil {
+		return err
+	}
 	sort.Strings(failures)
 	if len(failures) > 0 && !run.Request.Forced {
 		return &fatal{"PreFlight failed, no action taken: " + strings.Join(failures, "; ")}
@@ -734,7 +744,11 @@ func (r *Rolling) skip(h *RunHost, reason string) {
 
 // fail handles a host-level failure: with --forced the host is skipped and the run goes on;
 // without, the run stops.
-func (r *Rolling) fail(h *RunHost, reason string) error {
+func (r *Rolling) fail(ctx context.Context, h *RunHost, reason string) error {
+	if ctx.Err() != nil {
+		// kvmctl is going away: that is no failure of the host, and --forced must not skip it.
+		return ctx.Err()
+	}
 	if r.snapshot().Request.Forced {
 		r.skip(h, reason)
 		return nil
@@ -833,7 +847,7 @@ func (r *Rolling) doBatch(ctx context.Context, batch []*RunHost) error {
 		if !h.At(StepChecked) {
 			ok, reason, err := r.checkMaintenanceScript(ctx, h)
 			if err != nil {
-				return r.fail(h, err.Error())
+				return r.fail(ctx, h, err.Error())
 			}
 			if !ok {
 				r.skip(h, reason)
@@ -847,12 +861,12 @@ func (r *Rolling) doBatch(ctx context.Context, batch []*RunHost) error {
 		st, err := r.runStage(ctx, h, hooks.PreMaintenance)
 		switch {
 		case err != nil:
-			return r.fail(h, "PreMaintenance: "+err.Error())
+			return r.fail(ctx, h, "PreMaintenance: "+err.Error())
 		case st.Outcome == api.OutcomeSkipped:
 			r.skip(h, "no maintenance needed (PreMaintenance exit 70)")
 			return nil
 		case st.Outcome != api.OutcomeSucceeded:
-			return r.fail(h, stageFailure("PreMaintenance", st))
+			return r.fail(ctx, h, stageFailure("PreMaintenance", st))
 		}
 		return r.journal(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Stage: StepPreMaint}, func(*Run) { h.Step = StepPreMaint })
 	}); err != nil {
@@ -908,8 +922,11 @@ func (r *Rolling) doBatch(ctx context.Context, batch []*RunHost) error {
 		res, err := m.Enable(wctx, h.Name, EnableOptions{Prepared: true, Fresh: i == 0 && len(toPrepare) > 0, Prefer: r.updatedHosts(h.Cluster)})
 		cancel()
 		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
 			r.cancelMaintenance(ctx, h)
-			if ferr := r.fail(h, "entering maintenance: "+err.Error()); ferr != nil {
+			if ferr := r.fail(ctx, h, "entering maintenance: "+err.Error()); ferr != nil {
 				return ferr
 			}
 			continue
@@ -918,6 +935,9 @@ func (r *Rolling) doBatch(ctx context.Context, batch []*RunHost) error {
 			func(*Run) { h.Step, h.VMsMoved = StepInMaint, len(res.Migrated) })
 	}
 	// 4. The Maintenance scripts, at the same time.
+	if r.abortRequested() {
+		return &fatal{"aborted"}
+	}
 	var maintain []*RunHost
 	for _, h := range active() {
 		if !h.At(StepMaintDone) {
@@ -934,28 +954,32 @@ func (r *Rolling) doBatch(ctx context.Context, batch []*RunHost) error {
 			reason = stageFailure("Maintenance", st)
 		}
 		if reason != "" {
+			if ctx.Err() != nil {
+				return ctx.Err() // interrupted, not failed: the host stays as it is, resumable
+			}
 			// The seed: a failed Maintenance script cancels maintenance, then stops unless forced.
 			r.cancelMaintenance(ctx, h)
-			return r.fail(h, reason)
+			return r.fail(ctx, h, reason)
 		}
 		return r.journal(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Stage: StepMaintDone}, func(*Run) { h.Step = StepMaintDone })
 	}); err != nil {
 		return err
 	}
-	// 5. Cancel maintenance, then PostMaintenance, on the batch's hosts at once.
+	// 5. Cancel maintenance, then PostMaintenance, on the batch's hosts at once. An abort asked
+	// for now takes effect after this step: the hosts leave maintenance either way.
 	return r.parallel(active(), len(batch), func(h *RunHost) error {
 		if !h.At(StepCancelled) {
 			if !r.cancelMaintenance(ctx, h) {
-				return r.fail(h, "cancelling maintenance failed")
+				return r.fail(ctx, h, "cancelling maintenance failed")
 			}
 			_ = r.journal(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Stage: StepCancelled}, func(*Run) { h.Step = StepCancelled })
 		}
 		st, err := r.runStage(ctx, h, hooks.PostMaintenance)
 		switch {
 		case err != nil:
-			return r.fail(h, "PostMaintenance: "+err.Error())
+			return r.fail(ctx, h, "PostMaintenance: "+err.Error())
 		case st.Outcome != api.OutcomeSucceeded:
-			return r.fail(h, stageFailure("PostMaintenance", st))
+			return r.fail(ctx, h, stageFailure("PostMaintenance", st))
 		}
 		return r.journal(events.Event{Type: events.HostDone, Host: h.Name, Cluster: h.Cluster}, func(*Run) { h.Step, h.EndedAt = StepDone, r.now().UTC() })
 	})
@@ -1055,7 +1079,7 @@ func (r *Rolling) recheckCapacity(ctx context.Context, batch []*RunHost) error {
 	}
 	for _, h := range batch {
 		if reason, ok := bad[h.Name]; ok {
-			if ferr := r.fail(h, reason); ferr != nil {
+			if ferr := r.fail(ctx, h, reason); ferr != nil {
 				return ferr
 			}
 		}
@@ -1086,11 +1110,17 @@ func (r *Rolling) runStage(ctx context.Context, h *RunHost, stage hooks.Stage) (
 	if grace <= 0 {
 		grace = run.PingInterval + 10*time.Second
 	}
-	deadline := h.Stages[name].StartedAt.Add(timeout + grace)
+	// The agent enforces the script's timeout itself and reports timed_out; kvmctl's own
+	// deadline only covers an agent that stops answering, counted from when this process
+	// started waiting (a resume long after a crash still asks the agent first).
+	deadline := time.Now().Add(timeout + grace)
 	req := api.StageRequest{RunID: run.ID, Stage: name, Payload: run.Request.Payload, TimeoutS: int((timeout + time.Second - 1) / time.Second)}
 	var lastErr error
 	unreachable := 0
 	for {
+		if err := ctx.Err(); err != nil {
+			return api.StageStatus{}, err
+		}
 		if !time.Now().Before(deadline) {
 			st := api.StageStatus{State: api.StageCompleted, Outcome: api.OutcomeTimedOut, ExitCode: -1,
 				Note: fmt.Sprintf("no result from the agent within the stage timeout (%s)", timeout)}

@@ -176,3 +176,103 @@ func TestRollingPreFlightUnreachableFailsFast(t *testing.T) {
 		t.Errorf("forced run = %+v, %v; want h1 updated and h2 skipped", res, err)
 	}
 }
+
+// waitFor polls cond until it holds or the test times out.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (a *fakeAgent) stageStarted(stage string) bool {
+	defer a.lock()()
+	return a.started[stage] > 0
+}
+
+func (a *fakeAgent) finishStage(stage string) {
+	defer a.lock()()
+	a.stages[stage] = api.StageStatus{State: api.StageCompleted, Outcome: api.OutcomeSucceeded}
+}
+
+// Interrupting a --forced run is no host failure: nothing is skipped, the run stays running
+// and resumable, and nobody calls it a success.
+func TestRollingInterruptedForcedRunStaysResumable(t *testing.T) {
+	f := newFleet()
+	f.add("h1", "a")
+	f.add("h2")
+	r, st := newRolling(t, f, "h1", "h2")
+	f.agents["h1"].stages["Maintenance"] = api.StageStatus{State: api.StageRunning}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var res RunResult
+	go func() {
+		var err error
+		res, err = r.Start(ctx, RollingRequest{Clusters: []string{"c1"}, Timeout: time.Minute, Forced: true})
+		done <- err
+	}()
+	waitFor(t, "h1's Maintenance stage", func() bool { return f.agents["h1"].stageStarted("Maintenance") })
+	cancel()
+	err := <-done
+	if !errors.Is(err, ErrInterrupted) || res.Success || len(res.HostsSkipped) != 0 {
+		t.Fatalf("interrupted run = %+v, %v; want ErrInterrupted, nothing skipped", res, err)
+	}
+	var run *Run
+	_ = st.View(func(tx state.Tx) (err error) { run, err = LoadRun(tx, res.RunID); return err })
+	if run.State != RunRunning || hostState(t, st, "h1") != state.Maintenance {
+		t.Errorf("run %s, h1 %s; want running (resumable) with h1 still in Maintenance", run.State, hostState(t, st, "h1"))
+	}
+}
+
+// `rolling abort` from another kvmctl is not lost when the running one journals next: the run
+// stops after its current step and restores what it changed.
+func TestRollingAbortOfALiveRun(t *testing.T) {
+	f := newFleet()
+	f.add("h1", "a")
+	f.add("h2")
+	f.add("h3")
+	r, st := newRolling(t, f, "h1", "h2", "h3")
+	f.agents["h1"].stages["Maintenance"] = api.StageStatus{State: api.StageRunning}
+	done := make(chan RunResult, 1)
+	go func() {
+		res, _ := r.Start(context.Background(), RollingRequest{Clusters: []string{"c1"}, Timeout: time.Minute})
+		done <- res
+	}()
+	waitFor(t, "h1's Maintenance stage", func() bool { return f.agents["h1"].stageStarted("Maintenance") })
+	var id string
+	_ = st.View(func(tx state.Tx) error { runs, _ := ListRuns(tx); id = runs[0].ID; return nil })
+	other := &Rolling{Store: st, Dial: f.dial}
+	if _, asked, err := other.Abort(context.Background(), id); err != nil || !asked {
+		t.Fatalf("abort = %v, asked %v", err, asked)
+	}
+	f.agents["h1"].finishStage("Maintenance")
+	res := <-done
+	if res.State != RunAborted {
+		t.Fatalf("run = %+v, want aborted", res)
+	}
+	for _, h := range []string{"h2", "h3"} {
+		if f.agents[h].started["PreMaintenance"] != 0 {
+			t.Errorf("%s was maintained after the abort", h)
+		}
+	}
+	var cl state.Cluster
+	_ = st.View(func(tx state.Tx) (err error) { cl, err = state.GetCluster(tx, "c1"); return err })
+	if cl.ResourceState != state.Enabled || hostState(t, st, "h1") != state.Enabled {
+		t.Errorf("after abort: cluster %s, h1 %s; want both restored", cl.ResourceState, hostState(t, st, "h1"))
+	}
+	var evs []string
+	_ = st.View(func(tx state.Tx) error {
+		j, _ := Journal(tx, id)
+		for _, e := range j {
+			evs = append(evs, e.Type)
+		}
+		return nil
+	})
+	if !strings.Contains(strings.Join(evs, " "), "run.abort_requested") {
+		t.Errorf("the abort request is missing from the journal: %v", evs)
+	}
+}
