@@ -20,6 +20,7 @@ const (
 	RunResumed            = "run.resumed"
 	RunAbortRequested     = "run.abort_requested"
 	RunPreFlightDone      = "run.preflight_done"
+	RunCapacityChecked    = "run.capacity_checked"
 	RunFinished           = "run.finished"
 	ClusterDisabling      = "cluster.disabling"
 	ClusterDisabled       = "cluster.disabled"

@@ -59,6 +59,9 @@ type Maintenance struct {
 	// SkipFinalRefresh leaves out the status refresh after enable and cancel, for a caller
 	// (rolling maintenance) that refreshes before its next plan anyway.
 	SkipFinalRefresh bool
+	// RunID is the rolling run this engine works for: the clusters it holds are open to it.
+	// Without it, a cluster held by a running run is refused, naming the run.
+	RunID string
 }
 
 // MaintenanceResult is what enable and cancel report.
@@ -156,6 +159,12 @@ func (m *Maintenance) load(name string) (maintenanceConfig, error) {
 			return err
 		}
 		c.host = h
+		// Another kvmctl's rolling run owns this cluster's maintenance: `maintenance enable`
+		// would take a second host down behind --max-unavailable, `cancel` would make a host
+		// whose Maintenance script still runs a migration target.
+		if err := lockConflictExcept(tx, []string{h.Cluster}, m.RunID); err != nil {
+			return err
+		}
 		if c.cluster, err = inventory.ClusterHosts(tx, h.Cluster); err != nil {
 			return err
 		}
@@ -242,6 +251,13 @@ func (m *Maintenance) Enable(ctx context.Context, name string, opts EnableOption
 	res.ResourceState = c.host.ResourceState
 	switch c.host.ResourceState {
 	case state.Enabled, state.Disabled, state.ErrorInMaintenance:
+	case state.Maintenance:
+		if opts.Prepared {
+			// A run that died between marking the host Maintenance and journaling it: the host
+			// is where the run wants it.
+			return res, nil
+		}
+		return res, errs.Refusedf("host %s is in %s: `kvmctl maintenance cancel %s` first, or leave it", name, c.host.ResourceState, name)
 	case state.PrepareForMaintenance:
 		if !opts.Prepared {
 			return res, errs.Refusedf("host %s is in %s: another kvmctl is putting it into maintenance; wait, or `kvmctl maintenance cancel %s`", name, c.host.ResourceState, name)
@@ -310,6 +326,9 @@ func (m *Maintenance) Enable(ctx context.Context, name string, opts EnableOption
 		byName[h.Name] = h
 	}
 	res.Migrated, res.Failed = m.migrateAll(wctx, src, c, byName, plan.Placements)
+	if len(res.Failed) > 0 && errors.Is(wctx.Err(), context.DeadlineExceeded) {
+		return fail(fmt.Sprintf("kvm.rolling.maintenance.wait.maintenance.timeout (%s) passed with %d of %d VMs not moved", c.waitTimeout, len(res.Failed), len(plan.Placements)))
+	}
 	if len(res.Failed) > 0 {
 		return fail(fmt.Sprintf("%d of %d VMs could not be moved (first: %s: %s)", len(res.Failed), len(plan.Placements), res.Failed[0].VM, res.Failed[0].Error))
 	}
@@ -401,8 +420,11 @@ func (m *Maintenance) moveVM(ctx context.Context, src MaintenanceAgent, srcKind 
 		return fmt.Errorf("start %s on %s: %w", vm, dst.Name, err)
 	}
 	if err := src.RemoveVM(ctx, vm); err != nil {
-		// The VM now runs on dst; leaving it on the source too would run it twice.
-		if rerr := to.RemoveVM(ctx, vm); rerr != nil {
+		// The VM now runs on dst; leaving it on the source too would run it twice. The clean-up
+		// gets its own time: the wait timeout that may have ended ctx must not stop it.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if rerr := to.RemoveVM(cctx, vm); rerr != nil {
 			return fmt.Errorf("remove %s from the source: %w (and from %s again: %v)", vm, err, dst.Name, rerr)
 		}
 		return fmt.Errorf("remove %s from the source: %w", vm, err)
@@ -469,6 +491,9 @@ func (m *Maintenance) Cancel(ctx context.Context, name string) (MaintenanceResul
 	sctx, cancel := context.WithTimeout(ctx, m.statusTimeout())
 	_, statusErr := agent.Status(sctx)
 	cancel()
+	if statusErr != nil && ctx.Err() != nil {
+		return res, ctx.Err()
+	}
 	if statusErr != nil {
 		if !c.sshToAgent {
 			return res, fmt.Errorf("the agent on %s must be connected to cancel maintenance; start it, or set kvm.ssh.to.agent=true so kvmctl can restart it over SSH", name)

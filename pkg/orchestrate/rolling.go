@@ -81,6 +81,8 @@ func (r *Rolling) maint() *Maintenance {
 		}
 		// The run refreshes statuses itself before each plan; the engine need not after.
 		m.SkipFinalRefresh = true
+		// The run's own clusters are locked by it; its maintenance steps may act there.
+		m.RunID = r.run.ID
 		// The engine's events (VM moves, maintenance entered and cancelled) go to the journal.
 		m.Events = r.journalSink()
 	})
@@ -250,6 +252,12 @@ func (r *Rolling) validate(req *RollingRequest) (rollPlan, error) {
 // that finished is stale and ignored; one of a run whose kvmctl died is taken over only by
 // `rolling resume`.
 func lockConflict(tx state.Tx, clusters []string) error {
+	return lockConflictExcept(tx, clusters, "")
+}
+
+// lockConflictExcept is lockConflict ignoring the locks of run self (a run's own maintenance
+// steps pass their run id).
+func lockConflictExcept(tx state.Tx, clusters []string, self string) error {
 	for _, c := range clusters {
 		raw, err := tx.Get(state.BucketLocks, c)
 		if state.IsNotFound(err) {
@@ -257,6 +265,9 @@ func lockConflict(tx state.Tx, clusters []string) error {
 		}
 		if err != nil {
 			return err
+		}
+		if string(raw) == self && self != "" {
+			continue
 		}
 		other, err := LoadRun(tx, string(raw))
 		if err != nil || other.State != RunRunning {
@@ -377,6 +388,11 @@ func loadRunning(tx state.Tx, id, verb string) (*Run, error) {
 	if err != nil {
 		return nil, err
 	}
+	if verb == "abort" && run.NeedsRestore {
+		// A finished run that could not restore everything may be aborted again to retry.
+		run.State = RunRunning
+		return run, nil
+	}
 	if run.State != RunRunning {
 		return nil, errs.Refusedf("run %s has %s: nothing to %s", id, run.State, verb)
 	}
@@ -437,8 +453,19 @@ func (r *Rolling) Abort(ctx context.Context, id string) (RunResult, bool, error)
 	r.mu.Lock()
 	r.run = run
 	r.mu.Unlock()
-	r.restore(ctx)
-	r.finish(RunAborted, "aborted by the operator")
+	// A stage the dead kvmctl started may still run on its host (a Maintenance script
+	// installing a kernel): wait for its result before taking the host out of maintenance.
+	for _, h := range run.Hosts {
+		for _, stage := range hooks.Stages() {
+			if rec := r.stageRecord(h, string(stage)); rec != nil && rec.ExecID != "" && rec.State != api.StageCompleted {
+				r.emitNow(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Stage: string(stage), Message: "waiting for the stage the dead kvmctl started before restoring"})
+				if _, err := r.runStage(ctx, h, stage); err != nil && ctx.Err() != nil {
+					return r.snapshot().Result(), false, ctx.Err()
+				}
+			}
+		}
+	}
+	r.finish(RunAborted, "aborted by the operator"+r.restore(ctx))
 	return r.snapshot().Result(), false, nil
 }
 
@@ -537,7 +564,10 @@ func (r *Rolling) dialHost(name string) (RollingAgent, state.Host, error) {
 // execute carries the run from wherever its record says it is to the end.
 func (r *Rolling) execute(ctx context.Context) (RunResult, error) {
 	run := r.snapshot()
-	err := r.preflight(ctx)
+	err := r.capacityCheck(ctx)
+	if err == nil {
+		err = r.preflight(ctx)
+	}
 	if err == nil && ctx.Err() == nil {
 		for _, c := range run.Clusters {
 			if c.Done {
@@ -554,13 +584,13 @@ func (r *Rolling) execute(ctx context.Context) (RunResult, error) {
 		return r.snapshot().Result(), fmt.Errorf("%w: run %s stays resumable: kvmctl rolling resume %s", ErrInterrupted, run.ID, run.ID)
 	}
 	if err != nil {
-		r.restore(ctx)
+		left := r.restore(ctx)
 		var f *fatal
 		switch {
 		case errors.As(err, &f) && f.reason == "aborted":
-			r.finish(RunAborted, "aborted by the operator")
+			r.finish(RunAborted, "aborted by the operator"+left)
 		default:
-			r.finish(RunFailed, err.Error())
+			r.finish(RunFailed, err.Error()+left)
 		}
 		return r.snapshot().Result(), fmt.Errorf("%w: %v", ErrRunFailed, err)
 	}
@@ -588,16 +618,29 @@ func (r *Rolling) finish(st, details string) {
 	defer r.mu.Unlock()
 	r.run.State, r.run.Details, r.run.EndedAt = st, details, r.now().UTC()
 	e := events.Event{Type: events.RunFinished, RunID: r.run.ID, Outcome: st, Message: details, Time: r.now().UTC()}
-	_ = r.Store.Update(func(tx state.Tx) error {
-		for _, c := range r.run.Clusters {
-			if raw, err := tx.Get(state.BucketLocks, c.Name); err == nil && string(raw) == r.run.ID {
-				if err := tx.Delete(state.BucketLocks, c.Name); err != nil {
-					return err
+	write := func() error {
+		return r.Store.Update(func(tx state.Tx) error {
+			for _, c := range r.run.Clusters {
+				if raw, err := tx.Get(state.BucketLocks, c.Name); err == nil && string(raw) == r.run.ID {
+					if err := tx.Delete(state.BucketLocks, c.Name); err != nil {
+						return err
+					}
 				}
 			}
+			return r.appendLocked(tx, r.run, e)
+		})
+	}
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		if err = write(); err == nil {
+			break
 		}
-		return r.appendLocked(tx, r.run, e)
-	})
+		time.Sleep(time.Duration(attempt+1) * 200 * time.Millisecond)
+	}
+	if err != nil {
+		// The run stays "running" with a dead owner once we exit: resume or abort settles it.
+		e.Message += fmt.Sprintf(" (could not record the end of the run: %v; `kvmctl rolling abort %s` settles it)", err, r.run.ID)
+	}
 	if r.Events != nil {
 		_ = r.Events.Emit(e)
 	}
@@ -605,18 +648,89 @@ func (r *Rolling) finish(st, details string) {
 
 // restore cancels maintenance on every host the run put there and restores every cluster it
 // disabled. It goes on past errors: each is journaled, and the next resume or abort retries.
-func (r *Rolling) restore(ctx context.Context) {
+// It returns what it could not restore, as a sentence for the run's details ("" when all is
+// restored); such a run stays open to `rolling abort`, which tries again.
+func (r *Rolling) restore(ctx context.Context) string {
 	run := r.snapshot()
+	var left []string
 	for _, h := range run.Hosts {
-		if h.InMaint {
-			r.cancelMaintenance(ctx, h)
+		if h.InMaint && !r.cancelMaintenance(ctx, h) {
+			left = append(left, fmt.Sprintf("host %s is still in maintenance: `kvmctl maintenance cancel %s` once its agent answers, or `kvmctl rolling abort %s`", h.Name, h.Name, run.ID))
 		}
 	}
 	for _, c := range run.Clusters {
-		if c.Disabled {
-			_ = r.restoreCluster(c)
+		if c.Disabled && r.restoreCluster(c) != nil {
+			left = append(left, fmt.Sprintf("cluster %s is still Disabled: `kvmctl cluster enable %s`", c.Name, c.Name))
 		}
 	}
+	r.mu.Lock()
+	r.run.NeedsRestore = len(left) > 0
+	r.mu.Unlock()
+	if len(left) == 0 {
+		return ""
+	}
+	return "; NOT RESTORED: " + strings.Join(left, "; ")
+}
+
+// capacityCheck is the seed's check before any action: could every host's VMs (every batch's,
+// with --max-unavailable) be placed on the rest of its cluster right now? A host that fails it
+// stops the run with nothing changed, or is skipped with --forced. It is checked again, with
+// fresh statuses, just before each batch enters maintenance.
+func (r *Rolling) capacityCheck(ctx context.Context) error {
+	run := r.snapshot()
+	if run.PreFlightDone {
+		return nil
+	}
+	m := r.maint()
+	var failures []string
+	for _, c := range run.Clusters {
+		var hosts []*RunHost
+		for _, h := range run.Hosts {
+			if h.Cluster == c.Name && h.Active() {
+				hosts = append(hosts, h)
+			}
+		}
+		if len(hosts) == 0 {
+			continue
+		}
+		mc, err := m.load(hosts[0].Name)
+		if err != nil {
+			return err
+		}
+		if err := m.refresh(ctx, &mc); err != nil {
+			return err
+		}
+		n := run.Request.MaxUnavailable
+		for i := 0; i < len(hosts); i += n {
+			batch := hosts[i:min(i+n, len(hosts))]
+			names := make([]string, len(batch))
+			for k, h := range batch {
+				names[k] = h.Name
+			}
+			plan, err := PlanCapacity(CapacityInput{Hosts: capacityHosts(mc.cluster, mc.prev), Empty: names, CPUFactor: mc.cpuF, MemFactor: mc.memF})
+			if err != nil {
+				return err
+			}
+			reasons := map[string]string{}
+			for _, u := range plan.Unplaced {
+				if _, ok := reasons[u.From]; !ok {
+					reasons[u.From] = fmt.Sprintf("capacity: VM %s fits nowhere: %s", u.VM, u.Reason)
+				}
+			}
+			for _, h := range batch {
+				if reason, ok := reasons[h.Name]; ok {
+					failures = append(failures, h.Name+": "+reason)
+					if run.Request.Forced {
+						r.skip(h, reason)
+					}
+				}
+			}
+		}
+	}
+	if len(failures) > 0 && !run.Request.Forced {
+		return &fatal{"capacity check failed, no action taken: " + strings.Join(failures, "; ")}
+	}
+	return r.journal(events.Event{Type: events.RunCapacityChecked, Message: fmt.Sprintf("%d hosts can be emptied", countActive(run))}, nil)
 }
 
 func (r *Rolling) preflight(ctx context.Context) error {
@@ -950,6 +1064,9 @@ func (r *Rolling) doBatch(ctx context.Context, batch []*RunHost) error {
 		switch {
 		case err != nil:
 			reason = "Maintenance: " + err.Error()
+		case st.Outcome == api.OutcomeSkipped:
+			// Exit 70 only means "no maintenance needed" in PreFlight and PreMaintenance; here the
+			// script says it had nothing to do, which is done.
 		case st.Outcome != api.OutcomeSucceeded:
 			reason = stageFailure("Maintenance", st)
 		}
@@ -978,6 +1095,7 @@ func (r *Rolling) doBatch(ctx context.Context, batch []*RunHost) error {
 		switch {
 		case err != nil:
 			return r.fail(ctx, h, "PostMaintenance: "+err.Error())
+		case st.Outcome == api.OutcomeSkipped: // exit 70: nothing to validate, which is done
 		case st.Outcome != api.OutcomeSucceeded:
 			return r.fail(ctx, h, stageFailure("PostMaintenance", st))
 		}

@@ -276,3 +276,29 @@ func TestRollingAbortOfALiveRun(t *testing.T) {
 		t.Errorf("the abort request is missing from the journal: %v", evs)
 	}
 }
+
+// The seed checks capacity on every host before any action: a host whose VMs fit nowhere stops
+// the run before PreFlight, with nothing changed; --forced skips it.
+func TestRollingCapacityCheckBeforeAnyAction(t *testing.T) {
+	f := newFleet()
+	f.add("h1", "a", "b")
+	f.add("h2").cpus = 1
+	r, st := newRolling(t, f, "h1", "h2")
+	res, err := r.Start(context.Background(), RollingRequest{Clusters: []string{"c1"}, Timeout: time.Minute})
+	if !errors.Is(err, ErrRunFailed) || !strings.Contains(res.Details, "capacity check failed, no action taken") || !strings.Contains(res.Details, "h1") {
+		t.Fatalf("run = %+v, %v; want a capacity failure naming h1", res, err)
+	}
+	if f.agents["h1"].started["PreFlight"]+f.agents["h2"].started["PreFlight"] != 0 {
+		t.Errorf("PreFlight ran although capacity failed first")
+	}
+	var cl state.Cluster
+	_ = st.View(func(tx state.Tx) (err error) { cl, err = state.GetCluster(tx, "c1"); return err })
+	if cl.ResourceState != state.Enabled {
+		t.Errorf("cluster %s after a refused run", cl.ResourceState)
+	}
+	r2 := &Rolling{Store: st, Dial: f.dial, Maint: &Maintenance{PollInterval: time.Millisecond}}
+	res, err = r2.Start(context.Background(), RollingRequest{Clusters: []string{"c1"}, Timeout: time.Minute, Forced: true})
+	if err != nil || len(res.HostsSkipped) != 1 || res.HostsSkipped[0].Host != "h1" || len(res.HostsUpdated) != 1 {
+		t.Errorf("forced = %+v, %v; want h1 skipped for capacity, h2 updated", res, err)
+	}
+}

@@ -68,10 +68,13 @@ type Run struct {
 	Owner          Owner          `json:"owner"`
 	PreFlightDone  bool           `json:"preflight_done"`
 	AbortRequested bool           `json:"abort_requested,omitempty"`
-	Details        string         `json:"details,omitempty"`
-	Seq            int            `json:"seq"`
-	Clusters       []*RunCluster  `json:"clusters"`
-	Hosts          []*RunHost     `json:"hosts"`
+	// NeedsRestore: the run ended but could not take every host out of maintenance or
+	// re-enable every cluster; `rolling abort` retries.
+	NeedsRestore bool          `json:"needs_restore,omitempty"`
+	Details      string        `json:"details,omitempty"`
+	Seq          int           `json:"seq"`
+	Clusters     []*RunCluster `json:"clusters"`
+	Hosts        []*RunHost    `json:"hosts"`
 }
 
 // Owner identifies the kvmctl process running a run, so that a lock left by a dead one can be

@@ -774,11 +774,23 @@ func TestRollingE2E(t *testing.T) {
 		t.Parallel()
 		l := newRollingLab(t, 3, 1, 1)
 		id, release := l.killDuringMaintenance()
+		// h1's Maintenance script still runs: abort waits for its result before it takes h1
+		// out of maintenance, so that a host being patched never becomes a migration target.
+		released := make(chan time.Time, 1)
+		go func() {
+			time.Sleep(500 * time.Millisecond)
+			released <- time.Now()
+			release()
+		}()
 		code, out, errOut := l.kvmctl("--json", "rolling", "abort", id)
 		if code != 0 {
 			t.Fatalf("abort: exit %d\n%s%s", code, out, errOut)
 		}
-		release()
+		select {
+		case <-released:
+		default:
+			t.Errorf("abort returned while h1's Maintenance script was still running")
+		}
 		st := l.status(id)
 		if st.Run.State != orchestrate.RunAborted {
 			t.Errorf("run %s after abort, want %s", st.Run.State, orchestrate.RunAborted)
