@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/kvmctl/kvmctl/pkg/buildinfo"
@@ -101,8 +102,8 @@ func New(cfg Config, hv virt.Hypervisor, opts ...Option) (*Agent, error) {
 		return nil, errors.New("new agent: tls config must require TLS 1.3 and a verified client certificate (use pki.ServerConfig)")
 	}
 	if cfg.StateDir != "" {
-		if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-			return nil, fmt.Errorf("new agent: create state dir: %w", err)
+		if err := prepareStateDir(cfg.StateDir, a.log); err != nil {
+			return nil, fmt.Errorf("new agent: %w", err)
 		}
 	}
 	if err := a.loadState(); err != nil {
@@ -116,6 +117,38 @@ func New(cfg Config, hv virt.Hypervisor, opts ...Option) (*Agent, error) {
 	a.stages = stages
 	a.handler = a.newHandler()
 	return a, nil
+}
+
+// prepareStateDir creates the state dir, or tightens an existing one to 0700, and checks that
+// only root or the agent's user can change it or any directory above it: the stage records in it
+// decide whether a Maintenance script runs again, and the maintenance flag whether VMs start.
+func prepareStateDir(dir string, log *slog.Logger) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create state dir: %w", err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("state dir %s is not a directory: fix %s", dir, KeyStateDir)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		if uid := os.Getuid(); st.Uid != 0 && int(st.Uid) != uid {
+			return fmt.Errorf("state dir %s is owned by uid %d, not root or the agent's user (uid %d): chown %d %s, or set %s to a dir of the agent's",
+				dir, st.Uid, uid, uid, dir, KeyStateDir)
+		}
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return fmt.Errorf("state dir %s has mode %04o and cannot be tightened to 0700: %w", dir, perm, err)
+		}
+		log.Warn("state dir was open to others: changed its mode to 0700", "dir", dir, "was", fmt.Sprintf("%04o", perm))
+	}
+	if err := hooks.CheckTrustedPath(dir); err != nil {
+		return fmt.Errorf("state dir %s (%s): %w", dir, KeyStateDir, err)
+	}
+	return nil
 }
 
 // Config returns the agent's configuration.

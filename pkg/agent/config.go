@@ -366,6 +366,11 @@ func checkFiles(c Config, lines map[string]int) []Problem {
 		if f.key == KeyTLSCert {
 			certPEM = b
 		}
+		if f.key == KeyTLSKey {
+			if msg := checkKeyMode(f.path); msg != "" {
+				add(f.key, msg)
+			}
+		}
 	}
 	if readable {
 		if _, err := pki.ServerConfig(c.TLSCert, c.TLSKey, c.TLSCA); err != nil {
@@ -387,6 +392,27 @@ func checkFiles(c Config, lines map[string]int) []Problem {
 		}
 	}
 	return probs
+}
+
+// checkKeyMode returns why the private key at path is exposed, or "": whoever can read it can
+// impersonate the agent to kvmctl.
+func checkKeyMode(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Sprintf("cannot stat: %v", err)
+	}
+	mode := fi.Mode().Perm()
+	if mode&0o077 == 0 {
+		return ""
+	}
+	what := "accessible by group or others"
+	switch {
+	case mode&0o004 != 0:
+		what = "readable by others"
+	case mode&0o040 != 0:
+		what = "readable by group"
+	}
+	return fmt.Sprintf("%s %s %s (mode %04o): chmod 600 %s", KeyTLSKey, path, what, mode, path)
 }
 
 // Format writes c as agent.properties, one key=value line per known key. ParseConfig of the

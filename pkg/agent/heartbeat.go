@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"time"
 )
 
@@ -58,23 +59,47 @@ func (h Heartbeat) Run(ctx context.Context) {
 	}
 }
 
-// WriteHeartbeat overwrites path with now (RFC 3339, UTC) and syncs it, so that the new mtime
-// reaches the shared storage rather than sitting in the page cache.
-func WriteHeartbeat(path string, now time.Time) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+// WriteHeartbeat replaces path with a file holding now (RFC 3339, UTC): a temp file in the same
+// directory, synced so that its mtime reaches the shared storage rather than sitting in the page
+// cache, then renamed over path. Others can write to that storage: rename replaces whatever is at
+// path, a planted symlink included, and never writes through it to the file it points at.
+func WriteHeartbeat(path string, now time.Time) (err error) {
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	// CreateTemp opens with O_EXCL and a random name: it never follows a planted link either.
+	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
 	if err != nil {
 		return fmt.Errorf("write heartbeat: %w", err)
 	}
-	if _, err := f.WriteString(now.UTC().Format(time.RFC3339Nano) + "\n"); err != nil {
-		f.Close()
+	defer func() {
+		if err != nil {
+			_ = os.Remove(f.Name())
+		}
+	}()
+	_, err = f.WriteString(now.UTC().Format(time.RFC3339Nano) + "\n")
+	if err == nil {
+		// Neighbours only read it; 0644 as before.
+		err = f.Chmod(0o644)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return fmt.Errorf("write heartbeat: %w", err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("write heartbeat: sync: %w", err)
-	}
-	if err := f.Close(); err != nil {
+	if err = os.Rename(f.Name(), path); err != nil {
 		return fmt.Errorf("write heartbeat: %w", err)
+	}
+	// Best effort: some shared file systems refuse fsync on a directory, and the rename is
+	// already visible to the neighbours that read the mtime.
+	if d, derr := os.Open(dir); derr == nil {
+		_ = d.Sync()
+		_ = d.Close()
 	}
 	return nil
 }

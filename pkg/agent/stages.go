@@ -44,6 +44,7 @@ func (a *Agent) newStageExecutor() (hooks.Executor, error) {
 		Host:          a.cfg.HostName,
 		BootID:        a.BootID,
 		Now:           a.now,
+		Log:           a.log,
 	}
 	for _, fn := range a.hooksConfig {
 		fn(&hc)
@@ -106,13 +107,17 @@ func stageRequest(req api.StageRequest) (hooks.Request, *httpError) {
 	if !runIDPattern.MatchString(req.RunID) {
 		return hooks.Request{}, newHTTPError(api.CodeBadRequest, "run_id %q: use 1 to 64 characters of A-Z a-z 0-9 . _ -", req.RunID)
 	}
-	timeout := time.Duration(req.TimeoutS) * time.Second
+	// The integer is checked before it becomes a Duration: a huge one would overflow into a
+	// short or negative timeout.
+	var timeout time.Duration
 	switch {
 	case req.TimeoutS == 0:
 		timeout = api.DefaultStageTimeoutS * time.Second
-	case req.TimeoutS < 0 || timeout > maxStageTimeout:
+	case req.TimeoutS < 0 || int64(req.TimeoutS) > int64(maxStageTimeout/time.Second):
 		return hooks.Request{}, newHTTPError(api.CodeBadRequest, "timeout_s %d: want 1 to %d seconds (0 for the default, %d)",
 			req.TimeoutS, int(maxStageTimeout/time.Second), api.DefaultStageTimeoutS)
+	default:
+		timeout = time.Duration(req.TimeoutS) * time.Second
 	}
 	if _, err := hooks.SplitPayload(req.Payload); err != nil {
 		return hooks.Request{}, newHTTPError(api.CodeBadRequest, "payload: %v", err)

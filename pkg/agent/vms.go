@@ -163,7 +163,8 @@ func (a *Agent) handleMigrateVM(w http.ResponseWriter, r *http.Request) *httpErr
 		return newHTTPError(api.CodeBadRequest, "dest_uri %q is not a libvirt URI such as qemu+tls://HOST/system", req.DestURI)
 	}
 	limit := api.MaxMigrateTimeout - migrateAbortMargin
-	if req.TimeoutS < 0 || time.Duration(req.TimeoutS)*time.Second > api.MaxMigrateTimeout {
+	// The integer is checked before it becomes a Duration, which a huge one would overflow.
+	if req.TimeoutS < 0 || int64(req.TimeoutS) > int64(api.MaxMigrateTimeout/time.Second) {
 		return newHTTPError(api.CodeBadRequest, "timeout_s %d: want 0 (the agent's maximum) up to %d", req.TimeoutS, int(api.MaxMigrateTimeout.Seconds()))
 	}
 	opts := virt.MigrateOptions{BandwidthMiBs: req.BandwidthMiBs, Timeout: limit}

@@ -82,16 +82,27 @@ func (e *AgentExecutor) Start(_ context.Context, req Request) (string, error) {
 }
 
 func (e *AgentExecutor) run(run *agentRun, rec record, spec runSpec) {
-	res := runScript(context.Background(), spec, e.cfg.Now)
+	var res runResult
+	if err := Verify(spec.Dir, rec.Stage, spec.Script); err != nil {
+		res = refusedResult(err, e.cfg.Now())
+	} else {
+		res = runScript(context.Background(), spec, e.cfg.Now)
+	}
 	rec.State, rec.Outcome, rec.ExitCode, rec.Output, rec.Note = Completed, res.Outcome, res.ExitCode, res.Output, res.Note
 	rec.StartedAt, rec.EndedAt = res.StartedAt, res.EndedAt
+	saved := true
 	if err := e.store.write(rec); err != nil {
 		// The result is still reported from memory; after a restart the stage would count as
 		// completed, which is the agent executor's rule anyway.
 		rec.Note = joinNote(rec.Note, "result not saved: "+err.Error())
+		saved = false
 	}
 	e.mu.Lock()
 	run.status = rec.Status
+	if saved {
+		// The record answers from now on; runs must not grow with every stage ever run.
+		delete(e.runs, rec.ID)
+	}
 	e.mu.Unlock()
 	close(run.done)
 }
@@ -106,7 +117,7 @@ func (e *AgentExecutor) Get(id string) (Status, error) {
 	if run := e.runs[id]; run != nil {
 		return run.status, nil
 	}
-	rec, err := e.store.read(id)
+	rec, err := e.cfg.readRecord(e.store, id)
 	if err != nil || rec.State == Completed {
 		return rec.Status, err
 	}

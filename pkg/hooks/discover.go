@@ -19,6 +19,8 @@ type RefusedError struct {
 	Stage  Stage
 	Path   string
 	Reason string
+	// noScript is set when the stage has no script and is refused for its directory alone.
+	noScript bool
 }
 
 // Error returns "refuse <stage> script <path>: <reason>".
@@ -54,7 +56,7 @@ func Discover(dir string) ([]ScriptInfo, error) {
 			info.Present, info.Path = true, path
 		case errors.Is(err, ErrNoScript):
 		case errors.As(err, &refused):
-			info.Present, info.Path, info.Refused = true, refused.Path, refused.Reason
+			info.Present, info.Path, info.Refused = !refused.noScript, refused.Path, refused.Reason
 		default:
 			return nil, err
 		}
@@ -66,7 +68,9 @@ func Discover(dir string) ([]ScriptInfo, error) {
 // Resolve returns the real path of the script of stage in dir. It returns ErrNoScript when the
 // stage has none, and a *RefusedError when the script is ambiguous or fails a check: it must be a
 // regular file whose real path lies inside the real hooks directory, executable, not writable by
-// group or others, and owned by root or by the agent's user.
+// group or others, and owned by root or by the agent's user; the hooks directory and every
+// directory above it must pass CheckTrustedPath. An untrusted hooks directory refuses every
+// stage, with or without a script: whoever can write there decides what runs.
 func Resolve(dir string, stage Stage) (string, error) {
 	if _, err := ParseStage(string(stage)); err != nil {
 		return "", err
@@ -83,6 +87,12 @@ func Resolve(dir string, stage Stage) (string, error) {
 		} else if !errors.Is(err, os.ErrNotExist) {
 			return "", &RefusedError{Stage: stage, Path: p, Reason: err.Error()}
 		}
+	}
+	if reason := checkHooksDir(root); reason != "" {
+		if len(found) == 0 {
+			return "", &RefusedError{Stage: stage, Path: root, Reason: reason, noScript: true}
+		}
+		return "", &RefusedError{Stage: stage, Path: found[0], Reason: reason}
 	}
 	switch len(found) {
 	case 0:
@@ -114,6 +124,39 @@ func realDir(dir string) (string, error) {
 	return real, nil
 }
 
+// checkHooksDir returns why the real hooks dir root cannot be trusted, or "".
+func checkHooksDir(root string) string {
+	err := CheckTrustedPath(root)
+	var ut *UntrustedPathError
+	switch {
+	case err == nil:
+		return ""
+	case errors.As(err, &ut) && ut.Path == root:
+		return "hooks dir " + ut.Error()
+	case errors.As(err, &ut):
+		return "hooks dir " + root + ": parent dir " + ut.Error()
+	default:
+		return "hooks dir " + root + ": " + err.Error()
+	}
+}
+
+// Verify checks again, right before it runs, a script that Resolve returned for stage in dir:
+// it must pass every check of Resolve and still be the same path. It returns the refusal.
+func Verify(dir string, stage Stage, script string) error {
+	got, err := Resolve(dir, stage)
+	if err != nil {
+		var refused *RefusedError
+		if errors.As(err, &refused) {
+			return err
+		}
+		return &RefusedError{Stage: stage, Path: script, Reason: err.Error()}
+	}
+	if got != script {
+		return &RefusedError{Stage: stage, Path: script, Reason: "the stage's script is now " + got + "; start the stage again"}
+	}
+	return nil
+}
+
 func checkScript(root string, stage Stage, path string) (string, error) {
 	refuse := func(format string, a ...any) error {
 		return &RefusedError{Stage: stage, Path: path, Reason: fmt.Sprintf(format, a...)}
@@ -128,6 +171,15 @@ func checkScript(root string, stage Stage, path string) (string, error) {
 	}
 	if !strings.HasPrefix(real, root+string(filepath.Separator)) {
 		return "", refuse("real path %s is outside the hooks dir %s", real, root)
+	}
+	if sub := filepath.Dir(real); sub != root {
+		// A subdirectory of the hooks dir: it must be as tight as the hooks dir.
+		var ut *UntrustedPathError
+		if err := CheckTrustedPath(sub); errors.As(err, &ut) {
+			return "", refuse("dir %s", ut.Error())
+		} else if err != nil {
+			return "", refuse("%v", err)
+		}
 	}
 	fi, err := os.Stat(real)
 	if err != nil {

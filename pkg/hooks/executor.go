@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"regexp"
 	"time"
@@ -68,6 +69,9 @@ type Config struct {
 	// LaunchTimeout is how long a stage-exec that this agent did not start itself may take to
 	// write its first record before the stage counts as failed; default DefaultLaunchTimeout.
 	LaunchTimeout time.Duration
+	// Log receives what the executor settles on its own, such as an unreadable record; default
+	// discard.
+	Log *slog.Logger
 }
 
 // New returns the executor cfg asks for: the AgentExecutor when cfg.AgentExecutor is set, the
@@ -101,6 +105,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.LaunchTimeout <= 0 {
 		c.LaunchTimeout = DefaultLaunchTimeout
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
 	}
 	return c, nil
 }
@@ -163,6 +170,31 @@ func (c Config) currentBoot() string {
 func (c Config) rebooted(rec record) bool {
 	now := c.currentBoot()
 	return rec.BootID != "" && now != "" && now != rec.BootID
+}
+
+// readRecord reads the record of id. A record that exists but cannot be decoded (cut short by
+// a crash or a full disk) is logged, kept aside as <id>.json.corrupt and replaced by a completed,
+// failed one with the note NoteRecordUnreadable: the stage is settled, never run again, and one
+// bad file does not stop the agent.
+func (c Config) readRecord(s store, id string) (record, error) {
+	rec, err := s.read(id)
+	if !errors.Is(err, errCorruptRecord) {
+		return rec, err
+	}
+	path := s.recordPath(id)
+	c.Log.Error("stage record unreadable: kept aside, the stage counts as failed",
+		"exec_id", id, "file", path, "kept_as", path+".corrupt", "err", err)
+	if rerr := os.Rename(path, path+".corrupt"); rerr != nil {
+		return record{}, fmt.Errorf("%w; set it aside: %w", err, rerr)
+	}
+	now := c.Now()
+	rec = record{Status: Status{ID: id, State: Completed, Outcome: Failed, ExitCode: -1,
+		StartedAt: now, EndedAt: now, Note: NoteRecordUnreadable}}
+	if werr := s.write(rec); werr != nil {
+		// Answered from memory this once; a later read finds no record.
+		c.Log.Error("stage record unreadable: replacement not saved", "exec_id", id, "err", werr)
+	}
+	return rec, nil
 }
 
 // complete marks rec completed with an inferred outcome and persists it.

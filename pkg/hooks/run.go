@@ -136,6 +136,12 @@ func runScript(ctx context.Context, s runSpec, now func() time.Time) runResult {
 	return res
 }
 
+// refusedResult is the result of a stage whose script failed its checks right before it would
+// have run.
+func refusedResult(err error, now time.Time) runResult {
+	return runResult{Outcome: Failed, ExitCode: -1, Note: err.Error(), StartedAt: now, EndedAt: now}
+}
+
 func joinNote(a, b string) string {
 	if a == "" {
 		return b

@@ -27,8 +27,23 @@ type ServiceExecutor struct {
 
 var _ Executor = (*ServiceExecutor)(nil)
 
-// pollInterval is how often Wait reads the record of a stage-exec that is not our child.
-const pollInterval = 2 * time.Millisecond
+// Wait reads the record of a stage-exec that is not our child every pollFast during its first
+// pollFastFor, then every pollSlow: a short stage is seen at once, and a stage of an hour does
+// not cost a stat every 2 ms. checkEvery is how often it also checks the process and boot id.
+const (
+	pollFast    = 2 * time.Millisecond
+	pollFastFor = 100 * time.Millisecond
+	pollSlow    = 50 * time.Millisecond
+	checkEvery  = 100 * time.Millisecond
+)
+
+// pollDelay is the delay before the next read of a record that Wait has polled for elapsed.
+func pollDelay(elapsed time.Duration) time.Duration {
+	if elapsed < pollFastFor {
+		return pollFast
+	}
+	return pollSlow
+}
 
 // NewServiceExecutor returns a ServiceExecutor on cfg.StateDir, after settling the stages whose
 // stage-exec died or whose host rebooted.
@@ -105,8 +120,9 @@ func (e *ServiceExecutor) Start(ctx context.Context, req Request) (string, error
 	return p.id, nil
 }
 
-// systemdRunning tells whether systemd manages this host and systemd-run is available.
-func systemdRunning() bool {
+// systemdRunning tells whether systemd manages this host and systemd-run is available; a
+// variable so that tests can pretend it does.
+var systemdRunning = func() bool {
 	if _, err := os.Stat("/run/systemd/system"); err != nil {
 		return false
 	}
@@ -123,8 +139,17 @@ func systemdRunArgs(id, binary, specPath string) []string {
 func (e *ServiceExecutor) launch(ctx context.Context, id string) error {
 	specPath := e.store.specPath(id)
 	if !e.cfg.NoSystemd && systemdRunning() {
+		// Start holds e.mu: a systemd-run that hangs must not block every other Start for good.
+		ctx, cancel := context.WithTimeout(ctx, e.cfg.LaunchTimeout)
+		defer cancel()
 		args := systemdRunArgs(id, e.cfg.Binary, specPath)
-		out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput()
+		cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+		// Output pipes held open by a child of a killed systemd-run must not hold us either.
+		cmd.WaitDelay = time.Second
+		out, err := cmd.CombinedOutput()
+		if ctx.Err() != nil {
+			return fmt.Errorf("systemd-run did not answer within %s: %s", e.cfg.LaunchTimeout, out)
+		}
 		if err != nil {
 			return fmt.Errorf("systemd-run: %w: %s", err, out)
 		}
@@ -147,8 +172,22 @@ func (e *ServiceExecutor) launch(ctx context.Context, id string) error {
 	go func() {
 		_ = cmd.Wait()
 		close(done)
+		// Usually stage-exec wrote its result before it exited: nothing is left to track.
+		if rec, err := e.store.read(id); err == nil && rec.State == Completed {
+			e.forget(id)
+		}
 	}()
 	return nil
+}
+
+// forget drops the exit channel of id once its stage-exec has exited: the record then says all
+// there is to know, and the map does not grow with every stage the agent ever ran.
+func (e *ServiceExecutor) forget(id string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if done, ok := e.exited[id]; ok && isClosed(done) {
+		delete(e.exited, id)
+	}
 }
 
 // Get implements Executor. A running record is checked against the host and the process: a
@@ -158,8 +197,11 @@ func (e *ServiceExecutor) Get(id string) (Status, error) {
 	if !validID(id) {
 		return Status{}, ErrUnknownID
 	}
-	rec, err := e.store.read(id)
+	rec, err := e.cfg.readRecord(e.store, id)
 	if err != nil || rec.State == Completed {
+		if err == nil {
+			e.forget(id)
+		}
 		return rec.Status, err
 	}
 	if e.cfg.rebooted(rec) {
@@ -188,7 +230,7 @@ func (e *ServiceExecutor) Get(id string) (Status, error) {
 // runnerGone settles a record whose stage-exec is gone: it may have written its result just
 // before exiting, so the record is read again first.
 func (e *ServiceExecutor) runnerGone(id string, started bool) (Status, error) {
-	rec, err := e.store.read(id)
+	rec, err := e.cfg.readRecord(e.store, id)
 	if err != nil || rec.State == Completed {
 		return rec.Status, err
 	}
@@ -200,7 +242,11 @@ func (e *ServiceExecutor) runnerGone(id string, started bool) (Status, error) {
 		rec.Output = string(b)
 	}
 	_ = os.Remove(e.store.specPath(id))
-	return complete(e.store, rec, Failed, -1, note, e.cfg.Now())
+	st, err := complete(e.store, rec, Failed, -1, note, e.cfg.Now())
+	if err == nil {
+		e.forget(id)
+	}
+	return st, err
 }
 
 func isClosed(c chan struct{}) bool {
@@ -213,7 +259,8 @@ func isClosed(c chan struct{}) bool {
 }
 
 // Wait implements Executor. For a stage-exec this executor started, it wakes on the process's
-// exit; otherwise (systemd, or started before an agent restart) it polls the record every 2 ms.
+// exit; otherwise (systemd, or started before an agent restart) it polls the record, every 2 ms
+// at first and every 50 ms once the stage has run for a while (see pollDelay).
 func (e *ServiceExecutor) Wait(ctx context.Context, id string) (Status, error) {
 	st, err := e.Get(id)
 	if err != nil || st.State == Completed {
@@ -230,29 +277,33 @@ func (e *ServiceExecutor) Wait(ctx context.Context, id string) (Status, error) {
 			return Status{}, context.Cause(ctx)
 		}
 	}
-	tick := time.NewTicker(pollInterval)
-	defer tick.Stop()
+	start := time.Now()
+	timer := time.NewTimer(pollFast)
+	defer timer.Stop()
 	path := e.store.recordPath(id)
 	var last os.FileInfo
-	for n := 1; ; n++ {
+	lastCheck := start
+	for {
 		select {
 		case <-ctx.Done():
 			return Status{}, context.Cause(ctx)
-		case <-tick.C:
+		case <-timer.C:
 		}
+		now := time.Now()
 		fi, err := os.Stat(path)
 		changed := err == nil && (last == nil || !os.SameFile(fi, last) || fi.ModTime() != last.ModTime())
 		if err == nil {
 			last = fi
 		}
-		// A changed record may be the result; every 100 ms also check the process and boot id.
-		if !changed && n%50 != 0 {
-			continue
+		// A changed record may be the result; every checkEvery also check the process and boot id.
+		if changed || now.Sub(lastCheck) >= checkEvery {
+			lastCheck = now
+			st, err := e.Get(id)
+			if err != nil || st.State == Completed {
+				return st, err
+			}
 		}
-		st, err := e.Get(id)
-		if err != nil || st.State == Completed {
-			return st, err
-		}
+		timer.Reset(pollDelay(now.Sub(start)))
 	}
 }
 

@@ -65,7 +65,13 @@ func stageExec(args []string) error {
 	if err := s.write(rec); err != nil {
 		return err
 	}
-	res := runScript(ctx, es.Run, time.Now)
+	var res runResult
+	if err := Verify(es.Run.Dir, es.Stage, es.Run.Script); err != nil {
+		// The script or its directory changed since Start checked them: it must not run.
+		res = refusedResult(err, time.Now())
+	} else {
+		res = runScript(ctx, es.Run, time.Now)
+	}
 	rec.State, rec.Outcome, rec.ExitCode, rec.Output, rec.Note = Completed, res.Outcome, res.ExitCode, res.Output, res.Note
 	rec.StartedAt, rec.EndedAt = res.StartedAt, res.EndedAt
 	if err := s.write(rec); err != nil {

@@ -36,6 +36,9 @@ const (
 	NoteAgentRestart  = "agent restarted"
 	NoteRunnerDied    = "stage runner died"
 	NoteRunnerMissing = "stage runner never started"
+	// NoteRecordUnreadable: the stage's record could not be decoded and was kept aside as
+	// <id>.json.corrupt.
+	NoteRecordUnreadable = "record unreadable"
 )
 
 // State says whether a stage execution is still going.

@@ -16,6 +16,9 @@ import (
 // ErrUnknownID reports an execution id that no Start produced.
 var ErrUnknownID = errors.New("unknown stage execution")
 
+// errCorruptRecord marks a record file that exists but does not decode.
+var errCorruptRecord = errors.New("record unreadable")
+
 // ExecID returns the execution id of (runID, stage): the same pair always gives the same id,
 // which is what makes Start idempotent across agent restarts.
 func ExecID(runID string, stage Stage) string {
@@ -89,7 +92,7 @@ func readRecord(path string) (record, error) {
 		return rec, fmt.Errorf("read stage record: %w", err)
 	}
 	if err := json.Unmarshal(b, &rec); err != nil {
-		return rec, fmt.Errorf("decode stage record %s: %w", path, err)
+		return rec, fmt.Errorf("decode stage record %s: %w (%w)", path, err, errCorruptRecord)
 	}
 	return rec, nil
 }
@@ -108,6 +111,10 @@ func (s store) create(rec record) error {
 	}
 	defer os.Remove(tmp)
 	if err := os.Link(tmp, s.recordPath(rec.ID)); err != nil {
+		return fmt.Errorf("create stage record: %w", err)
+	}
+	// Without this the new name may not survive a power cut, and the stage would run again.
+	if err := syncDir(s.dir); err != nil {
 		return fmt.Errorf("create stage record: %w", err)
 	}
 	return nil
@@ -167,6 +174,26 @@ func writeJSONAtomic(path string, v any) error {
 	if err := os.Rename(tmp, path); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("write state: %w", err)
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("write state: %w", err)
+	}
+	return nil
+}
+
+// syncDir makes the names created, replaced or removed in dir durable; a variable so that tests
+// can see it called.
+var syncDir = func(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync dir: %w", err)
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sync dir %s: %w", dir, err)
 	}
 	return nil
 }
