@@ -412,7 +412,7 @@ func checkKeyMode(path string) string {
 	case mode&0o040 != 0:
 		what = "readable by group"
 	}
-	return fmt.Sprintf("%s %s %s (mode %04o): chmod 600 %s", KeyTLSKey, path, what, mode, path)
+	return fmt.Sprintf("%s %s is %s (mode %04o): chmod 600 %s", KeyTLSKey, path, what, mode, path)
 }
 
 // Format writes c as agent.properties, one key=value line per known key. ParseConfig of the

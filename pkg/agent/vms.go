@@ -87,9 +87,17 @@ func (a *Agent) handleDefineVM(w http.ResponseWriter, r *http.Request) *httpErro
 	if err != nil {
 		return newHTTPError(api.CodeBadRequest, "bad domain xml: %v", err)
 	}
+	// The agent defines as root what it is sent: only what a VM moving between hosts needs.
+	if err := virt.CheckDomainPolicy(req.XML); err != nil {
+		return newHTTPError(api.CodeBadRequest, "vm %q: %v", parsed.Name, err)
+	}
 	done, since, ok := a.state.BeginVMStart()
 	if !ok {
 		return a.inMaintenance(since)
+	}
+	if e := a.checkRedefine(parsed); e != nil {
+		done()
+		return e
 	}
 	err = a.hv.DefineAndStart(req.XML)
 	done()
@@ -104,6 +112,25 @@ func (a *Agent) handleDefineVM(w http.ResponseWriter, r *http.Request) *httpErro
 		vm.State = virt.StateRunning
 	}
 	writeJSON(w, http.StatusCreated, wireVM(vm))
+	return nil
+}
+
+// checkRedefine refuses a definition that would replace another VM of the same name: the
+// moved VM keeps its UUID, so a different one is another VM.
+func (a *Agent) checkRedefine(vm virt.VM) *httpError {
+	existing, e := a.findVM(vm.Name)
+	if e != nil {
+		if e.Code == api.CodeNotFound {
+			return nil
+		}
+		return e
+	}
+	// libvirt accepts a UUID with or without dashes, in either case.
+	norm := func(u string) string { return strings.ToLower(strings.ReplaceAll(u, "-", "")) }
+	if vm.UUID != "" && existing.UUID != "" && norm(existing.UUID) != norm(vm.UUID) {
+		return newHTTPError(api.CodeBadRequest, "vm %q already exists here with uuid %s, not %s: a define would replace another VM; remove it first or rename the new one",
+			vm.Name, existing.UUID, vm.UUID)
+	}
 	return nil
 }
 

@@ -88,7 +88,7 @@ func Resolve(dir string, stage Stage) (string, error) {
 			return "", &RefusedError{Stage: stage, Path: p, Reason: err.Error()}
 		}
 	}
-	if reason := checkHooksDir(root); reason != "" {
+	if reason := checkHooksDir(dir, root); reason != "" {
 		if len(found) == 0 {
 			return "", &RefusedError{Stage: stage, Path: root, Reason: reason, noScript: true}
 		}
@@ -124,9 +124,10 @@ func realDir(dir string) (string, error) {
 	return real, nil
 }
 
-// checkHooksDir returns why the real hooks dir root cannot be trusted, or "".
-func checkHooksDir(root string) string {
-	err := CheckTrustedPath(root)
+// checkHooksDir returns why the hooks dir, as configured (dir) and as resolved (root), cannot be
+// trusted, or "".
+func checkHooksDir(dir, root string) string {
+	err := CheckTrustedPath(dir)
 	var ut *UntrustedPathError
 	switch {
 	case err == nil:

@@ -14,6 +14,7 @@
 //	  <id>.json   record of one stage execution (running or completed), written atomically
 //	  <id>.spec   what stage-exec must run (service executor only, removed when done)
 //	  <id>.log    stage-exec's own stderr (service executor, setsid launch only)
+//	  <id>.json.corrupt  a record that could not be decoded, kept aside (the stage counts as failed)
 //
 // The id is derived from (run_id, stage), which makes Start idempotent across agent restarts.
 package hooks
