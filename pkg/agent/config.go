@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -33,6 +34,7 @@ const (
 	KeyHeartbeatFile           = "heartbeat.file"
 	KeyHeartbeatInterval       = "heartbeat.interval"
 	KeyBootIDFile              = "boot.id.file"
+	KeyVMDiskDirs              = "vm.disk.dirs"
 )
 
 // Defaults of the optional keys.
@@ -43,6 +45,8 @@ const (
 	DefaultHooksDir          = "/etc/kvmagent/hooks"
 	DefaultHeartbeatInterval = 5 * time.Second
 	DefaultBootIDFile        = "/proc/sys/kernel/random/boot_id"
+	// DefaultVMDiskDirs is libvirt's default image directory.
+	DefaultVMDiskDirs = "/var/lib/libvirt/images"
 )
 
 // maxHeartbeatSeconds keeps heartbeat.interval sane; HA neighbours compare the heartbeat file's
@@ -63,6 +67,10 @@ type Config struct {
 	HeartbeatFile           string // "" for no heartbeat
 	HeartbeatInterval       time.Duration
 	BootIDFile              string
+	// VMDiskDirs are the only directories from which a VM defined through the API may take
+	// file disks and boot files (kernel, initrd, loader, nvram): the operator's certificate must
+	// not be a way to hand a host file (/etc/shadow) to a guest.
+	VMDiskDirs []string
 }
 
 // DefaultConfig returns a Config holding every default; the required keys are empty.
@@ -74,6 +82,7 @@ func DefaultConfig() Config {
 		HooksDir:          DefaultHooksDir,
 		HeartbeatInterval: DefaultHeartbeatInterval,
 		BootIDFile:        DefaultBootIDFile,
+		VMDiskDirs:        []string{DefaultVMDiskDirs},
 	}
 }
 
@@ -135,6 +144,23 @@ var keys = []key{
 		return nil
 	}, func(c Config) string { return strconv.Itoa(int(c.HeartbeatInterval / time.Second)) }},
 	{KeyBootIDFile, false, setString(func(c *Config) *string { return &c.BootIDFile }), func(c Config) string { return c.BootIDFile }},
+	{KeyVMDiskDirs, false, func(c *Config, v string) error {
+		var dirs []string
+		for _, d := range strings.Split(v, ",") {
+			if d = strings.TrimSpace(d); d == "" {
+				continue
+			}
+			if !filepath.IsAbs(d) {
+				return fmt.Errorf("%q is not an absolute directory", d)
+			}
+			dirs = append(dirs, filepath.Clean(d))
+		}
+		if len(dirs) == 0 {
+			return errors.New("want one or more absolute directories, comma-separated")
+		}
+		c.VMDiskDirs = dirs
+		return nil
+	}, func(c Config) string { return strings.Join(c.VMDiskDirs, ",") }},
 }
 
 func setString(field func(*Config) *string) func(*Config, string) error {

@@ -27,6 +27,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		TLSCert: "/etc/kvmagent/agent.crt", TLSKey: "/etc/kvmagent/agent.key", TLSCA: "/etc/kvmagent/ca.crt",
 		LibvirtURI: "qemu:///system", StateDir: "/var/lib/kvmagent", HooksDir: "/etc/kvmagent/hooks",
 		HeartbeatInterval: 5 * time.Second, BootIDFile: "/proc/sys/kernel/random/boot_id",
+		VMDiskDirs: []string{"/var/lib/libvirt/images"},
 	}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("config (-want +got):\n%s", diff)
@@ -46,6 +47,7 @@ rolling.maintenance.service.executor.disabled=TRUE
 heartbeat.file=/nfs/kvm1.hb
 heartbeat.interval=2
 boot.id.file=/lab/boot_id
+vm.disk.dirs=/srv/images, /mnt/nfs/
   # indented comment
 url=http://x/?a=b#c
 `
@@ -55,11 +57,12 @@ url=http://x/?a=b#c
 	}
 	want := Config{HostName: "kvm1", Listen: "10.0.0.1:9999", TLSCert: "/c", TLSKey: "/k", TLSCA: "/ca",
 		LibvirtURI: "test:///default", StateDir: "/s", HooksDir: "/h", ServiceExecutorDisabled: true,
-		HeartbeatFile: "/nfs/kvm1.hb", HeartbeatInterval: 2 * time.Second, BootIDFile: "/lab/boot_id"}
+		HeartbeatFile: "/nfs/kvm1.hb", HeartbeatInterval: 2 * time.Second, BootIDFile: "/lab/boot_id",
+		VMDiskDirs: []string{"/srv/images", "/mnt/nfs"}}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("config (-want +got):\n%s", diff)
 	}
-	if len(warns) != 1 || warns[0].Key != "url" || warns[0].Line != 17 {
+	if len(warns) != 1 || warns[0].Key != "url" || warns[0].Line != 18 {
 		t.Errorf("warnings = %v", warns)
 	}
 }
@@ -156,7 +159,7 @@ func TestLoadConfigChecksFiles(t *testing.T) {
 	if !errors.As(err, &ce) || len(ce.Problems) != 3 {
 		t.Fatalf("err = %v, want 3 problems", err)
 	}
-	mustContain(t, err.Error(), path, "line 13: \"garbage\"", "line 5: tls.ca: cannot read", "line 12: boot.id.file: cannot read")
+	mustContain(t, err.Error(), path, "line 14: \"garbage\"", "line 5: tls.ca: cannot read", "line 12: boot.id.file: cannot read")
 
 	bad.TLSCA = good.TLSCA
 	bad.BootIDFile = good.BootIDFile
@@ -197,7 +200,7 @@ func TestFormatRoundTrip(t *testing.T) {
 	if diff := cmp.Diff(c, got); diff != "" {
 		t.Errorf("round trip (-want +got):\n%s", diff)
 	}
-	if len(KnownKeys()) != 12 {
+	if len(KnownKeys()) != 13 {
 		t.Errorf("KnownKeys = %v", KnownKeys())
 	}
 }

@@ -91,6 +91,8 @@ func (f *fleet) testConfig(host, bootID string) Config {
 	cfg.StateDir = filepath.Join(dir, "state")
 	cfg.HooksDir = filepath.Join(dir, "hooks")
 	cfg.BootIDFile = bootFile
+	// Test VMs keep their disks in t.TempDir()s.
+	cfg.VMDiskDirs = []string{os.TempDir()}
 	return cfg
 }
 

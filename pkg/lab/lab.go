@@ -301,6 +301,7 @@ rolling.maintenance.hooks.dir=%[3]s/hooks
 heartbeat.file=%[4]s/heartbeat-%[1]s
 heartbeat.interval=2
 boot.id.file=%[3]s/boot_id
+vm.disk.dirs=%[4]s
 `, h.Name, h.Address, h.Dir, filepath.Join(m.Dir, "shared"))
 	return os.WriteFile(h.Config(), []byte(props), 0o644)
 }

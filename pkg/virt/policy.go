@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 )
 
@@ -25,7 +27,10 @@ var allowedDiskTypes = map[string]bool{"file": true, "network": true, "volume": 
 // (<qemu:commandline>, <qemu:override>...), <hostdev> and hostdev interfaces, <filesystem>
 // shares, and disks that are not files, network or pool volumes (a block device, or a "file"
 // that is in fact a device). Each refusal wraps ErrDomainRefused and says what to remove.
-func CheckDomainPolicy(domain string) error {
+//
+// With diskDirs, every file a guest gets from the host (a file disk, a kernel, initrd, firmware
+// loader or nvram) must lie inside one of them, and an <emulator> must be a qemu binary.
+func CheckDomainPolicy(domain string, diskDirs ...string) error {
 	refuse := func(format string, a ...any) error {
 		return fmt.Errorf("%w: %s", ErrDomainRefused, fmt.Sprintf(format, a...))
 	}
@@ -83,7 +88,26 @@ func CheckDomainPolicy(domain string) error {
 					if err := checkDiskFile(file); err != nil {
 						return refuse("%v", err)
 					}
+					if err := inDirs("disk <source file>", file, diskDirs); err != nil {
+						return refuse("%v", err)
+					}
 				}
+			}
+		case xml.CharData:
+			if len(stack) == 0 {
+				continue
+			}
+			el := stack[len(stack)-1].Name.Local
+			inOS := len(stack) >= 2 && stack[len(stack)-2].Name.Local == "os"
+			text := strings.TrimSpace(string(t))
+			switch {
+			case text == "":
+			case inOS && (el == "kernel" || el == "initrd" || el == "loader" || el == "nvram" || el == "dtb"):
+				if err := inDirs("<"+el+">", text, diskDirs); err != nil {
+					return refuse("%v", err)
+				}
+			case el == "emulator" && len(diskDirs) > 0 && !qemuBinary.MatchString(text):
+				return refuse("<emulator>%s</emulator> is not a qemu binary: remove it, the host's default is used", text)
 			}
 		case xml.EndElement:
 			if len(stack) > 0 {
@@ -92,6 +116,28 @@ func CheckDomainPolicy(domain string) error {
 		}
 	}
 	return nil
+}
+
+var qemuBinary = regexp.MustCompile(`^/usr/(bin/qemu-system-[a-z0-9_]+|libexec/qemu-kvm|bin/qemu-kvm)$`)
+
+// inDirs refuses a host path outside the allowed directories (no restriction without any).
+func inDirs(what, path string, dirs []string) error {
+	if len(dirs) == 0 {
+		return nil
+	}
+	clean := filepath.Clean(path)
+	if real, err := filepath.EvalSymlinks(clean); err == nil {
+		clean = real
+	}
+	for _, d := range dirs {
+		if real, err := filepath.EvalSymlinks(d); err == nil {
+			d = real
+		}
+		if clean == d || strings.HasPrefix(clean, strings.TrimSuffix(d, "/")+"/") {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s %s is outside the VM storage directories (%s, vm.disk.dirs in agent.properties)", what, path, strings.Join(dirs, ", "))
 }
 
 // checkDiskFile refuses a file disk that is not a regular file: a device node or a directory.
