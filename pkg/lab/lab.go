@@ -344,18 +344,25 @@ type script struct{ name, body string }
 // hookScripts are the lab's sample stage scripts: they say what a real one would do, log it
 // beside the hooks directory, and succeed.
 var hookScripts = []script{
-	{"PreFlight.sh", sampleHook("check that the host is healthy enough to be patched")},
-	{"PreMaintenance.sh", sampleHook("download packages before VMs are moved away")},
-	{"Maintenance.sh", sampleHook("install updates and reboot into the new kernel")},
-	{"PostMaintenance.sh", sampleHook("check that services and the agent came back")},
+	{"PreFlight.sh", sampleHook("check that the host is healthy enough to be patched", 0)},
+	{"PreMaintenance.sh", sampleHook("download packages before VMs are moved away", 0)},
+	{"Maintenance.sh", sampleHook("install updates and reboot into the new kernel", 2)},
+	{"PostMaintenance.sh", sampleHook("check that services and the agent came back", 0)},
 }
 
-func sampleHook(what string) string {
+// sampleHook is a stage script that logs what a real one would do; the Maintenance sample takes
+// a couple of seconds, as installing updates would, so the live view has something to show.
+func sampleHook(what string, seconds int) string {
+	pause := ""
+	if seconds > 0 {
+		pause = fmt.Sprintf("sleep %d\n", seconds)
+	}
 	return `#!/bin/sh
 # Lab sample: a real script would ` + what + `.
 # Exit 0: done; exit 70: no maintenance needed on this host; anything else: failed.
 echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $KVM_STAGE on $KVM_HOST (run $KVM_RUN_ID) args: $*" >> ../hooks.log
-echo "would ` + what + `"
+echo "working: ` + what + `"
+` + pause + `echo "would ` + what + `"
 exit 0
 `
 }
