@@ -56,18 +56,11 @@ func (e *AgentExecutor) Start(_ context.Context, req Request) (string, error) {
 	if e.runs[p.id] != nil || e.store.exists(p.id) {
 		return p.id, nil
 	}
-	spec, err := e.cfg.spec(p)
+	spec, rec, err := e.cfg.newRun(p, kindAgent)
 	if err != nil {
 		return "", err
 	}
-	boot, err := e.cfg.BootID()
-	if err != nil {
-		return "", err
-	}
-	rec := record{
-		Status:   Status{ID: p.id, RunID: req.RunID, Stage: req.Stage, State: Running, StartedAt: e.cfg.Now()},
-		Executor: kindAgent, Script: spec.Script, BootID: boot, PID: os.Getpid(),
-	}
+	rec.PID = os.Getpid()
 	rec.PIDStart, _ = procStart(rec.PID)
 	if err := e.store.create(rec); err != nil {
 		if errors.Is(err, os.ErrExist) {

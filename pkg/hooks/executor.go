@@ -139,6 +139,24 @@ func validate(req Request) (plan, error) {
 }
 
 // spec resolves the script of p and builds what runScript needs.
+// newRun resolves the stage's script and builds the record that claims the execution id before
+// anything runs, for either executor.
+func (c Config) newRun(p plan, kind string) (runSpec, record, error) {
+	spec, err := c.spec(p)
+	if err != nil {
+		return runSpec{}, record{}, err
+	}
+	boot, err := c.BootID()
+	if err != nil {
+		return runSpec{}, record{}, err
+	}
+	rec := record{
+		Status:   Status{ID: p.id, RunID: p.req.RunID, Stage: p.req.Stage, State: Running, StartedAt: c.Now()},
+		Executor: kind, Script: spec.Script, BootID: boot,
+	}
+	return spec, rec, nil
+}
+
 func (c Config) spec(p plan) (runSpec, error) {
 	script, err := Resolve(c.HooksDir, p.req.Stage)
 	if err != nil {

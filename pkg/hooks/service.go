@@ -89,18 +89,10 @@ func (e *ServiceExecutor) Start(ctx context.Context, req Request) (string, error
 	if e.store.exists(p.id) {
 		return p.id, nil
 	}
-	spec, err := e.cfg.spec(p)
-	if err != nil {
-		return "", err
-	}
-	boot, err := e.cfg.BootID()
-	if err != nil {
-		return "", err
-	}
 	// The launch record (pid 0) claims the id before anything runs; stage-exec replaces it.
-	rec := record{
-		Status:   Status{ID: p.id, RunID: req.RunID, Stage: req.Stage, State: Running, StartedAt: e.cfg.Now()},
-		Executor: kindService, Script: spec.Script, BootID: boot,
+	spec, rec, err := e.cfg.newRun(p, kindService)
+	if err != nil {
+		return "", err
 	}
 	if err := e.store.create(rec); err != nil {
 		if errors.Is(err, os.ErrExist) {
@@ -108,7 +100,7 @@ func (e *ServiceExecutor) Start(ctx context.Context, req Request) (string, error
 		}
 		return "", err
 	}
-	es := execSpec{ID: p.id, RunID: req.RunID, Stage: req.Stage, BootID: boot, Run: spec}
+	es := execSpec{ID: p.id, RunID: req.RunID, Stage: req.Stage, BootID: rec.BootID, Run: spec}
 	if err := writeJSONAtomic(e.store.specPath(p.id), es); err != nil {
 		e.store.remove(p.id)
 		return "", err
