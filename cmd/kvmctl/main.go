@@ -4,11 +4,16 @@ package main
 
 import (
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/kvmctl/kvmctl/cmd/kvmctl/cli"
 	"github.com/kvmctl/kvmctl/pkg/iostreams"
 )
 
 func main() {
+	// `kvmctl rolling start --events | head` must not kill a run half-way when head exits: a
+	// write to a closed pipe then fails (and is dropped) instead of ending the process.
+	signal.Ignore(syscall.SIGPIPE)
 	os.Exit(cli.Run(os.Args[1:], iostreams.System()))
 }

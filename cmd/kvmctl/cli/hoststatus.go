@@ -103,16 +103,37 @@ func runHostStatus(opts *HostStatusOptions) error {
 		return err
 	}
 	views := make([]hostView, len(checks))
+	silent := 0
 	for i, c := range checks {
 		views[i] = hostView{Host: c.Host, HostStatus: c.Status}
+		if c.Err != nil {
+			silent++
+		}
+	}
+	// Exit 1 when an agent did not answer, so that scripts and monitors can rely on the code.
+	failed := func() error {
+		if silent == 0 {
+			return nil
+		}
+		if !opts.F.JSON {
+			fmt.Fprintf(opts.F.IO.ErrOut, "kvmctl: %d of %d agents did not answer; is kvmagent running there? (systemctl status kvmagent; in a lab: kvmctl lab start-agent HOST)\n", silent, len(checks))
+		}
+		return cmdutil.ErrSilent
 	}
 	if opts.F.JSON {
-		return opts.F.PrintJSON(views)
+		if err := opts.F.PrintJSON(views); err != nil {
+			return err
+		}
+		return failed()
 	}
 	now := opts.F.Now()
-	t := opts.F.IO.NewTable("NAME", "CLUSTER", "STATE", "CONNECTION", "AGENT", "VMS", "CPU", "MEMORY", "LAST SEEN")
+	t := opts.F.IO.NewTable("NAME", "CLUSTER", "STATE", "CONNECTION", "AGENT STATE", "VMS", "CPU", "MEMORY", "LAST SEEN")
 	for _, v := range views {
-		t.AddRow(v.Name, v.Cluster, v.ResourceState, v.Connection, v.AgentState, fmt.Sprint(runningVMs(v.VMs)),
+		agent := v.AgentState
+		if v.Connection != state.ConnUp && agent != "" {
+			agent = "last: " + agent
+		}
+		t.AddRow(v.Name, v.Cluster, v.ResourceState, v.Connection, agent, fmt.Sprint(runningVMs(v.VMs)),
 			fmt.Sprintf("%d/%d", v.Allocation.CPUs, v.Capacity.CPUs),
 			fmt.Sprintf("%s/%s", gib(v.Allocation.MemoryMiB), gib(v.Capacity.MemoryMiB)),
 			opts.F.IO.Time(v.LastSeen, now))
@@ -125,7 +146,7 @@ func runHostStatus(opts *HostStatusOptions) error {
 			fmt.Fprintf(opts.F.IO.ErrOut, "%s: %s\n", c.Host.Name, firstLine(c.Err.Error()))
 		}
 	}
-	return nil
+	return failed()
 }
 
 func runningVMs(vms []state.VMRecord) int {

@@ -130,10 +130,14 @@ func e2eKvmctl(t *testing.T, m *lab.Manifest, want int, args ...string) (stdout,
 	return out, errOut
 }
 
-// e2eStatus asks every agent for its status through `kvmctl --json host status`.
+// e2eStatus asks every agent for its status through `kvmctl --json host status`, which exits 1
+// when an agent does not answer (some tests kill one) and 0 otherwise.
 func e2eStatus(t *testing.T, m *lab.Manifest) map[string]e2eHost {
 	t.Helper()
-	out, _ := e2eKvmctl(t, m, 0, "--json", "host", "status", "--timeout", "10s")
+	code, out, errOut := runKvmctl(t, m.StatePath(), "--json", "host", "status", "--timeout", "10s")
+	if code != 0 && code != 1 {
+		t.Fatalf("host status: exit %d\n%s%s", code, out, errOut)
+	}
 	var hosts []e2eHost
 	if err := json.Unmarshal([]byte(out), &hosts); err != nil {
 		t.Fatalf("host status --json: %v\n%s", err, out)
@@ -607,5 +611,21 @@ func TestMaintenanceE2EWrongState(t *testing.T) {
 	}
 	if diff := cmp.Diff(e2eSummary(before), e2eSummary(e2eStatus(t, m))); diff != "" {
 		t.Errorf("the refused enable changed the fleet (-before +after):\n%s", diff)
+	}
+}
+
+// The exit code of `host status` says whether every agent answered.
+func TestHostStatusExitCode(t *testing.T) {
+	t.Parallel()
+	m := e2eLab(t, 2, 1, 0)
+	if code, out, errOut := runKvmctl(t, m.StatePath(), "host", "status"); code != 0 {
+		t.Fatalf("all agents up: exit %d\n%s%s", code, out, errOut)
+	}
+	if err := lab.KillAgent(&m.Hosts[1]); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut := runKvmctl(t, m.StatePath(), "host", "status", "--timeout", "2s")
+	if code != 1 || !strings.Contains(errOut, "1 of 2 agents did not answer") {
+		t.Errorf("one agent down: exit %d, stderr %q; want 1 and a count", code, errOut)
 	}
 }

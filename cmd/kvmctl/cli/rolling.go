@@ -49,6 +49,9 @@ Every step is journaled in the state file before and after it happens: if kvmctl
 			if opts.TimeoutS < 0 {
 				return errs.Refusedf("--timeout %d: must be positive", opts.TimeoutS)
 			}
+			if opts.Req.MaxUnavailable < 1 {
+				return errs.Refusedf("--max-unavailable %d: must be at least 1", opts.Req.MaxUnavailable)
+			}
 			opts.Req.Zones, opts.Req.Pods = splitList(opts.Req.Zones), splitList(opts.Req.Pods)
 			opts.Req.Clusters, opts.Req.Hosts = splitList(opts.Req.Clusters), splitList(opts.Req.Hosts)
 			return runRollingStart(opts)
@@ -166,8 +169,9 @@ func followRun(opts *RollingOptions, r *orchestrate.Rolling, begin func() (*orch
 		var detached bool
 		res, detached, err = followRunTUI(ctx, f, r, run)
 		if detached {
-			fmt.Fprintf(f.IO.ErrOut, "detached from run %s; it stays resumable: kvmctl rolling resume %s\n", run.ID, run.ID)
-			return nil
+			// The run is not finished: it waits, hosts and clusters as they are, for resume.
+			fmt.Fprintf(f.IO.ErrOut, "kvmctl: stopped following run %s; it is paused where it was (hosts and clusters as they are): `kvmctl rolling resume %s` goes on, `kvmctl rolling abort %s` restores\n", run.ID, run.ID, run.ID)
+			return cmdutil.ErrSilent
 		}
 	} else {
 		res, err = r.Execute(ctx)
