@@ -21,6 +21,11 @@ type DryRunPlan struct {
 	MaxUnavailable int           `json:"max_unavailable"`
 	Forced         bool          `json:"forced"`
 	Hosts          []DryRunHost  `json:"hosts"`
+	// Problems are what would stop a real run before any action (or, with --forced, skip
+	// those hosts): VMs that fit nowhere, agents that do not answer, refused scripts.
+	Problems []string `json:"problems"`
+	// WouldStop: a real run would stop on Problems (without --forced).
+	WouldStop bool `json:"would_stop"`
 }
 
 // DryRunHost is one host of a dry run.
@@ -150,5 +155,20 @@ func (r *Rolling) DryRun(ctx context.Context, req RollingRequest) (DryRunPlan, e
 		}
 		i = j
 	}
+	out.Problems = []string{}
+	for _, dh := range out.Hosts {
+		if dh.Connection != state.ConnUp {
+			out.Problems = append(out.Problems, dh.Host+": agent not answering (PreFlight would fail)")
+		}
+		if !dh.Fits {
+			out.Problems = append(out.Problems, dh.Host+": "+dh.Capacity)
+		}
+		for _, st := range hooks.Stages() {
+			if v := dh.Scripts[string(st)]; strings.HasPrefix(v, "refused") {
+				out.Problems = append(out.Problems, fmt.Sprintf("%s: %s script %s", dh.Host, st, v))
+			}
+		}
+	}
+	out.WouldStop = len(out.Problems) > 0 && !req.Forced
 	return out, nil
 }

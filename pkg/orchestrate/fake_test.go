@@ -32,6 +32,7 @@ type fakeAgent struct {
 	stages   map[string]api.StageStatus // by stage name: the result a stage gets
 	started  map[string]int             // stage name -> times started
 	noScript map[string]bool
+	refused  map[string]string // stage -> why the agent refuses its script
 }
 
 var errUnreachable = &api.UnreachableError{Host: "fake", Err: errors.New("connection refused")}
@@ -127,7 +128,7 @@ func (a *fakeAgent) Hooks(context.Context) ([]api.HookScript, error) {
 	defer a.lock()()
 	var out []api.HookScript
 	for _, s := range []string{"PreFlight", "PreMaintenance", "Maintenance", "PostMaintenance"} {
-		out = append(out, api.HookScript{Stage: s, Present: !a.noScript[s]})
+		out = append(out, api.HookScript{Stage: s, Present: !a.noScript[s], Refused: a.refused[s]})
 	}
 	return out, nil
 }

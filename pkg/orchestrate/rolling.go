@@ -727,10 +727,44 @@ func (r *Rolling) capacityCheck(ctx context.Context) error {
 			}
 		}
 	}
+	// A script the agent would refuse (wrong owner or mode) is found now, not after its host
+	// was emptied and patched.
+	for _, h := range run.Hosts {
+		if !h.Active() {
+			continue
+		}
+		if reason := r.refusedScript(ctx, h); reason != "" {
+			failures = append(failures, h.Name+": "+reason)
+			if run.Request.Forced {
+				r.skip(h, reason)
+			}
+		}
+	}
 	if len(failures) > 0 && !run.Request.Forced {
-		return &fatal{"capacity check failed, no action taken: " + strings.Join(failures, "; ")}
+		return &fatal{"checks before any action failed, no action taken: " + strings.Join(failures, "; ")}
 	}
 	return r.journal(events.Event{Type: events.RunCapacityChecked, Message: fmt.Sprintf("%d hosts can be emptied", countActive(run))}, nil)
+}
+
+// refusedScript names a stage script of h that its agent refuses, or "" (an agent that does not
+// answer is left to PreFlight, which fails it at once).
+func (r *Rolling) refusedScript(ctx context.Context, h *RunHost) string {
+	a, _, err := r.dialHost(h.Name)
+	if err != nil {
+		return ""
+	}
+	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	scripts, err := a.Hooks(hctx)
+	if err != nil {
+		return ""
+	}
+	for _, s := range scripts {
+		if s.Refused != "" {
+			return fmt.Sprintf("%s script refused: %s", s.Stage, s.Refused)
+		}
+	}
+	return ""
 }
 
 func (r *Rolling) preflight(ctx context.Context) error {

@@ -285,7 +285,7 @@ func TestRollingCapacityCheckBeforeAnyAction(t *testing.T) {
 	f.add("h2").cpus = 1
 	r, st := newRolling(t, f, "h1", "h2")
 	res, err := r.Start(context.Background(), RollingRequest{Clusters: []string{"c1"}, Timeout: time.Minute})
-	if !errors.Is(err, ErrRunFailed) || !strings.Contains(res.Details, "capacity check failed, no action taken") || !strings.Contains(res.Details, "h1") {
+	if !errors.Is(err, ErrRunFailed) || !strings.Contains(res.Details, "checks before any action failed, no action taken") || !strings.Contains(res.Details, "h1") {
 		t.Fatalf("run = %+v, %v; want a capacity failure naming h1", res, err)
 	}
 	if f.agents["h1"].started["PreFlight"]+f.agents["h2"].started["PreFlight"] != 0 {
@@ -300,5 +300,43 @@ func TestRollingCapacityCheckBeforeAnyAction(t *testing.T) {
 	res, err = r2.Start(context.Background(), RollingRequest{Clusters: []string{"c1"}, Timeout: time.Minute, Forced: true})
 	if err != nil || len(res.HostsSkipped) != 1 || res.HostsSkipped[0].Host != "h1" || len(res.HostsUpdated) != 1 {
 		t.Errorf("forced = %+v, %v; want h1 skipped for capacity, h2 updated", res, err)
+	}
+}
+
+// A script the agent would refuse stops the run before any action, not after its host was
+// patched.
+func TestRollingRefusedScriptFoundBeforeAnyAction(t *testing.T) {
+	f := newFleet()
+	f.add("h1")
+	f.add("h2")
+	r, _ := newRolling(t, f, "h1", "h2")
+	f.agents["h2"].refused = map[string]string{"PostMaintenance": "writable by group or others (mode 0775); chmod go-w it"}
+	res, err := r.Start(context.Background(), RollingRequest{Clusters: []string{"c1"}, Timeout: time.Minute})
+	if !errors.Is(err, ErrRunFailed) || !strings.Contains(res.Details, "h2: PostMaintenance script refused") {
+		t.Fatalf("run = %+v, %v", res, err)
+	}
+	if f.agents["h1"].started["PreFlight"]+f.agents["h1"].started["Maintenance"] != 0 {
+		t.Errorf("scripts ran although a refused script was known before any action")
+	}
+}
+
+// A dry run says when a real run would stop, and why.
+func TestDryRunVerdict(t *testing.T) {
+	f := newFleet()
+	f.add("h1", "a")
+	f.add("h2")
+	r, _ := newRolling(t, f, "h1", "h2")
+	plan, err := r.DryRun(context.Background(), RollingRequest{Clusters: []string{"c1"}, Timeout: time.Minute})
+	if err != nil || plan.WouldStop || len(plan.Problems) != 0 {
+		t.Fatalf("healthy fleet: %+v, %v", plan, err)
+	}
+	f.agents["h2"].down = true
+	plan, _ = r.DryRun(context.Background(), RollingRequest{Clusters: []string{"c1"}, Timeout: time.Minute})
+	if !plan.WouldStop || !strings.Contains(strings.Join(plan.Problems, ";"), "h2: agent not answering") {
+		t.Errorf("h2 down: %+v; want a stop naming h2", plan.Problems)
+	}
+	plan, _ = r.DryRun(context.Background(), RollingRequest{Clusters: []string{"c1"}, Timeout: time.Minute, Forced: true})
+	if plan.WouldStop || len(plan.Problems) == 0 {
+		t.Errorf("forced: would stop %v, problems %v; want no stop but the problems listed", plan.WouldStop, plan.Problems)
 	}
 }

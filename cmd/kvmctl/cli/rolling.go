@@ -210,6 +210,29 @@ func printRunSummary(f *cmdutil.Factory, res orchestrate.RunResult) {
 }
 
 func printDryRun(f *cmdutil.Factory, plan orchestrate.DryRunPlan) error {
+	if err := printDryRunPlan(f, plan); err != nil {
+		return err
+	}
+	if len(plan.Problems) == 0 {
+		if !f.JSON {
+			fmt.Fprintln(f.IO.Out, "verdict: a real run would start")
+		}
+		return nil
+	}
+	if !plan.WouldStop {
+		if !f.JSON {
+			fmt.Fprintf(f.IO.Out, "verdict: with --forced a real run would skip: %s\n", strings.Join(plan.Problems, "; "))
+		}
+		return nil
+	}
+	if !f.JSON {
+		fmt.Fprintf(f.IO.Out, "verdict: a real run would stop before any action: %s\n", strings.Join(plan.Problems, "; "))
+	}
+	// Exit 1: scripts can tell a plan that would fail from one that would run.
+	return cmdutil.ErrSilent
+}
+
+func printDryRunPlan(f *cmdutil.Factory, plan orchestrate.DryRunPlan) error {
 	if f.JSON {
 		return f.PrintJSON(plan)
 	}
