@@ -61,7 +61,7 @@ type UnreachableError struct {
 }
 
 func (e *UnreachableError) Error() string {
-	return fmt.Sprintf("agent %s at %s is unreachable: %v", e.Host, e.Address, e.Err)
+	return fmt.Sprintf("agent %s at %s is unreachable: %v (is kvmagent running there? `systemctl status kvmagent` on the host; in a lab `kvmctl lab start-agent %s`)", e.Host, e.Address, e.Err, e.Host)
 }
 
 // Unwrap returns the transport error.

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/kvmctl/kvmctl/pkg/errs"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
@@ -184,7 +185,27 @@ func Set(tx state.Tx, name, value string) (Value, error) {
 	if err := tx.Put(state.BucketSettings, k.Name, []byte(norm)); err != nil {
 		return Value{}, err
 	}
+	if err := checkTogether(tx); err != nil {
+		return Value{}, err // the caller's transaction rolls the write back
+	}
 	return Get(tx, k.Name)
+}
+
+// checkTogether refuses values that each pass their own range but contradict each other.
+func checkTogether(tx state.Tx) error {
+	stage, err := GetInt(tx, StageTimeout)
+	if err != nil {
+		return err
+	}
+	ping, err := GetInt(tx, PingInterval)
+	if err != nil {
+		return err
+	}
+	if stage < ping {
+		return errs.Refusedf("%s (%d) would be below %s (%d): a stage timeout must be at least the ping interval; change the other one first",
+			StageTimeout, stage, PingInterval, ping)
+	}
+	return nil
 }
 
 // Unset returns key name to its default.

@@ -94,3 +94,24 @@ func TestSetGetUnset(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestStageTimeoutNotBelowPingInterval(t *testing.T) {
+	s := state.New(filepath.Join(t.TempDir(), "state.db"))
+	if _, err := s.Create(); err != nil {
+		t.Fatal(err)
+	}
+	err := s.Update(func(tx state.Tx) error { _, err := Set(tx, StageTimeout, "5"); return err })
+	if err == nil || !strings.Contains(err.Error(), "at least the ping interval") {
+		t.Errorf("stage timeout 5 with ping 10 = %v, want a refusal", err)
+	}
+	err = s.Update(func(tx state.Tx) error { _, err := Set(tx, PingInterval, "3600"); return err })
+	if err == nil {
+		t.Errorf("ping interval above the stage timeout accepted")
+	}
+	_ = s.View(func(tx state.Tx) error {
+		if v, _ := GetInt(tx, PingInterval); v != 10 {
+			t.Errorf("a refused set changed the ping interval to %d", v)
+		}
+		return nil
+	})
+}

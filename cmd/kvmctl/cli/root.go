@@ -5,11 +5,14 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"regexp"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/kvmctl/kvmctl/pkg/buildinfo"
 	"github.com/kvmctl/kvmctl/pkg/cmdutil"
+	"github.com/kvmctl/kvmctl/pkg/errs"
 	"github.com/kvmctl/kvmctl/pkg/iostreams"
 )
 
@@ -19,6 +22,7 @@ func Run(args []string, ios *iostreams.IOStreams) int {
 	root := NewRootCmd(f)
 	root.SetArgs(args)
 	err := root.Execute()
+	err = plainFlagGroupError(err)
 	if err != nil && !errors.Is(err, cmdutil.ErrSilent) {
 		fmt.Fprintf(ios.ErrOut, "kvmctl: %v\n", err)
 	}
@@ -88,4 +92,26 @@ func group(use, short string, children ...*cobra.Command) *cobra.Command {
 	}
 	c.AddCommand(children...)
 	return c
+}
+
+// flagGroup matches cobra's flag-group errors, which name Go-ish lists rather than flags.
+var flagGroup = regexp.MustCompile(`^(if any flags in the group|at least one of the flags in the group) \[([^\]]*)\]`)
+
+// plainFlagGroupError rewrites cobra's flag-group errors in the words of the rest of kvmctl.
+func plainFlagGroupError(err error) error {
+	if err == nil {
+		return nil
+	}
+	m := flagGroup.FindStringSubmatch(err.Error())
+	if m == nil {
+		return err
+	}
+	var flags []string
+	for _, f := range strings.Fields(m[2]) {
+		flags = append(flags, "--"+f)
+	}
+	if strings.HasPrefix(m[1], "at least") {
+		return errs.Refusedf("give one of %s", strings.Join(flags, ", "))
+	}
+	return errs.Refusedf("give only one of %s", strings.Join(flags, ", "))
 }
