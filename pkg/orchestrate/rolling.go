@@ -609,7 +609,11 @@ func (r *Rolling) summary() string {
 			skipped++
 		}
 	}
-	return fmt.Sprintf("%d hosts updated, %d skipped", done, skipped)
+	hosts := "hosts"
+	if done == 1 {
+		hosts = "host"
+	}
+	return fmt.Sprintf("%d %s updated, %d skipped", done, hosts, skipped)
 }
 
 // finish records the end of the run and releases its locks.

@@ -73,3 +73,11 @@ func getHost(f *cmdutil.Factory, name string) (state.Host, error) {
 	})
 	return h, err
 }
+
+// plural renders "1 VM", "3 VMs".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return fmt.Sprintf("1 %s", noun)
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}

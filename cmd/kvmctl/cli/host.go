@@ -9,6 +9,7 @@ import (
 
 	"github.com/kvmctl/kvmctl/pkg/cmdutil"
 	"github.com/kvmctl/kvmctl/pkg/inventory"
+	"github.com/kvmctl/kvmctl/pkg/sshx"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
@@ -167,7 +168,11 @@ func runHostShow(opts *HostOptions) error {
 		row("ssh", sshString(h.SSH))
 		row("ssh key", h.SSH.KeyFile)
 		row("ssh known_hosts", h.SSH.KnownHostsFile)
-		row("restart command", h.RestartCommand)
+		cmd := h.RestartCommand
+		if cmd == "" {
+			cmd = sshx.DefaultRestartCommand + " (default)"
+		}
+		row("restart command", cmd)
 	}
 	return nil
 }

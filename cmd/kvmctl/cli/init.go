@@ -63,7 +63,7 @@ func runInit(opts *InitOptions) error {
 		fmt.Fprintf(w, "%-8s %s\n", f.Action, f.Path)
 	}
 	if !created {
-		fmt.Fprintln(w, "kvmctl was already initialised here; nothing was overwritten")
+		fmt.Fprintln(w, "kvmctl was already initialized here; nothing was overwritten")
 	}
 	return nil
 }

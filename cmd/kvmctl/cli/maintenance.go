@@ -97,9 +97,12 @@ func runMaintenanceEnable(opts *MaintenanceOptions) error {
 	}
 	w := opts.F.IO.Out
 	if opts.DryRun {
-		fmt.Fprintf(w, "dry run: %s would enter maintenance; %d VMs would move:\n", res.Host, len(res.Plan))
+		fmt.Fprintf(w, "dry run: %s would enter maintenance; %s would move\n", res.Host, plural(len(res.Plan), "VM"))
 	} else {
-		fmt.Fprintf(w, "%s is in %s; %d VMs moved:\n", res.Host, res.ResourceState, len(res.Migrated))
+		fmt.Fprintf(w, "%s is in %s; %s moved\n", res.Host, res.ResourceState, plural(len(res.Migrated), "VM"))
+	}
+	if len(res.Plan) == 0 {
+		return nil
 	}
 	t := opts.F.IO.NewTable("VM", "FROM", "TO")
 	for _, p := range res.Plan {
