@@ -116,7 +116,7 @@ func runHostStatus(opts *HostStatusOptions) error {
 			return nil
 		}
 		if !opts.F.JSON {
-			fmt.Fprintf(opts.F.IO.ErrOut, "kvmctl: %d of %d agents did not answer; is kvmagent running there? (systemctl status kvmagent; in a lab: kvmctl lab start-agent HOST)\n", silent, len(checks))
+			fmt.Fprintf(opts.F.IO.ErrOut, "kvmctl: %d of %d agents did not answer\n", silent, len(checks))
 		}
 		return cmdutil.ErrSilent
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kvmctl/kvmctl/pkg/cmdutil"
+	"github.com/kvmctl/kvmctl/pkg/errs"
 	"github.com/kvmctl/kvmctl/pkg/lab"
 )
 
@@ -95,6 +96,9 @@ func runLabUp(opts *LabOptions) error {
 			return err
 		}
 		opts.Up.Agent = a
+	}
+	if _, err := lab.Load(opts.Up.Dir); err == nil {
+		return errs.Refusedf("a lab already exists in %s (`make demo` leaves one in ./kvmlab): use it, or `kvmctl lab down --purge --dir %s` first", opts.Up.Dir, opts.Up.Dir)
 	}
 	fmt.Fprintf(opts.F.IO.ErrOut, "building a lab of %d hosts in %d clusters, %d VMs each, in %s\n", opts.Up.Hosts, opts.Up.Clusters, opts.Up.VMs, opts.Up.Dir)
 	ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)
