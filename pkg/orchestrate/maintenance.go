@@ -271,7 +271,7 @@ func (m *Maintenance) Enable(ctx context.Context, name string, opts EnableOption
 		}
 	}
 	if s := c.prev[name]; s.Connection != state.ConnUp {
-		return res, fmt.Errorf("the agent of %s does not answer (%s): start it, then try again", name, firstLine(s.LastError))
+		return res, fmt.Errorf("the agent of %s does not answer, so it cannot enter maintenance: %s", name, firstLine(s.LastError))
 	}
 	plan, err := PlanCapacity(CapacityInput{Hosts: capacityHosts(c.cluster, c.prev), Empty: []string{name}, CPUFactor: c.cpuF, MemFactor: c.memF, Prefer: opts.Prefer})
 	if err != nil {
@@ -284,6 +284,20 @@ func (m *Maintenance) Enable(ctx context.Context, name string, opts EnableOption
 		var lines []string
 		for _, u := range plan.Unplaced {
 			lines = append(lines, fmt.Sprintf("  %s: %s", u.VM, u.Reason))
+		}
+		// Say which hosts were not targets and why: cancelling another host's maintenance or
+		// starting its agent is often the way out.
+		var not []string
+		for _, h := range capacityHosts(c.cluster, c.prev) {
+			if h.Name == name {
+				continue
+			}
+			if why := ineligibility(&h); why != "" {
+				not = append(not, h.Name+" ("+why+")")
+			}
+		}
+		if len(not) > 0 {
+			lines = append(lines, "  not taken as targets: "+strings.Join(not, ", "))
 		}
 		return res, fmt.Errorf("%w; nothing was changed. VMs with no place:\n%s", ErrDoesNotFit, strings.Join(lines, "\n"))
 	}

@@ -658,8 +658,17 @@ func (r *Rolling) restore(ctx context.Context) string {
 	run := r.snapshot()
 	var left []string
 	for _, h := range run.Hosts {
-		if h.InMaint && !r.cancelMaintenance(ctx, h) {
+		if !h.InMaint {
+			continue
+		}
+		if !r.cancelMaintenance(ctx, h) {
 			left = append(left, fmt.Sprintf("host %s is still in maintenance: `kvmctl maintenance cancel %s` once its agent answers, or `kvmctl rolling abort %s`", h.Name, h.Name, run.ID))
+			continue
+		}
+		if h.Active() && h.Reason == "" {
+			_ = r.journal(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Stage: "restored"}, func(*Run) {
+				h.Reason = "the run ended before this host was done; its maintenance was cancelled"
+			})
 		}
 	}
 	for _, c := range run.Clusters {

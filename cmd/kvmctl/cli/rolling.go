@@ -190,10 +190,7 @@ func followRun(opts *RollingOptions, r *orchestrate.Rolling, begin func() (*orch
 		printRunSummary(f, res)
 	}
 	if !res.Success {
-		if !f.JSON && !f.Events {
-			fmt.Fprintf(f.IO.ErrOut, "kvmctl: run %s %s: %s\n", res.RunID, res.State, res.Details)
-		}
-		return cmdutil.ErrSilent
+		return cmdutil.ErrSilent // the summary above says why
 	}
 	return nil
 }
