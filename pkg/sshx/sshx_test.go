@@ -339,9 +339,9 @@ func TestRunRefusesBadConfig(t *testing.T) {
 		substr []string
 	}{
 		{"no key file", func(t *sshx.Target) { t.KeyFile = "" }, sshx.ErrNotConfigured,
-			[]string{"kvm1", "no ssh key file", "--ssh-key", "key_file"}},
+			[]string{"kvm1", "no ssh key file", "key_file", "kvmctl inventory apply"}},
 		{"no known_hosts file", func(t *sshx.Target) { t.KnownHostsFile = "" }, sshx.ErrNotConfigured,
-			[]string{"kvm1", "no known_hosts file", "--ssh-known-hosts", "known_hosts_file"}},
+			[]string{"kvm1", "no known_hosts file", "known_hosts_file", "never connects"}},
 		{"no address", func(t *sshx.Target) { t.Host, t.Addr = "", "" }, sshx.ErrNotConfigured, nil},
 		{"key file missing", func(t *sshx.Target) { t.KeyFile = missing }, fs.ErrNotExist,
 			[]string{"kvm1", missing}},
