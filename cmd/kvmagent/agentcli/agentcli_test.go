@@ -148,8 +148,15 @@ func TestRunServesUntilCanceled(t *testing.T) {
 	if st.HostName != "kvm1" || st.BootID != "boot-1" || len(st.VMs) == 0 || st.Capacity.CPUs == 0 {
 		t.Errorf("status = %+v", st)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "heartbeat")); err != nil {
-		t.Errorf("no heartbeat: %v", err)
+	// The heartbeat goroutine starts beside the server: give its first beat a moment.
+	var hbErr error
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if _, hbErr = os.Stat(filepath.Join(dir, "heartbeat")); hbErr == nil {
+			break
+		}
+	}
+	if hbErr != nil {
+		t.Errorf("no heartbeat: %v", hbErr)
 	}
 	cancel()
 	select {
