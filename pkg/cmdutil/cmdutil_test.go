@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/kvmctl/kvmctl/pkg/errs"
 	"github.com/kvmctl/kvmctl/pkg/iostreams"
@@ -46,5 +47,24 @@ func TestStatePath(t *testing.T) {
 	}
 	if d, _ := f.PKIDir(); d != filepath.Join("/f", "pki") {
 		t.Errorf("PKIDir = %s, want pki beside the state file", d)
+	}
+}
+
+func TestTimeFlags(t *testing.T) {
+	for in, want := range map[string]time.Duration{"30": 30 * time.Second, "30s": 30 * time.Second, "2m": 2 * time.Minute, "1500ms": 1500 * time.Millisecond} {
+		var d time.Duration
+		if err := (durationValue{&d}).Set(in); err != nil || d != want {
+			t.Errorf("duration %q = %s, %v; want %s", in, d, err, want)
+		}
+	}
+	var n int
+	if err := (secondsValue{&n}).Set("1500ms"); err != nil || n != 2 {
+		t.Errorf("seconds 1500ms = %d, %v; want 2 (rounded up)", n, err)
+	}
+	for _, bad := range []string{"soon", "-5", "1e9"} {
+		var d time.Duration
+		if err := (durationValue{&d}).Set(bad); err == nil {
+			t.Errorf("duration %q accepted", bad)
+		}
 	}
 }

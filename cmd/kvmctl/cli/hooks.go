@@ -60,7 +60,7 @@ dir, writable by group or others, not executable, two scripts for one stage).`,
 			return runHooksList(opts)
 		},
 	}
-	c.Flags().DurationVar(&opts.Timeout, "timeout", opts.Timeout, "how long to wait for the agent")
+	cmdutil.DurationVar(c.Flags(), &opts.Timeout, "timeout", opts.Timeout, "how long to wait for the agent")
 	return c
 }
 
@@ -83,7 +83,7 @@ stage, or a script the agent refuses to run.`,
 		},
 	}
 	c.Flags().StringVar(&opts.Payload, "payload", "", "arguments for the script, e.g. '--kernel \"6.1 lts\"'")
-	c.Flags().IntVar(&opts.TimeoutS, "timeout", opts.TimeoutS, "seconds the script may run before it is killed")
+	cmdutil.SecondsVar(c.Flags(), &opts.TimeoutS, "timeout", opts.TimeoutS, "how long the script may run before it is killed")
 	return c
 }
 

@@ -41,7 +41,7 @@ id, capacity and VMs. A host that does not answer keeps what was last known of i
 			return runHostStatus(opts)
 		},
 	}
-	c.Flags().DurationVar(&opts.Timeout, "timeout", opts.Timeout, "how long to wait for each agent")
+	cmdutil.DurationVar(c.Flags(), &opts.Timeout, "timeout", opts.Timeout, "how long to wait for each agent")
 	return c
 }
 

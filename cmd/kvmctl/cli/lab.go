@@ -44,7 +44,7 @@ sized so that any one host's VMs fit on the others of its cluster.`,
 	up.Flags().IntVar(&opts.Up.Clusters, "clusters", 2, "number of clusters")
 	up.Flags().IntVar(&opts.Up.VMs, "vms", 3, "running VMs per host")
 	up.Flags().StringVar(&opts.Up.Agent, "agent", "", "kvmagent binary (default: beside kvmctl, else on PATH)")
-	up.Flags().DurationVar(&opts.Timeout, "timeout", opts.Timeout, "how long to wait for every agent to answer")
+	cmdutil.DurationVar(up.Flags(), &opts.Timeout, "timeout", opts.Timeout, "how long to wait for every agent to answer")
 	dirFlag(up)
 
 	status := &cobra.Command{
@@ -81,7 +81,7 @@ sized so that any one host's VMs fit on the others of its cluster.`,
 			return runLabStartAgent(opts)
 		},
 	}
-	start.Flags().DurationVar(&opts.Timeout, "timeout", opts.Timeout, "how long to wait for the agent to answer")
+	cmdutil.DurationVar(start.Flags(), &opts.Timeout, "timeout", opts.Timeout, "how long to wait for the agent to answer")
 	dirFlag(start)
 	return group("lab", "A whole fleet on this machine: local agents, libvirt's test driver", up, status, down, kill, start)
 }

@@ -63,7 +63,7 @@ Every step is journaled in the state file before and after it happens: if kvmctl
 	fl.StringSliceVar(&opts.Req.Clusters, "cluster", nil, "clusters to maintain")
 	fl.StringSliceVar(&opts.Req.Hosts, "host", nil, "hosts to maintain")
 	fl.BoolVar(&opts.Req.Forced, "forced", false, "skip a failing host and go on instead of stopping")
-	fl.IntVar(&opts.TimeoutS, "timeout", 0, "seconds a stage may run on a host (default kvm.rolling.maintenance.stage.timeout)")
+	cmdutil.SecondsVar(fl, &opts.TimeoutS, "timeout", 0, "how long a stage may run on a host (default kvm.rolling.maintenance.stage.timeout)")
 	fl.StringVar(&opts.Req.Payload, "payload", "", "extra arguments for every script, split by shell quoting rules (no shell runs them)")
 	fl.BoolVar(&opts.Req.DryRun, "dry-run", false, "print the plan (order, scripts, capacity) and change nothing")
 	fl.IntVar(&opts.Req.MaxUnavailable, "max-unavailable", 1, "hosts of a cluster in maintenance at the same time")
