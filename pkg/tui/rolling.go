@@ -315,6 +315,13 @@ func (m *RollingModel) apply(e events.Event) {
 		return
 	case events.RunFinished:
 		m.finished, m.state, m.details, m.ended = true, e.Outcome, e.Message, t
+		if e.Outcome != "succeeded" {
+			for _, h := range m.hosts {
+				if h.base == "waiting" {
+					h.base = "not reached"
+				}
+			}
+		}
 		return
 	case events.ClusterDisabling:
 		m.cluster(e.Cluster).state = join("disabling", e.Message)

@@ -392,3 +392,16 @@ func TestRollingNarrowAndShort(t *testing.T) {
 		}
 	}
 }
+
+// Hosts a failed or aborted run never reached say so, rather than "waiting" forever.
+func TestRollingNotReachedAfterAbort(t *testing.T) {
+	m := NewRolling("r1", []HostRow{{Name: "h1", Cluster: "c1"}, {Name: "h2", Cluster: "c1"}}, RollingOptions{Tick: -1})
+	m.Update(EventMsg(events.Event{Type: events.HostStarted, Host: "h1", Cluster: "c1"}))
+	m.Update(EventMsg(events.Event{Type: events.RunFinished, Outcome: "aborted", Message: "aborted by the operator"}))
+	if h, _ := m.Host("h2"); h.Phase != "not reached" {
+		t.Errorf("h2 phase = %q, want not reached", h.Phase)
+	}
+	if !strings.Contains(m.View(), "not reached") {
+		t.Errorf("view does not say h2 was not reached:\n%s", m.View())
+	}
+}
