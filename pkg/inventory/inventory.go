@@ -171,6 +171,28 @@ func hostWithAddress(tx state.Tx, addr, except string) (string, error) {
 	return "", nil
 }
 
+// UpdateHost applies change to host name and checks the result as AddHost would; the name,
+// cluster and resource state are not the caller's to change here.
+func UpdateHost(tx state.Tx, name string, change func(*state.Host)) (state.Host, error) {
+	h, err := state.GetHost(tx, name)
+	if err != nil {
+		return state.Host{}, NotFound("host", name, "hosts")
+	}
+	want := h
+	change(&want)
+	want.Name, want.Cluster, want.Zone, want.Pod, want.ResourceState = h.Name, h.Cluster, h.Zone, h.Pod, h.ResourceState
+	want.Tags = NormalizeTags(want.Tags)
+	if err := ValidHost(want); err != nil {
+		return state.Host{}, errs.Refused(err)
+	}
+	if other, err := hostWithAddress(tx, want.Address, want.Name); err != nil {
+		return state.Host{}, err
+	} else if other != "" {
+		return state.Host{}, errs.Refusedf("address %s is already host %s's", want.Address, other)
+	}
+	return want, state.PutHost(tx, want)
+}
+
 // RemoveZone deletes an empty zone.
 func RemoveZone(tx state.Tx, name string) error {
 	if _, err := state.GetZone(tx, name); err != nil {

@@ -241,11 +241,11 @@ func clientConfig(t Target, name string) (*config, string, error) {
 		user = DefaultUser
 	}
 	if t.KeyFile == "" {
-		return nil, "", fmt.Errorf("ssh to %s: no ssh key file is set; give host %s `ssh: {key_file: FILE, known_hosts_file: FILE}` in the inventory (`kvmctl inventory export -o f.yaml`, edit, `kvmctl inventory apply -f f.yaml`): %w",
+		return nil, "", fmt.Errorf("ssh to %s: no ssh key file is set; set them with `kvmctl host set %s --ssh-key FILE --ssh-known-hosts FILE` (or the inventory's `ssh: {key_file, known_hosts_file}`): %w",
 			name, name, ErrNotConfigured)
 	}
 	if t.KnownHostsFile == "" {
-		return nil, "", fmt.Errorf("ssh to %s: no known_hosts file is set, and kvmctl never connects to a host whose key it cannot verify; give host %s `ssh: {key_file: FILE, known_hosts_file: FILE}` in the inventory (`kvmctl inventory export -o f.yaml`, edit, `kvmctl inventory apply -f f.yaml`): %w",
+		return nil, "", fmt.Errorf("ssh to %s: no known_hosts file is set, and kvmctl never connects to a host whose key it cannot verify; set them with `kvmctl host set %s --ssh-key FILE --ssh-known-hosts FILE` (or the inventory's `ssh: {key_file, known_hosts_file}`): %w",
 			name, name, ErrNotConfigured)
 	}
 	signer, err := readKey(t.KeyFile, name)

@@ -339,7 +339,7 @@ func TestRunRefusesBadConfig(t *testing.T) {
 		substr []string
 	}{
 		{"no key file", func(t *sshx.Target) { t.KeyFile = "" }, sshx.ErrNotConfigured,
-			[]string{"kvm1", "no ssh key file", "key_file", "kvmctl inventory apply"}},
+			[]string{"kvm1", "no ssh key file", "key_file", "kvmctl host set kvm1 --ssh-key"}},
 		{"no known_hosts file", func(t *sshx.Target) { t.KnownHostsFile = "" }, sshx.ErrNotConfigured,
 			[]string{"kvm1", "no known_hosts file", "known_hosts_file", "never connects"}},
 		{"no address", func(t *sshx.Target) { t.Host, t.Addr = "", "" }, sshx.ErrNotConfigured, nil},

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kvmctl/kvmctl/pkg/cmdutil"
+	"github.com/kvmctl/kvmctl/pkg/errs"
 	"github.com/kvmctl/kvmctl/pkg/inventory"
 	"github.com/kvmctl/kvmctl/pkg/sshx"
 	"github.com/kvmctl/kvmctl/pkg/state"
@@ -73,7 +74,7 @@ func newHostCmd(f *cmdutil.Factory) *cobra.Command {
 			return runHostRm(opts)
 		},
 	}
-	return group("host", "Add, list, show, remove and check hosts", add, list, show, rm, newHostStatusCmd(f))
+	return group("host", "Add, list, show, change, remove and check hosts", add, list, show, newHostSetCmd(f), rm, newHostStatusCmd(f))
 }
 
 func runHostAdd(opts *HostOptions) error {
@@ -197,3 +198,70 @@ func runHostRm(opts *HostOptions) error {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// HostSetOptions are the inputs of `kvmctl host set`.
+type HostSetOptions struct {
+	F     *cmdutil.Factory
+	Name  string
+	Set   state.Host
+	Tags  []string
+	Flags func(name string) bool // whether the operator gave flag name
+}
+
+func newHostSetCmd(f *cmdutil.Factory) *cobra.Command {
+	opts := &HostSetOptions{F: f}
+	c := &cobra.Command{
+		Use:   "set NAME [--address H:P] [--tags a,b] [--ssh-user U] [--ssh-port N] [--ssh-key F] [--ssh-known-hosts F] [--restart-command CMD]",
+		Short: "Change fields of a host; only the flags given change",
+		Example: `  kvmctl host set kvm01 --ssh-user root --ssh-key ~/.ssh/id_ed25519 --ssh-known-hosts ~/.ssh/known_hosts
+  kvmctl host set kvm01 --tags ssd,gpu`,
+		Args: cmdutil.ExactArgs(1, "one host NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts.Name = args[0]
+			opts.Flags = func(name string) bool { return cmd.Flags().Changed(name) }
+			if cmd.Flags().NFlag() == 0 {
+				return errs.Refusedf("give at least one field to change: `kvmctl host set --help` lists them")
+			}
+			opts.Set.Tags = splitList(opts.Tags)
+			return runHostSet(opts)
+		},
+	}
+	fl := c.Flags()
+	fl.StringVar(&opts.Set.Address, "address", "", "host:port of the host's kvmagent")
+	fl.StringSliceVar(&opts.Tags, "tags", nil, "host tags, comma-separated (replaces the old ones)")
+	fl.StringVar(&opts.Set.SSH.User, "ssh-user", "", "SSH user kvmctl may log in as to restart the agent")
+	fl.IntVar(&opts.Set.SSH.Port, "ssh-port", 0, "SSH port")
+	fl.StringVar(&opts.Set.SSH.KeyFile, "ssh-key", "", "SSH private key file")
+	fl.StringVar(&opts.Set.SSH.KnownHostsFile, "ssh-known-hosts", "", "known_hosts file that holds the host's SSH key")
+	fl.StringVar(&opts.Set.RestartCommand, "restart-command", "", "command that restarts the agent over SSH")
+	return c
+}
+
+func runHostSet(opts *HostSetOptions) error {
+	var h state.Host
+	err := update(opts.F, func(tx state.Tx) (err error) {
+		h, err = inventory.UpdateHost(tx, opts.Name, func(h *state.Host) {
+			set := func(flag string, dst *string, v string) {
+				if opts.Flags(flag) {
+					*dst = v
+				}
+			}
+			set("address", &h.Address, opts.Set.Address)
+			set("ssh-user", &h.SSH.User, opts.Set.SSH.User)
+			set("ssh-key", &h.SSH.KeyFile, opts.Set.SSH.KeyFile)
+			set("ssh-known-hosts", &h.SSH.KnownHostsFile, opts.Set.SSH.KnownHostsFile)
+			set("restart-command", &h.RestartCommand, opts.Set.RestartCommand)
+			if opts.Flags("ssh-port") {
+				h.SSH.Port = opts.Set.SSH.Port
+			}
+			if opts.Flags("tags") {
+				h.Tags = opts.Set.Tags
+			}
+		})
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return done(opts.F, h, "updated host %s", h.Name)
+}
