@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kvmctl/kvmctl/pkg/api"
+	"github.com/kvmctl/kvmctl/pkg/backoff"
 	"github.com/kvmctl/kvmctl/pkg/errs"
 )
 
@@ -141,7 +142,7 @@ func waitOne(ctx context.Context, m *Manifest, h *HostManifest) error {
 	if err != nil {
 		return err
 	}
-	for {
+	for attempt := 0; ; attempt++ {
 		pctx, cancel := context.WithTimeout(ctx, time.Second)
 		err := c.Healthz(pctx)
 		cancel()
@@ -154,7 +155,7 @@ func waitOne(ctx context.Context, m *Manifest, h *HostManifest) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("the agent of %s did not answer on %s: %w (log: %s)", h.Name, h.Address, err, h.Log())
-		case <-time.After(20 * time.Millisecond):
+		case <-time.After(backoff.Delay(attempt, 10*time.Millisecond, 250*time.Millisecond)):
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kvmctl/kvmctl/pkg/api"
+	"github.com/kvmctl/kvmctl/pkg/backoff"
 	"github.com/kvmctl/kvmctl/pkg/errs"
 	"github.com/kvmctl/kvmctl/pkg/events"
 	"github.com/kvmctl/kvmctl/pkg/hooks"
@@ -639,7 +640,7 @@ func (r *Rolling) finish(st, details string) {
 		if err = write(); err == nil {
 			break
 		}
-		time.Sleep(time.Duration(attempt+1) * 200 * time.Millisecond)
+		time.Sleep(backoff.Delay(attempt, 200*time.Millisecond, 2*time.Second))
 	}
 	if err != nil {
 		// The run stays "running" with a dead owner once we exit: resume or abort settles it.
@@ -1281,7 +1282,7 @@ func (r *Rolling) runStage(ctx context.Context, h *RunHost, stage hooks.Stage) (
 	deadline := time.Now().Add(timeout + grace)
 	req := api.StageRequest{RunID: run.ID, Stage: name, Payload: run.Request.Payload, TimeoutS: int((timeout + time.Second - 1) / time.Second)}
 	var lastErr error
-	unreachable := 0
+	unreachable, failures := 0, 0
 	for {
 		if err := ctx.Err(); err != nil {
 			return api.StageStatus{}, err
@@ -1316,11 +1317,16 @@ func (r *Rolling) runStage(ctx context.Context, h *RunHost, stage hooks.Stage) (
 					return api.StageStatus{}, fmt.Errorf("agent unreachable: %s", firstLine(err.Error()))
 				}
 			}
+			// Back off while the agent is away (a reboot takes minutes), but never wait longer
+			// than the ping interval between two checks.
 			select {
 			case <-ctx.Done():
 				return api.StageStatus{}, ctx.Err()
-			case <-time.After(min(time.Second, run.PingInterval)):
+			case <-time.After(backoff.Delay(failures, 200*time.Millisecond, run.PingInterval)):
 			}
+			failures++
+		} else {
+			failures = 0
 		}
 	}
 }
