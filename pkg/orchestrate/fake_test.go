@@ -33,6 +33,7 @@ type fakeAgent struct {
 	started  map[string]int             // stage name -> times started
 	noScript map[string]bool
 	refused  map[string]string // stage -> why the agent refuses its script
+	hang     bool              // VM starts never finish (until the caller gives up)
 }
 
 var errUnreachable = &api.UnreachableError{Host: "fake", Err: errors.New("connection refused")}
@@ -105,7 +106,14 @@ func (a *fakeAgent) VMXML(_ context.Context, name string) (string, error) {
 	return name, nil // the fake's "XML" is the name
 }
 
-func (a *fakeAgent) DefineAndStartVM(_ context.Context, xml string) error {
+func (a *fakeAgent) DefineAndStartVM(ctx context.Context, xml string) error {
+	a.f.mu.Lock()
+	hang := a.hang
+	a.f.mu.Unlock()
+	if hang {
+		<-ctx.Done()
+		return ctx.Err()
+	}
 	defer a.lock()()
 	if a.inMaint {
 		return &api.Error{Status: 409, Code: api.CodeInMaintenance, Message: "host is in maintenance"}

@@ -1082,12 +1082,18 @@ func (r *Rolling) doBatch(ctx context.Context, batch []*RunHost) error {
 		m := r.maint()
 		wctx, cancel := context.WithTimeout(ctx, r.snapshot().WaitTimeout)
 		res, err := m.Enable(wctx, h.Name, EnableOptions{Prepared: true, Fresh: i == 0 && len(toPrepare) > 0, Prefer: r.updatedHosts(h.Cluster)})
+		timedOut := errors.Is(wctx.Err(), context.DeadlineExceeded)
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			r.cancelMaintenance(ctx, h)
+			if timedOut {
+				// The seed: a host that does not reach maintenance within the wait timeout stops
+				// the run, --forced or not; something is wrong beyond this host.
+				return &fatal{fmt.Sprintf("host %s did not reach maintenance within kvm.rolling.maintenance.wait.maintenance.timeout (%s): %v", h.Name, r.snapshot().WaitTimeout, err)}
+			}
 			if ferr := r.fail(ctx, h, "entering maintenance: "+err.Error()); ferr != nil {
 				return ferr
 			}

@@ -340,3 +340,25 @@ func TestDryRunVerdict(t *testing.T) {
 		t.Errorf("forced: would stop %v, problems %v; want no stop but the problems listed", plan.WouldStop, plan.Problems)
 	}
 }
+
+// The seed: a host that does not reach maintenance within the wait timeout stops the run, even
+// with --forced, and what the run changed is restored.
+func TestRollingWaitMaintenanceTimeoutStopsEvenForced(t *testing.T) {
+	f := newFleet()
+	f.add("h1", "a")
+	f.add("h2").hang = true
+	f.add("h3")
+	r, st := newRolling(t, f, "h1", "h2", "h3")
+	_ = st.Update(func(tx state.Tx) error {
+		_, err := settings.Set(tx, settings.WaitMaintenanceTimeout, "1")
+		return err
+	})
+	f.agents["h3"].cpus = 0 // only h2 can take h1's VM, and h2 never finishes starting it
+	res, err := r.Start(context.Background(), RollingRequest{Hosts: []string{"h1"}, Timeout: time.Minute, Forced: true})
+	if !errors.Is(err, ErrRunFailed) || !strings.Contains(res.Details, "wait.maintenance.timeout") {
+		t.Fatalf("run = %+v, %v; want a stop naming the wait timeout", res, err)
+	}
+	if hostState(t, st, "h1") != state.Enabled {
+		t.Errorf("h1 left in %s", hostState(t, st, "h1"))
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"runtime"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -47,6 +48,8 @@ Exit codes: 0 success, 1 the operation failed, 2 bad usage or input refused (not
 	root.SetOut(f.IO.Out)
 	root.SetErr(f.IO.ErrOut)
 	root.SetFlagErrorFunc(cmdutil.FlagErrorFunc)
+	// --version says what `kvmctl version` says.
+	root.SetVersionTemplate(fmt.Sprintf("kvmctl %s (%s %s/%s)\n", buildinfo.String(), runtime.Version(), runtime.GOOS, runtime.GOARCH))
 	pf := root.PersistentFlags()
 	pf.StringVar(&f.StateFlag, "state", "", "state file (default $KVMCTL_STATE, else ~/.local/state/kvmctl/state.db)")
 	pf.BoolVar(&f.JSON, "json", false, "print the result as JSON")
