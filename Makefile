@@ -8,7 +8,7 @@ PKGS    := ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/kvmctl/kvmctl/pkg/buildinfo.Version=$(VERSION)
 
-.PHONY: all deps build test lint fmt bench demo clean
+.PHONY: all deps build check test lint fmt bench demo clean
 
 all: build
 
@@ -26,15 +26,19 @@ build: deps
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/kvmctl ./cmd/kvmctl
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/kvmagent ./cmd/kvmagent
 
-## lint: fail when gofmt, go vet or go mod tidy would change or report anything
-lint: deps
+## check: fail when gofmt, go vet or go mod tidy would change or report anything
+check: deps
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	@$(GO) mod tidy -diff || { echo "go mod tidy would change go.mod/go.sum: run 'go mod tidy'"; exit 1; }
 
-## test: lint, then every test under the race detector
-test: lint
+## lint: check, plus staticcheck (fetched from the Go module proxy on first use)
+lint: check
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 $(PKGS)
+
+## test: check, then every test under the race detector
+test: check
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 
 ## bench: the README's performance numbers (labs of 100 and 30 hosts, stage API benchmarks)

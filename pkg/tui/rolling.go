@@ -777,11 +777,11 @@ func (m *RollingModel) window(table []tableLine, avail int) []string {
 		}
 		return lines, focus
 	}
-	lines, focus := flat(true)
+	lines, _ := flat(true)
 	if avail < 0 || len(lines) <= avail {
 		return lines
 	}
-	lines, focus = flat(false)
+	lines, focus := flat(false)
 	if len(lines) <= avail {
 		return lines
 	}
