@@ -8,7 +8,7 @@ PKGS    := ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/kvmctl/kvmctl/pkg/buildinfo.Version=$(VERSION)
 
-.PHONY: all deps build check test lint fmt bench demo clean
+.PHONY: all deps build check test lint fmt bench chaos demo clean
 
 all: build
 
@@ -44,6 +44,11 @@ test: check
 ## bench: the README's performance numbers (labs of 100 and 30 hosts, stage API benchmarks)
 bench: build
 	./scripts/bench.sh
+
+## chaos: rolling maintenance on a lab while kvmctl and agents are killed at random; the fleet
+## must be whole after every round (ROUNDS=10 by default)
+chaos: build
+	./scripts/chaos.sh $(or $(ROUNDS),10)
 
 ## demo: build, bring up a lab of 6 hosts (2 clusters, 3 VMs each), run rolling maintenance of c1
 demo: build

@@ -273,6 +273,11 @@ func (m *Maintenance) Enable(ctx context.Context, name string, opts EnableOption
 	if s := c.prev[name]; s.Connection != state.ConnUp {
 		return res, fmt.Errorf("the agent of %s does not answer, so it cannot enter maintenance: %s", name, firstLine(s.LastError))
 	}
+	if !dryRun {
+		if err := m.finishTransfers(ctx, &c); err != nil {
+			return res, err
+		}
+	}
 	plan, err := PlanCapacity(CapacityInput{Hosts: capacityHosts(c.cluster, c.prev), Empty: []string{name}, CPUFactor: c.cpuF, MemFactor: c.memF, Prefer: opts.Prefer})
 	if err != nil {
 		return res, err
@@ -411,6 +416,54 @@ func (m *Maintenance) migrateAll(ctx context.Context, src MaintenanceAgent, c ma
 	return migrated, failed
 }
 
+// finishTransfers completes lab transfers that a killed kvmctl left half done: a VM of the host
+// being emptied that already runs on another host of the cluster (same UUID) was started there
+// and not yet removed here, so it is removed here now. Only the lab's test driver moves VMs by
+// transfer; a libvirt live migration never leaves two running copies.
+func (m *Maintenance) finishTransfers(ctx context.Context, c *maintenanceConfig) error {
+	name := c.host.Name
+	src := c.prev[name]
+	if src.Hypervisor != api.HypervisorTest {
+		return nil
+	}
+	elsewhere := map[string]string{}
+	for _, h := range c.cluster {
+		if h.Name == name || c.prev[h.Name].Connection != state.ConnUp {
+			continue
+		}
+		for _, vm := range c.prev[h.Name].VMs {
+			if vm.State == "running" && vm.UUID != "" {
+				elsewhere[vm.UUID] = h.Name
+			}
+		}
+	}
+	var agent MaintenanceAgent
+	fixed := 0
+	for _, vm := range src.VMs {
+		other, dup := elsewhere[vm.UUID]
+		if vm.State != "running" || !dup {
+			continue
+		}
+		if agent == nil {
+			a, err := m.Dial(c.host)
+			if err != nil {
+				return err
+			}
+			agent = a
+		}
+		if err := agent.RemoveVM(ctx, vm.Name); err != nil {
+			return fmt.Errorf("finish the interrupted move of %s to %s: %w", vm.Name, other, err)
+		}
+		fixed++
+		m.emit(events.Event{Type: events.VMMigrated, Host: name, Cluster: c.host.Cluster, VM: vm.Name,
+			Message: "finished a move a killed kvmctl left half done", Fields: map[string]any{"to": other}})
+	}
+	if fixed == 0 {
+		return nil
+	}
+	return m.refresh(ctx, c)
+}
+
 // moveVM moves one running VM to dst: a libvirt live migration where the hypervisor can do it;
 // on the lab's test driver, which cannot migrate, a transfer through the two agents (define
 // and start on the target first, only then remove from the source), which is lab-only.
@@ -515,6 +568,13 @@ func (m *Maintenance) Cancel(ctx context.Context, name string) (MaintenanceResul
 		restart, err := m.restartAgent(ctx, c, agent)
 		res.AgentRestart = restart
 		if err != nil {
+			return res, err
+		}
+	}
+	// A lab transfer cut short (kvmctl killed between start on the target and removal here)
+	// leaves a VM running twice; this host was the source, so its copy goes.
+	if err := m.refresh(ctx, &c); err == nil {
+		if err := m.finishTransfers(ctx, &c); err != nil {
 			return res, err
 		}
 	}

@@ -167,3 +167,41 @@ func TestCancelTable(t *testing.T) {
 		})
 	}
 }
+
+// A lab transfer cut short by a killed kvmctl leaves a VM running on the target and on the host
+// being emptied; enable and cancel both finish it, so no VM ever runs twice.
+func TestHalfDoneTransferFinished(t *testing.T) {
+	for _, op := range []string{"enable", "cancel"} {
+		t.Run(op, func(t *testing.T) {
+			st := newStoreWithCluster(t, "h1", "h2")
+			f := newFleet()
+			f.add("h1", "a", "b")
+			f.add("h2", "a") // "a" started on h2, not yet removed from h1
+			m := newMaint(st, f, nil)
+			if op == "cancel" {
+				_ = st.Update(func(tx state.Tx) error {
+					h, _ := state.GetHost(tx, "h1")
+					h.ResourceState = state.ErrorInMaintenance
+					return state.PutHost(tx, h)
+				})
+				if _, err := m.Cancel(context.Background(), "h1"); err != nil {
+					t.Fatal(err)
+				}
+			} else if _, err := m.Enable(context.Background(), "h1", EnableOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			count := map[string]int{}
+			for _, a := range f.agents {
+				for n := range a.vms {
+					count[n]++
+				}
+			}
+			if count["a"] != 1 || count["b"] != 1 {
+				t.Errorf("after %s: VMs %v, want each exactly once", op, count)
+			}
+			if _, ok := f.agents["h1"].vms["a"]; ok {
+				t.Errorf("the copy on h1 (the source) must go, the one on h2 stays")
+			}
+		})
+	}
+}
