@@ -20,7 +20,8 @@ done
 want=$(K host status --json | python3 -c 'import json,sys; print(sum(1 for h in json.load(sys.stdin) for v in h["vms"] if v["state"]=="running"))')
 breaches=0
 for round in $(seq "$ROUNDS"); do
-	"$BIN/kvmctl" rolling start --cluster c1 --timeout 20 --no-tui >/dev/null 2>&1 &
+	mu=$((RANDOM % 2 + 1))
+	"$BIN/kvmctl" rolling start --cluster c1 --timeout 20 --max-unavailable "$mu" --no-tui >/dev/null 2>&1 &
 	pid=$!
 	sleep "0.$((RANDOM % 10))$((RANDOM % 10))"
 	action=$((RANDOM % 4))
@@ -57,7 +58,7 @@ if sum(names.values()) - sum(c - 1 for c in names.values()) != want: bad.append(
 print("; ".join(bad) if bad else "ok")' "$want")
 	cl=$(K cluster list | cut -f4)
 	[ "$cl" = Enabled ] || verdict="$verdict; cluster $cl"
-	printf 'round %2d: %-42s run %-9s fleet %s\n' "$round" "$what" "$state" "$verdict"
+	printf 'round %2d: mu %d, %-42s run %-9s fleet %s\n' "$round" "$mu" "$what" "$state" "$verdict"
 	if [ "$verdict" != ok ]; then
 		breaches=$((breaches + 1))
 		printf '%s\n' "$log" | tail -5 | sed 's/^/    /'

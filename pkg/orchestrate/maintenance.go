@@ -416,6 +416,15 @@ func (m *Maintenance) migrateAll(ctx context.Context, src MaintenanceAgent, c ma
 	return migrated, failed
 }
 
+func runsVMs(st api.Status) bool {
+	for _, vm := range st.VMs {
+		if vm.State == "running" {
+			return true
+		}
+	}
+	return false
+}
+
 // finishTransfers completes lab transfers that a killed kvmctl left half done: a VM of the host
 // being emptied that already runs on another host of the cluster (same UUID) was started there
 // and not yet removed here, so it is removed here now. Only the lab's test driver moves VMs by
@@ -556,7 +565,7 @@ func (m *Maintenance) Cancel(ctx context.Context, name string) (MaintenanceResul
 		return res, err
 	}
 	sctx, cancel := context.WithTimeout(ctx, m.statusTimeout())
-	_, statusErr := agent.Status(sctx)
+	srcStatus, statusErr := agent.Status(sctx)
 	cancel()
 	if statusErr != nil && ctx.Err() != nil {
 		return res, ctx.Err()
@@ -573,9 +582,11 @@ func (m *Maintenance) Cancel(ctx context.Context, name string) (MaintenanceResul
 	}
 	// A lab transfer cut short (kvmctl killed between start on the target and removal here)
 	// leaves a VM running twice; this host was the source, so its copy goes.
-	if err := m.refresh(ctx, &c); err == nil {
-		if err := m.finishTransfers(ctx, &c); err != nil {
-			return res, err
+	if statusErr == nil && srcStatus.Hypervisor == api.HypervisorTest && runsVMs(srcStatus) {
+		if err := m.refresh(ctx, &c); err == nil {
+			if err := m.finishTransfers(ctx, &c); err != nil {
+				return res, err
+			}
 		}
 	}
 	ms, err := agent.CancelMaintenance(ctx)
