@@ -72,7 +72,10 @@ func Lookup(name string) (Key, error) {
 			return k, nil
 		}
 	}
-	return Key{}, fmt.Errorf("unknown setting %q: did you mean %s? (`kvmctl config list` shows them all)", name, Closest(name))
+	if c := Closest(name); distance(name, c) <= max(3, len(name)/3) {
+		return Key{}, fmt.Errorf("unknown setting %q: did you mean %s? (`kvmctl config list` shows them all)", name, c)
+	}
+	return Key{}, fmt.Errorf("unknown setting %q: `kvmctl config list` shows them all", name)
 }
 
 // Closest returns the known key nearest to name by edit distance.

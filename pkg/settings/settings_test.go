@@ -115,3 +115,10 @@ func TestStageTimeoutNotBelowPingInterval(t *testing.T) {
 		return nil
 	})
 }
+
+func TestLookupNoWildGuess(t *testing.T) {
+	_, err := Lookup("nosuch")
+	if err == nil || strings.Contains(err.Error(), "did you mean") || !strings.Contains(err.Error(), "config list") {
+		t.Errorf("Lookup(nosuch) = %v; want no suggestion, a pointer to config list", err)
+	}
+}

@@ -377,6 +377,11 @@ func (m *RollingModel) apply(e events.Event) {
 				s.Started = t
 			}
 			s.State, s.Ended = StageRunning, time.Time{}
+			// The agent sends a stage's output when it ends; until then the line says what runs,
+			// not what the previous stage printed.
+			if e.Message == "" {
+				h.LastLine = e.Stage + " running…"
+			}
 		}
 	case events.HostStageFinished:
 		i := stageIndex(e.Stage)
