@@ -1,9 +1,7 @@
 package agent
 
 import (
-	"context"
 	"crypto/tls"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -100,29 +98,8 @@ func (f *fleet) testConfig(host, bootID string) Config {
 // fails the test if Serve does not return nil.
 func serve(t *testing.T, cfg Config, hv virt.Hypervisor, opts ...Option) string {
 	t.Helper()
-	a, err := New(cfg, hv, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Serve: %v", err)
-			}
-		case <-time.After(15 * time.Second):
-			t.Errorf("Serve did not return after cancel")
-		}
-	})
-	return ln.Addr().String()
+	addr, _ := serveStoppable(t, cfg, hv, opts...)
+	return addr
 }
 
 // operatorTLS is the operator's client TLS config for host, built from the fleet's files.
