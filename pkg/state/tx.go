@@ -3,6 +3,7 @@ package state
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -18,6 +19,20 @@ type Tx interface {
 	Delete(bucket, key string) error
 	// ForEach calls fn for every key of bucket in byte order, stopping at the first error.
 	ForEach(bucket string, fn func(key string, value []byte) error) error
+	// Scan calls fn, in byte order, for the keys of bucket that start with prefix and sort
+	// after after ("" = from the first), stopping at the first error. It seeks: the keys before
+	// are not read.
+	Scan(bucket, prefix, after string, fn func(key string, value []byte) error) error
+	// Last returns the greatest key of bucket that starts with prefix, and its value; ok is
+	// false when there is none.
+	Last(bucket, prefix string) (key string, value []byte, ok bool, err error)
+}
+
+// DB is a store as its users see it: transactions, each on a freshly opened backend. The bbolt
+// file (Store) and the in-memory store (Memory) implement it; etcd will.
+type DB interface {
+	View(func(Tx) error) error
+	Update(func(Tx) error) error
 }
 
 type boltTx struct{ tx *bolt.Tx }
@@ -79,6 +94,65 @@ func (t boltTx) ForEach(bucket string, fn func(string, []byte) error) error {
 		}
 		return fn(string(k), append([]byte(nil), v...))
 	})
+}
+
+func (t boltTx) Scan(bucket, prefix, after string, fn func(string, []byte) error) error {
+	b, err := t.bucket(bucket)
+	if err != nil || b == nil {
+		return err
+	}
+	c := b.Cursor()
+	start := prefix
+	if after > start {
+		start = after
+	}
+	k, v := c.Seek([]byte(start))
+	if after != "" && k != nil && string(k) == after {
+		k, v = c.Next()
+	}
+	for ; k != nil && strings.HasPrefix(string(k), prefix); k, v = c.Next() {
+		if v == nil {
+			continue
+		}
+		if err := fn(string(k), append([]byte(nil), v...)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t boltTx) Last(bucket, prefix string) (string, []byte, bool, error) {
+	b, err := t.bucket(bucket)
+	if err != nil || b == nil {
+		return "", nil, false, err
+	}
+	c := b.Cursor()
+	var k, v []byte
+	if end := prefixEnd(prefix); end == "" {
+		k, v = c.Last()
+	} else if k, _ = c.Seek([]byte(end)); k == nil {
+		k, v = c.Last()
+	} else {
+		k, v = c.Prev()
+	}
+	for ; k != nil && strings.HasPrefix(string(k), prefix); k, v = c.Prev() {
+		if v != nil {
+			return string(k), append([]byte(nil), v...), true, nil
+		}
+	}
+	return "", nil, false, nil
+}
+
+// prefixEnd is the smallest key greater than every key starting with prefix ("" when none is).
+func prefixEnd(prefix string) string {
+	b := []byte(prefix)
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] < 0xff {
+			b[i]++
+			return string(b[:i+1])
+		}
+	}
+	return ""
 }
 
 // GetJSON decodes the JSON value of key in bucket into v.
