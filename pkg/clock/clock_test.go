@@ -64,7 +64,7 @@ func TestFakeTickerAndReset(t *testing.T) {
 		t.Errorf("a stopped ticker is still pending")
 	}
 	tm := f.NewTimer(time.Second)
-	if tm.Reset(3 * time.Second) != true {
+	if tm.Reset(3*time.Second) != true {
 		t.Error("Reset of a pending timer must report true")
 	}
 	f.Advance(2 * time.Second)
