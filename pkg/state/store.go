@@ -21,9 +21,15 @@
 //	runs/
 //	  <run id>     -> a rolling-maintenance run and each host's progress (JSON, pkg/orchestrate)
 //	journal/
-//	  <run id>/<seq, 8 digits> -> one event of that run (JSON), written before and after each step
+//	  <stream>/<seq, 8 digits> -> one event of a stream (JSON, pkg/journal); a stream is a rolling
+//	                  run (its id) or a standalone maintenance action
+//	streams/
+//	  <stream>     -> the stream's kind, subject, last sequence number and end (pkg/journal)
+//	holds/
+//	  cluster/<name>, host/<name> -> who holds the subject now (JSON, pkg/holds)
 //	locks/
-//	  <cluster>    -> id of the run that holds the cluster
+//	  <cluster>    -> id of the run that holds the cluster: written by kvmctl before holds, read
+//	                  as a hold until that run's resume or abort clears it
 //
 // A Store is a path, not an open database: every View and Update opens the file, runs one
 // transaction and closes it again, so no command holds the file while it waits on the network
@@ -60,11 +66,13 @@ const (
 	BucketRuns     = "runs"
 	BucketJournal  = "journal"
 	BucketLocks    = "locks"
+	BucketStreams  = "streams"
+	BucketHolds    = "holds"
 )
 
 // Buckets lists every top-level bucket of the current schema, created by Create and on upgrade.
 var Buckets = []string{BucketMeta, BucketZones, BucketPods, BucketClusters, BucketHosts, BucketSettings, BucketHostStatus,
-	BucketRuns, BucketJournal, BucketLocks}
+	BucketRuns, BucketJournal, BucketLocks, BucketStreams, BucketHolds}
 
 const keyVersion = "version"
 
