@@ -64,7 +64,7 @@ func (a *Agent) handleHooks(w http.ResponseWriter, _ *http.Request) *httpError {
 	}
 	out := api.Hooks{Dir: a.cfg.HooksDir, Scripts: make([]api.HookScript, 0, len(infos))}
 	for _, in := range infos {
-		out.Scripts = append(out.Scripts, api.HookScript{Stage: string(in.Stage), Present: in.Present, Path: in.Path, Refused: in.Refused})
+		out.Scripts = append(out.Scripts, api.HookScript{Stage: in.Stage, Present: in.Present, Path: in.Path, Refused: in.Refused})
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
@@ -100,7 +100,7 @@ func (a *Agent) handleStartStage(w http.ResponseWriter, r *http.Request) *httpEr
 
 // stageRequest checks a StageRequest and turns it into a hooks.Request; every problem is a 400.
 func stageRequest(req api.StageRequest) (hooks.Request, *httpError) {
-	stage, err := hooks.ParseStage(req.Stage)
+	stage, err := hooks.ParseStage(string(req.Stage))
 	if err != nil {
 		return hooks.Request{}, newHTTPError(api.CodeBadRequest, "stage: %v", err)
 	}
@@ -180,9 +180,9 @@ func wireStage(st hooks.Status) api.StageStatus {
 	return api.StageStatus{
 		ExecID:    st.ID,
 		RunID:     st.RunID,
-		Stage:     string(st.Stage),
-		State:     string(st.State),
-		Outcome:   string(st.Outcome),
+		Stage:     st.Stage,
+		State:     st.State,
+		Outcome:   st.Outcome,
 		ExitCode:  st.ExitCode,
 		Output:    st.Output,
 		StartedAt: st.StartedAt.UTC(),

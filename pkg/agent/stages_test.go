@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kvmctl/kvmctl/pkg/api"
+	"github.com/kvmctl/kvmctl/pkg/events"
 	"github.com/kvmctl/kvmctl/pkg/hooks"
 	"github.com/kvmctl/kvmctl/pkg/virt"
 )
@@ -130,11 +131,11 @@ func TestStageLongPoll(t *testing.T) {
 	}
 	start := time.Now()
 	st, err := c.WaitStage(ctx, id, 100*time.Millisecond)
-	if err != nil || st.State != api.StageRunning || time.Since(start) < 100*time.Millisecond {
+	if err != nil || st.State != events.StageRunning || time.Since(start) < 100*time.Millisecond {
 		t.Errorf("short wait = %+v, %v after %s; want running after 100ms", st, err, time.Since(start))
 	}
 	st, err = c.WaitStage(ctx, id, 30*time.Second)
-	if err != nil || !st.Done() || st.Outcome != api.OutcomeSucceeded || st.Output != "slept\n" {
+	if err != nil || !st.Done() || st.Outcome != events.OutcomeSucceeded || st.Output != "slept\n" {
 		t.Fatalf("long wait = %+v, %v", st, err)
 	}
 	if took := time.Since(start); took > 3*time.Second {
@@ -172,7 +173,7 @@ func TestStagesAcceptedInMaintenance(t *testing.T) {
 	}
 	code, _, raw = doRaw(t, a.Handler(), http.MethodGet, api.PathStages+"/"+started.ExecID+"?wait=10s", "")
 	var st api.StageStatus
-	if err := json.Unmarshal(raw, &st); code != http.StatusOK || err != nil || st.Outcome != api.OutcomeSkipped || st.ExitCode != 70 {
+	if err := json.Unmarshal(raw, &st); code != http.StatusOK || err != nil || st.Outcome != events.OutcomeSkipped || st.ExitCode != 70 {
 		t.Errorf("GET: %d %s", code, raw)
 	}
 }

@@ -5,21 +5,8 @@ import (
 	"net/http"
 	"net/url"
 	"time"
-)
 
-// Stage states of StageStatus.State.
-const (
-	StageRunning   = "running"
-	StageCompleted = "completed"
-)
-
-// Stage outcomes of StageStatus.Outcome, set once the stage has completed.
-const (
-	OutcomeSucceeded  = "succeeded"  // exit 0, or the stage counts as completed (see Note)
-	OutcomeSkipped    = "skipped"    // exit 70: no maintenance needed
-	OutcomeTerminated = "terminated" // exit 143 or killed by a signal
-	OutcomeTimedOut   = "timed_out"  // outlived its timeout and was killed
-	OutcomeFailed     = "failed"     // any other exit code, or the script could not run
+	"github.com/kvmctl/kvmctl/pkg/events"
 )
 
 // DefaultStageTimeoutS is the stage timeout the agent applies when a StageRequest has none:
@@ -32,7 +19,7 @@ const MaxStageWait = 5 * time.Minute
 
 // HookScript is the script of one stage on a host, as GET /v1/hooks lists it.
 type HookScript struct {
-	Stage string `json:"stage"`
+	Stage events.Stage `json:"stage"`
 	// Present: a file for the stage exists (it may still be refused).
 	Present bool   `json:"present"`
 	Path    string `json:"path,omitempty"`
@@ -53,7 +40,7 @@ type StageRequest struct {
 	// RunID names the rolling-maintenance run: 1 to 64 characters of [A-Za-z0-9._-].
 	RunID string `json:"run_id"`
 	// Stage is PreFlight, PreMaintenance, Maintenance or PostMaintenance.
-	Stage string `json:"stage"`
+	Stage events.Stage `json:"stage"`
 	// Payload is passed to the script as arguments, split by shell quoting rules without a shell.
 	Payload string `json:"payload,omitempty"`
 	// TimeoutS bounds the script's run time in seconds; 0 means DefaultStageTimeoutS.
@@ -67,14 +54,14 @@ type StageStarted struct {
 
 // StageStatus is the answer to GET /v1/stages/{id}: a stage execution, running or completed.
 type StageStatus struct {
-	ExecID string `json:"exec_id"`
-	RunID  string `json:"run_id"`
-	Stage  string `json:"stage"`
-	// State is StageRunning or StageCompleted.
-	State string `json:"state"`
-	// Outcome is one of the Outcome* values once State is StageCompleted.
-	Outcome  string `json:"outcome,omitempty"`
-	ExitCode int    `json:"exit_code"`
+	ExecID string       `json:"exec_id"`
+	RunID  string       `json:"run_id"`
+	Stage  events.Stage `json:"stage"`
+	// State is running or completed.
+	State events.StageState `json:"state"`
+	// Outcome says how the stage ended, once State is completed.
+	Outcome  events.Outcome `json:"outcome,omitempty"`
+	ExitCode int            `json:"exit_code"`
 	// Output is the tail (last 64 KiB) of the script's stdout and stderr.
 	Output    string    `json:"output,omitempty"`
 	StartedAt time.Time `json:"started_at"`
@@ -85,7 +72,7 @@ type StageStatus struct {
 }
 
 // Done reports whether the stage has completed.
-func (s StageStatus) Done() bool { return s.State == StageCompleted }
+func (s StageStatus) Done() bool { return s.State == events.StageCompleted }
 
 // Hooks lists the stage scripts of the host and why any is refused.
 func (c *Client) Hooks(ctx context.Context) ([]HookScript, error) {

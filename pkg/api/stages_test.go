@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kvmctl/kvmctl/pkg/events"
 )
 
 func TestStageCodes(t *testing.T) {
@@ -35,7 +37,7 @@ func TestClampWait(t *testing.T) {
 }
 
 func TestStageStatusJSON(t *testing.T) {
-	b, err := json.Marshal(StageStatus{ExecID: "0123456789abcdef", RunID: "r1", Stage: "PreFlight", State: StageRunning,
+	b, err := json.Marshal(StageStatus{ExecID: "0123456789abcdef", RunID: "r1", Stage: "PreFlight", State: events.StageRunning,
 		StartedAt: time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)})
 	if err != nil {
 		t.Fatal(err)

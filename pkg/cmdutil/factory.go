@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/kvmctl/kvmctl/pkg/clock"
 	"github.com/kvmctl/kvmctl/pkg/iostreams"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
@@ -27,7 +28,9 @@ type Factory struct {
 	Events bool
 	// NoTUI is the global --no-tui flag: plain progress lines even on a terminal.
 	NoTUI bool
-	// Now is the clock; tests may fix it.
+	// Clock is what engines take time from.
+	Clock clock.Clock
+	// Now is the time for what is printed (relative times); tests may fix it.
 	Now func() time.Time
 	// Getenv reads the environment; tests may replace it.
 	Getenv func(string) string
@@ -35,7 +38,7 @@ type Factory struct {
 
 // New returns a Factory on the process's streams and environment.
 func New(ios *iostreams.IOStreams) *Factory {
-	return &Factory{IO: ios, Now: time.Now, Getenv: os.Getenv}
+	return &Factory{IO: ios, Clock: clock.Real(), Now: time.Now, Getenv: os.Getenv}
 }
 
 // StatePath resolves the state file: --state, else $KVMCTL_STATE, else

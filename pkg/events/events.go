@@ -1,62 +1,179 @@
-// Package events is the one stream every engine reports progress on. The same events are
-// rendered live by the TUI on a terminal, written one JSON object per line with --events,
-// printed as plain lines otherwise, and journaled in the state file, so `rolling status` and
-// `resume` read what the operator saw.
+// Package events is the one stream every engine reports progress on, and the vocabulary (event
+// types, stages, outcomes, steps) that the agent, the engines and the renderers share. The same
+// events are rendered live by the TUI on a terminal, written one JSON object per line with
+// --events, printed as plain lines otherwise, and journaled in the state file, so `rolling
+// status` and `resume` read what the operator saw. It imports nothing of the project.
 package events
 
 import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 )
 
+// Type names what happened.
+type Type string
+
 // Event types, declared once.
 const (
-	RunStarted            = "run.started"
-	RunResumed            = "run.resumed"
-	RunAbortRequested     = "run.abort_requested"
-	RunPreFlightDone      = "run.preflight_done"
-	RunCapacityChecked    = "run.capacity_checked"
-	RunFinished           = "run.finished"
-	ClusterDisabling      = "cluster.disabling"
-	ClusterDisabled       = "cluster.disabled"
-	ClusterEnabled        = "cluster.enabled"
-	ClusterEnableFailed   = "cluster.enable_failed"
-	ClusterDone           = "cluster.done"
-	HostStarted           = "host.started"
-	HostStep              = "host.step"
-	HostDone              = "host.done"
-	HostStageStarted      = "host.stage.started"
-	HostStageRunning      = "host.stage.running"
-	HostStageFinished     = "host.stage.finished"
-	HostSkipped           = "host.skipped"
-	HostMaintenancePrep   = "host.maintenance.preparing"
-	HostMaintenancePlan   = "host.maintenance.planned"
-	HostMaintenanceIn     = "host.maintenance.entered"
-	HostMaintenanceError  = "host.maintenance.error"
-	HostMaintenanceCancel = "host.maintenance.cancelled"
-	HostAgentRestart      = "host.agent.restart"
-	VMMigrating           = "vm.migrating"
-	VMMigrated            = "vm.migrated"
-	VMMigrationFailed     = "vm.migration_failed"
+	RunStarted            Type = "run.started"
+	RunResumed            Type = "run.resumed"
+	RunAbortRequested     Type = "run.abort_requested"
+	RunPreFlightDone      Type = "run.preflight_done"
+	RunCapacityChecked    Type = "run.capacity_checked"
+	RunFinished           Type = "run.finished"
+	ClusterDisabling      Type = "cluster.disabling"
+	ClusterDisabled       Type = "cluster.disabled"
+	ClusterEnabled        Type = "cluster.enabled"
+	ClusterEnableFailed   Type = "cluster.enable_failed"
+	ClusterDone           Type = "cluster.done"
+	HostStarted           Type = "host.started"
+	HostStep              Type = "host.step"
+	HostDone              Type = "host.done"
+	HostNotReached        Type = "host.not_reached"
+	HostStageStarted      Type = "host.stage.started"
+	HostStageRunning      Type = "host.stage.running"
+	HostStageFinished     Type = "host.stage.finished"
+	HostSkipped           Type = "host.skipped"
+	HostMaintenancePrep   Type = "host.maintenance.preparing"
+	HostMaintenancePlan   Type = "host.maintenance.planned"
+	HostMaintenanceIn     Type = "host.maintenance.entered"
+	HostMaintenanceError  Type = "host.maintenance.error"
+	HostMaintenanceCancel Type = "host.maintenance.cancelled"
+	HostAgentRestart      Type = "host.agent.restart"
+	VMMigrating           Type = "vm.migrating"
+	VMMigrated            Type = "vm.migrated"
+	VMMigrationFailed     Type = "vm.migration_failed"
+	ActionStarted         Type = "action.started"
+	ActionFinished        Type = "action.finished"
 )
 
-// Event is one thing that happened. Fields carries what is particular to its type.
+// Event is one thing that happened. Every field but Time and Type is optional and typed: a
+// renderer reads what the engine decided, it never works it out again.
 type Event struct {
-	Time    time.Time      `json:"time"`
-	Type    string         `json:"type"`
-	RunID   string         `json:"run_id,omitempty"`
-	Cluster string         `json:"cluster,omitempty"`
-	Host    string         `json:"host,omitempty"`
-	Stage   string         `json:"stage,omitempty"`
-	VM      string         `json:"vm,omitempty"`
-	Outcome string         `json:"outcome,omitempty"`
-	Message string         `json:"message,omitempty"`
-	Fields  map[string]any `json:"fields,omitempty"`
+	Time time.Time `json:"time"`
+	Type Type      `json:"type"`
+	// Stream is the journal stream the event belongs to: a rolling run's id, or a standalone
+	// maintenance action's.
+	Stream  string `json:"stream,omitempty"`
+	RunID   string `json:"run_id,omitempty"`
+	Cluster string `json:"cluster,omitempty"`
+	Host    string `json:"host,omitempty"`
+	// Hosts lists the hosts an event is about together (a batch planned at once).
+	Hosts []string `json:"hosts,omitempty"`
+	Stage Stage    `json:"stage,omitempty"`
+	Step  Step     `json:"step,omitempty"`
+	VM    string   `json:"vm,omitempty"`
+	// To is where a VM goes.
+	To       string   `json:"to,omitempty"`
+	Outcome  Outcome  `json:"outcome,omitempty"`
+	RunState RunState `json:"run_state,omitempty"`
+	ExitCode *int     `json:"exit_code,omitempty"`
+	ExecID   string   `json:"exec_id,omitempty"`
+	Note     string   `json:"note,omitempty"`
+	LastLine string   `json:"last_line,omitempty"`
+	// VMs counts the VMs an event is about (planned, moved); Unplaced those that fit nowhere.
+	VMs      int `json:"vms,omitempty"`
+	Unplaced int `json:"unplaced,omitempty"`
+	// HostCount and ClusterCount size a run; Forced and MaxUnavailable are its options.
+	HostCount      int   `json:"host_count,omitempty"`
+	ClusterCount   int   `json:"cluster_count,omitempty"`
+	Forced         bool  `json:"forced,omitempty"`
+	MaxUnavailable int   `json:"max_unavailable,omitempty"`
+	PreviousPID    int   `json:"previous_pid,omitempty"`
+	DurationMS     int64 `json:"duration_ms,omitempty"`
+	// Action is what a standalone maintenance action does (enable, cancel).
+	Action  string `json:"action,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+// Int returns a pointer to n, for ExitCode.
+func Int(n int) *int { return &n }
+
+// UnmarshalJSON reads an event, also as journals written before the fields were typed kept it
+// (a "fields" map, a step id in "stage", a batch as a comma list in "message").
+func (e *Event) UnmarshalJSON(b []byte) error {
+	type plain Event
+	var v struct {
+		plain
+		Legacy map[string]any `json:"fields"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*e = Event(v.plain)
+	if v.Legacy == nil && e.Type != HostStep && e.Type != RunFinished && e.Type != HostMaintenancePlan {
+		return nil
+	}
+	num := func(k string) (int, bool) {
+		f, ok := v.Legacy[k].(float64)
+		return int(f), ok
+	}
+	str := func(k string) string { s, _ := v.Legacy[k].(string); return s }
+	if n, ok := num("exit_code"); ok && e.ExitCode == nil {
+		e.ExitCode = Int(n)
+	}
+	e.Note = first(e.Note, str("note"))
+	e.LastLine = first(e.LastLine, str("last_line"))
+	e.ExecID = first(e.ExecID, str("exec_id"))
+	e.To = first(e.To, str("to"))
+	if n, ok := num("ms"); ok && e.DurationMS == 0 {
+		e.DurationMS = int64(n)
+	}
+	for _, k := range []string{"vms", "vms_moved"} {
+		if n, ok := num(k); ok && e.VMs == 0 {
+			e.VMs = n
+		}
+	}
+	if n, ok := num("unplaced"); ok && e.Unplaced == 0 {
+		e.Unplaced = n
+	}
+	if n, ok := num("hosts"); ok && e.HostCount == 0 {
+		e.HostCount = n
+	}
+	if n, ok := num("clusters"); ok && e.ClusterCount == 0 {
+		e.ClusterCount = n
+	}
+	if f, ok := v.Legacy["forced"].(bool); ok {
+		e.Forced = e.Forced || f
+	}
+	if n, ok := num("max_unavailable"); ok && e.MaxUnavailable == 0 {
+		e.MaxUnavailable = n
+	}
+	if n, ok := num("previous_pid"); ok && e.PreviousPID == 0 {
+		e.PreviousPID = n
+	}
+	switch e.Type {
+	case HostStep:
+		if e.Step == "" && e.Stage.Index() < 0 {
+			e.Step, e.Stage = Step(e.Stage), ""
+		}
+	case RunFinished:
+		if e.RunState == "" && e.Outcome != "" {
+			e.RunState, e.Outcome = RunState(e.Outcome), ""
+		}
+	case HostMaintenancePlan:
+		if e.Host == "" && len(e.Hosts) == 0 && e.Message != "" {
+			for _, h := range strings.Split(e.Message, ",") {
+				if h = strings.TrimSpace(h); h != "" {
+					e.Hosts = append(e.Hosts, h)
+				}
+			}
+			e.Message = ""
+		}
+	}
+	return nil
+}
+
+func first(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }
 
 // Sink receives events; engines take one and never know how it renders.
@@ -72,6 +189,14 @@ func (f SinkFunc) Emit(e Event) error { return f(e) }
 
 // Discard drops every event.
 var Discard Sink = SinkFunc(func(Event) error { return nil })
+
+// OrDiscard returns s, or Discard when s is nil.
+func OrDiscard(s Sink) Sink {
+	if s == nil {
+		return Discard
+	}
+	return s
+}
 
 // NDJSON writes each event as one JSON line, as it happens (--events).
 type NDJSON struct {
@@ -111,30 +236,60 @@ func (s *Plain) Emit(e Event) error {
 	return err
 }
 
-// Line renders an event for people in one line.
+// Line renders an event for people in one line: its time, type and every field it has.
 func Line(e Event) string {
 	var b strings.Builder
 	b.WriteString(e.Time.UTC().Format("15:04:05"))
 	b.WriteString(" ")
-	b.WriteString(e.Type)
-	for _, kv := range [][2]string{{"cluster", e.Cluster}, {"host", e.Host}, {"stage", e.Stage}, {"vm", e.VM}, {"outcome", e.Outcome}} {
-		if kv[1] != "" {
-			fmt.Fprintf(&b, " %s=%s", kv[0], kv[1])
+	b.WriteString(string(e.Type))
+	kv := func(k, v string) {
+		if v != "" {
+			fmt.Fprintf(&b, " %s=%s", k, v)
 		}
 	}
-	keys := make([]string, 0, len(e.Fields))
-	for k := range e.Fields {
-		keys = append(keys, k)
+	num := func(k string, n int64) {
+		if n != 0 {
+			kv(k, strconv.FormatInt(n, 10))
+		}
 	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		fmt.Fprintf(&b, " %s=%v", k, e.Fields[k])
+	kv("cluster", e.Cluster)
+	kv("host", e.Host)
+	kv("hosts", strings.Join(e.Hosts, ","))
+	kv("stage", string(e.Stage))
+	kv("step", string(e.Step))
+	kv("vm", e.VM)
+	kv("to", e.To)
+	kv("action", e.Action)
+	kv("outcome", string(e.Outcome))
+	kv("run_state", string(e.RunState))
+	if e.ExitCode != nil {
+		kv("exit_code", strconv.Itoa(*e.ExitCode))
 	}
+	num("vms", int64(e.VMs))
+	num("unplaced", int64(e.Unplaced))
+	num("host_count", int64(e.HostCount))
+	num("cluster_count", int64(e.ClusterCount))
+	if e.Forced {
+		kv("forced", "true")
+	}
+	num("max_unavailable", int64(e.MaxUnavailable))
+	num("previous_pid", int64(e.PreviousPID))
+	num("duration_ms", e.DurationMS)
+	kv("exec_id", e.ExecID)
+	kv("note", quoteIfSpaced(e.Note))
+	kv("last_line", quoteIfSpaced(e.LastLine))
 	if e.Message != "" {
 		b.WriteString(": ")
 		b.WriteString(e.Message)
 	}
 	return b.String()
+}
+
+func quoteIfSpaced(s string) string {
+	if strings.ContainsAny(s, " \t\n\"") {
+		return strconv.Quote(s)
+	}
+	return s
 }
 
 // Tee sends every event to each sink, returning the first error.

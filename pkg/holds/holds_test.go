@@ -115,7 +115,9 @@ func TestLegacyLockHoldsUntilItsRunTakesItOver(t *testing.T) {
 	db := state.NewMemory()
 	a, b := tables(map[int]bool{})
 	_ = db.Update(func(tx state.Tx) error { return tx.Put(state.BucketLocks, "c1", []byte("r0")) })
-	err := db.Update(func(tx state.Tx) error { return a.Take(tx, Hold{Kind: Maintenance, ID: "m1"}, []Subject{Cluster("c1")}) })
+	err := db.Update(func(tx state.Tx) error {
+		return a.Take(tx, Hold{Kind: Maintenance, ID: "m1"}, []Subject{Cluster("c1")})
+	})
 	if !errs.IsRefused(err) || !strings.Contains(err.Error(), "rolling resume r0") {
 		t.Fatalf("Take over a legacy lock = %v", err)
 	}

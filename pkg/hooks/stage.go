@@ -1,39 +1,21 @@
 package hooks
 
-import (
-	"fmt"
-	"strings"
-)
+import "github.com/kvmctl/kvmctl/pkg/events"
 
-// Stage is one step of the rolling-maintenance process; its name is also the script's base name.
-type Stage string
+// Stage is one step of rolling maintenance; its name is also the script's base name. The
+// words are pkg/events' (declared there once).
+type Stage = events.Stage
 
 // The four stages, in the order the management side runs them.
 const (
-	PreFlight       Stage = "PreFlight"
-	PreMaintenance  Stage = "PreMaintenance"
-	Maintenance     Stage = "Maintenance"
-	PostMaintenance Stage = "PostMaintenance"
+	PreFlight       = events.PreFlight
+	PreMaintenance  = events.PreMaintenance
+	Maintenance     = events.Maintenance
+	PostMaintenance = events.PostMaintenance
 )
 
 // Stages returns every stage in execution order.
-func Stages() []Stage {
-	return []Stage{PreFlight, PreMaintenance, Maintenance, PostMaintenance}
-}
+func Stages() []Stage { return events.Stages() }
 
 // ParseStage returns the stage named s (exact spelling) or an error listing the valid names.
-func ParseStage(s string) (Stage, error) {
-	for _, st := range Stages() {
-		if string(st) == s {
-			return st, nil
-		}
-	}
-	names := make([]string, 0, 4)
-	for _, st := range Stages() {
-		names = append(names, string(st))
-	}
-	return "", fmt.Errorf("unknown stage %q: valid stages are %s", s, strings.Join(names, ", "))
-}
-
-// String returns the stage name.
-func (s Stage) String() string { return string(s) }
+func ParseStage(s string) (Stage, error) { return events.ParseStage(s) }

@@ -1,33 +1,28 @@
 package hooks
 
-import "time"
+import (
+	"time"
 
-// Outcome is how a stage execution ended; the values are stable JSON strings.
-type Outcome string
+	"github.com/kvmctl/kvmctl/pkg/events"
+)
+
+// Outcome is how a stage execution ended (pkg/events' word).
+type Outcome = events.Outcome
 
 // Outcomes of a stage execution.
 const (
-	// Succeeded: the script exited 0, or the stage counts as completed (see Status.Note).
-	Succeeded Outcome = "succeeded"
-	// Skipped: the script exited 70, "no maintenance needed".
-	Skipped Outcome = "skipped"
-	// Terminated: the script exited 143 or was killed by a signal.
-	Terminated Outcome = "terminated"
-	// TimedOut: the script outlived its timeout and was killed.
-	TimedOut Outcome = "timed_out"
-	// Failed: any other exit code, or the script could not be run.
-	Failed Outcome = "failed"
-	// NotFound: the stage has no script. Executors return ErrNoScript instead of running
-	// anything; callers that report it as an outcome use this value.
-	NotFound Outcome = "not_found"
+	Succeeded  = events.OutcomeSucceeded
+	Skipped    = events.OutcomeSkipped
+	Terminated = events.OutcomeTerminated
+	TimedOut   = events.OutcomeTimedOut
+	Failed     = events.OutcomeFailed
+	NotFound   = events.OutcomeNotFound
 )
 
 // Exit codes with a meaning of their own.
 const (
-	// ExitNoMaintenance is the exit code by which a script says no maintenance is needed.
-	ExitNoMaintenance = 70
-	// ExitTerminated is the exit code of a process that ended on SIGTERM (128+15).
-	ExitTerminated = 143
+	ExitNoMaintenance = events.ExitNoMaintenance
+	ExitTerminated    = events.ExitTerminated
 )
 
 // Notes set on stages whose outcome was inferred rather than observed.
@@ -41,13 +36,13 @@ const (
 	NoteRecordUnreadable = "record unreadable"
 )
 
-// State says whether a stage execution is still going.
-type State string
+// State says whether a stage execution is still going (pkg/events' word).
+type State = events.StageState
 
 // States of a stage execution.
 const (
-	Running   State = "running"
-	Completed State = "completed"
+	Running   = events.StageRunning
+	Completed = events.StageCompleted
 )
 
 // Status is what an executor knows about one stage execution.

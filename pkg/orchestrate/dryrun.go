@@ -6,7 +6,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/kvmctl/kvmctl/pkg/hooks"
+	"github.com/kvmctl/kvmctl/pkg/clock"
+	"github.com/kvmctl/kvmctl/pkg/events"
 	"github.com/kvmctl/kvmctl/pkg/inventory"
 	"github.com/kvmctl/kvmctl/pkg/settings"
 	"github.com/kvmctl/kvmctl/pkg/state"
@@ -43,8 +44,8 @@ type DryRunHost struct {
 
 // DryRun validates req as Start would and reports the plan.
 func (r *Rolling) DryRun(ctx context.Context, req RollingRequest) (DryRunPlan, error) {
-	p, err := r.validate(&req)
-	if err != nil {
+	var p rollPlan
+	if err := r.Store.View(func(tx state.Tx) (err error) { p, err = r.validate(tx, &req); return err }); err != nil {
 		return DryRunPlan{}, err
 	}
 	out := DryRunPlan{Clusters: p.clusters, Timeout: p.timeout, PingInterval: p.pingInterval, MaxUnavailable: req.MaxUnavailable, Forced: req.Forced}
@@ -81,7 +82,8 @@ func (r *Rolling) DryRun(ctx context.Context, req RollingRequest) (DryRunPlan, e
 	}
 	dial := func(h state.Host) (StatusClient, error) { return r.Dial(h) }
 	status := map[string]state.HostStatus{}
-	for _, ch := range CheckHosts(ctx, all, prev, dial, 5*time.Second, r.now) {
+	w := r.Waits.withDefaults()
+	for _, ch := range CheckHosts(ctx, all, prev, dial, r.clock(), w.AgentCall) {
 		status[ch.Host.Name] = ch.Status
 	}
 	order, batch, inBatch, last := 0, 0, 0, ""
@@ -96,22 +98,22 @@ func (r *Rolling) DryRun(ctx context.Context, req RollingRequest) (DryRunPlan, e
 		inBatch++
 		order++
 		dh := DryRunHost{Order: order, Host: h.Name, Cluster: h.Cluster, Batch: batch, Connection: status[h.Name].Connection, Scripts: map[string]string{}, Moves: []Placement{}}
-		for _, s := range hooks.Stages() {
+		for _, s := range events.Stages() {
 			dh.Scripts[string(s)] = "unknown (agent unreachable)"
 		}
 		if a, err := r.Dial(h); err == nil {
-			hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			hctx, cancel := clock.WithTimeout(ctx, r.clock(), w.AgentCall)
 			scripts, err := a.Hooks(hctx)
 			cancel()
 			if err == nil {
 				for _, s := range scripts {
 					switch {
 					case s.Refused != "":
-						dh.Scripts[s.Stage] = "refused: " + s.Refused
+						dh.Scripts[string(s.Stage)] = "refused: " + s.Refused
 					case s.Present:
-						dh.Scripts[s.Stage] = "present"
+						dh.Scripts[string(s.Stage)] = "present"
 					default:
-						dh.Scripts[s.Stage] = "missing"
+						dh.Scripts[string(s.Stage)] = "missing"
 					}
 				}
 			}
@@ -163,7 +165,7 @@ func (r *Rolling) DryRun(ctx context.Context, req RollingRequest) (DryRunPlan, e
 		if !dh.Fits {
 			out.Problems = append(out.Problems, dh.Host+": "+dh.Capacity)
 		}
-		for _, st := range hooks.Stages() {
+		for _, st := range events.Stages() {
 			if v := dh.Scripts[string(st)]; strings.HasPrefix(v, "refused") {
 				out.Problems = append(out.Problems, fmt.Sprintf("%s: %s script %s", dh.Host, st, v))
 			}

@@ -3,22 +3,49 @@ package orchestrate
 import (
 	"context"
 	"errors"
-	"path/filepath"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/kvmctl/kvmctl/pkg/api"
+	"github.com/kvmctl/kvmctl/pkg/clock"
+	"github.com/kvmctl/kvmctl/pkg/events"
+	"github.com/kvmctl/kvmctl/pkg/holds"
 	"github.com/kvmctl/kvmctl/pkg/inventory"
+	"github.com/kvmctl/kvmctl/pkg/settings"
 	"github.com/kvmctl/kvmctl/pkg/sshx"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
-// fleet is an in-memory fleet of fake agents for unit tests of engine rules. The end-to-end
-// tests in cmd/kvmctl/cli run the same engines against real agents in a lab.
+// The engines' unit tests run inside testing/synctest bubbles: the engines take the real clock,
+// whose time the bubble fakes, so a 30-minute stage timeout passes in microseconds and nothing
+// sleeps. The fake agents below model an agent's behaviour in that time (long polls, a host
+// away while it reboots). The end-to-end tests in cmd/kvmctl/cli run the same engines against
+// real agents in a lab.
+
+// fleet is an in-memory fleet of fake agents.
 type fleet struct {
 	mu     sync.Mutex
+	clk    clock.Clock
 	agents map[string]*fakeAgent
+}
+
+// stageScript is how one stage behaves on a fake agent.
+type stageScript struct {
+	result api.StageStatus // how it ends; the zero value succeeds
+	takes  time.Duration   // how long it runs
+	never  bool            // it never ends
+	// The agent stops answering awayAfter into the stage, for awayFor (its script reboots the
+	// host); the stage ends as result says once it is back.
+	awayAfter, awayFor time.Duration
+}
+
+type fakeExec struct {
+	stage  events.Stage
+	start  time.Time
+	script stageScript
 }
 
 type fakeAgent struct {
@@ -29,20 +56,23 @@ type fakeAgent struct {
 	vms      map[string]api.VM
 	cpus     int
 	memMiB   uint64
-	stages   map[string]api.StageStatus // by stage name: the result a stage gets
-	started  map[string]int             // stage name -> times started
-	noScript map[string]bool
-	refused  map[string]string // stage -> why the agent refuses its script
-	hang     bool              // VM starts never finish (until the caller gives up)
+	stages   map[events.Stage]stageScript
+	execs    map[string]*fakeExec
+	started  map[events.Stage]int // executions (not calls) per stage
+	noScript map[events.Stage]bool
+	refused  map[events.Stage]string // why the agent refuses a stage's script
+	hang     bool                    // VM starts never finish (until the caller gives up)
+	// awayCalls counts calls refused because the agent was away during a stage.
+	awayCalls int
 }
 
 var errUnreachable = &api.UnreachableError{Host: "fake", Err: errors.New("connection refused")}
 
-func newFleet() *fleet { return &fleet{agents: map[string]*fakeAgent{}} }
+func newFleet() *fleet { return &fleet{agents: map[string]*fakeAgent{}, clk: clock.Real()} }
 
 func (f *fleet) add(name string, vms ...string) *fakeAgent {
-	a := &fakeAgent{f: f, name: name, vms: map[string]api.VM{}, cpus: 8, memMiB: 8192,
-		stages: map[string]api.StageStatus{}, started: map[string]int{}, noScript: map[string]bool{}}
+	a := &fakeAgent{f: f, name: name, vms: map[string]api.VM{}, cpus: 8, memMiB: 8192, stages: map[events.Stage]stageScript{},
+		execs: map[string]*fakeExec{}, started: map[events.Stage]int{}, noScript: map[events.Stage]bool{}, refused: map[events.Stage]string{}}
 	for _, vm := range vms {
 		a.vms[vm] = api.VM{Name: vm, UUID: vm, State: "running", VCPUs: 1, MemoryMiB: 1024}
 	}
@@ -60,11 +90,31 @@ func (f *fleet) dial(h state.Host) (RollingAgent, error) {
 	return a, nil
 }
 
+func (f *fleet) dialMaint(h state.Host) (MaintenanceAgent, error) { return f.dial(h) }
+
 func (a *fakeAgent) lock() func() { a.f.mu.Lock(); return a.f.mu.Unlock }
+
+// away reports whether the agent does not answer now; the fleet's lock is held.
+func (a *fakeAgent) away() bool {
+	if a.down {
+		return true
+	}
+	now := a.f.clk.Now()
+	for _, x := range a.execs {
+		if x.script.awayFor > 0 {
+			from := x.start.Add(x.script.awayAfter)
+			if !now.Before(from) && now.Before(from.Add(x.script.awayFor)) {
+				a.awayCalls++
+				return true
+			}
+		}
+	}
+	return false
+}
 
 func (a *fakeAgent) Status(context.Context) (api.Status, error) {
 	defer a.lock()()
-	if a.down {
+	if a.away() {
 		return api.Status{}, errUnreachable
 	}
 	st := api.Status{HostName: a.name, AgentState: api.AgentStateUp, Hypervisor: api.HypervisorTest, BootID: "b",
@@ -82,7 +132,7 @@ func (a *fakeAgent) Status(context.Context) (api.Status, error) {
 
 func (a *fakeAgent) EnterMaintenance(context.Context) (api.Maintenance, error) {
 	defer a.lock()()
-	if a.down {
+	if a.away() {
 		return api.Maintenance{}, errUnreachable
 	}
 	a.inMaint = true
@@ -91,7 +141,7 @@ func (a *fakeAgent) EnterMaintenance(context.Context) (api.Maintenance, error) {
 
 func (a *fakeAgent) CancelMaintenance(context.Context) (api.Maintenance, error) {
 	defer a.lock()()
-	if a.down {
+	if a.away() {
 		return api.Maintenance{}, errUnreachable
 	}
 	a.inMaint = false
@@ -134,32 +184,94 @@ func (a *fakeAgent) MigrateVM(context.Context, string, api.MigrateRequest) error
 
 func (a *fakeAgent) Hooks(context.Context) ([]api.HookScript, error) {
 	defer a.lock()()
+	if a.away() {
+		return nil, errUnreachable
+	}
 	var out []api.HookScript
-	for _, s := range []string{"PreFlight", "PreMaintenance", "Maintenance", "PostMaintenance"} {
+	for _, s := range events.Stages() {
 		out = append(out, api.HookScript{Stage: s, Present: !a.noScript[s], Refused: a.refused[s]})
 	}
 	return out, nil
 }
 
+// StartStage is idempotent per (run, stage), as the real agent is: a second start returns the
+// first execution and never runs the script again.
 func (a *fakeAgent) StartStage(_ context.Context, req api.StageRequest) (string, error) {
 	defer a.lock()()
-	if a.down {
+	if a.away() {
 		return "", errUnreachable
 	}
 	if a.noScript[req.Stage] {
 		return "", &api.Error{Status: 404, Code: api.CodeNoScript}
 	}
-	a.started[req.Stage]++
-	return req.RunID + "/" + req.Stage, nil
+	id := req.RunID + "/" + string(req.Stage)
+	if _, ok := a.execs[id]; !ok {
+		a.execs[id] = &fakeExec{stage: req.Stage, start: a.f.clk.Now(), script: a.stages[req.Stage]}
+		a.started[req.Stage]++
+	}
+	return id, nil
 }
 
-func (a *fakeAgent) WaitStage(_ context.Context, id string, _ time.Duration) (api.StageStatus, error) {
-	defer a.lock()()
-	stage := filepath.Base(id)
-	if st, ok := a.stages[stage]; ok {
-		return st, nil
+// status is where execution x is now; the fleet's lock is held.
+func (x *fakeExec) status(now time.Time) (api.StageStatus, time.Duration) {
+	end := x.start.Add(x.script.takes)
+	if x.script.awayFor > 0 {
+		end = maxTime(end, x.start.Add(x.script.awayAfter+x.script.awayFor))
 	}
-	return api.StageStatus{State: api.StageCompleted, Outcome: api.OutcomeSucceeded}, nil
+	if x.script.never || now.Before(end) {
+		left := end.Sub(now)
+		if x.script.never {
+			left = time.Hour
+		}
+		return api.StageStatus{Stage: x.stage, State: events.StageRunning}, left
+	}
+	st := x.script.result
+	st.Stage, st.State = x.stage, events.StageCompleted
+	if st.Outcome == "" {
+		st.Outcome = events.OutcomeSucceeded
+	}
+	return st, 0
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// WaitStage long-polls: it answers when the stage ends or wait has passed, and fails while the
+// agent is away (also when it goes away during the poll: the connection breaks).
+func (a *fakeAgent) WaitStage(ctx context.Context, id string, wait time.Duration) (api.StageStatus, error) {
+	deadline := a.f.clk.Now().Add(wait)
+	for {
+		a.f.mu.Lock()
+		if a.away() {
+			a.f.mu.Unlock()
+			return api.StageStatus{}, errUnreachable
+		}
+		x, ok := a.execs[id]
+		if !ok {
+			a.f.mu.Unlock()
+			return api.StageStatus{}, &api.Error{Status: 404, Code: api.CodeNotFound}
+		}
+		now := a.f.clk.Now()
+		st, left := x.status(now)
+		if st.Done() || !now.Before(deadline) {
+			a.f.mu.Unlock()
+			return st, nil
+		}
+		step := min(left, deadline.Sub(now))
+		if x.script.awayFor > 0 {
+			if from := x.start.Add(x.script.awayAfter); from.After(now) {
+				step = min(step, from.Sub(now))
+			}
+		}
+		a.f.mu.Unlock()
+		if err := clock.Sleep(ctx, a.f.clk, step); err != nil {
+			return api.StageStatus{}, err
+		}
+	}
 }
 
 // fakeSSH restarts a fake agent when it receives the restart command.
@@ -180,13 +292,26 @@ func (s *fakeSSH) Run(_ context.Context, t sshx.Target, cmd string) (string, err
 	return "restarted", nil
 }
 
-// newStoreWithCluster writes zone z1, pod p1, cluster c1 and the named hosts.
-func newStoreWithCluster(t *testing.T, hosts ...string) *state.Store {
-	t.Helper()
-	st := state.New(filepath.Join(t.TempDir(), "state.db"))
-	if _, err := st.Create(); err != nil {
-		t.Fatal(err)
+// vmCount returns how many hosts run each VM: every VM must run exactly once.
+func (f *fleet) vmCount() map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := map[string]int{}
+	for _, a := range f.agents {
+		for name, vm := range a.vms {
+			if vm.State == "running" {
+				n[name]++
+			}
+		}
 	}
+	return n
+}
+
+// newStoreWithCluster writes zone z1, pod p1, cluster c1 and the named hosts into a fresh
+// in-memory store, with a ping interval of 1 s.
+func newStoreWithCluster(t testing.TB, hosts ...string) *state.Memory {
+	t.Helper()
+	st := state.NewMemory()
 	err := st.Update(func(tx state.Tx) error {
 		if _, err := inventory.AddZone(tx, "z1"); err != nil {
 			return err
@@ -198,11 +323,12 @@ func newStoreWithCluster(t *testing.T, hosts ...string) *state.Store {
 			return err
 		}
 		for i, h := range hosts {
-			if _, err := inventory.AddHost(tx, state.Host{Name: h, Cluster: "c1", Address: "127.0.0.1:" + itoa(9000+i)}); err != nil {
+			if _, err := inventory.AddHost(tx, state.Host{Name: h, Cluster: "c1", Address: fmt.Sprintf("127.0.0.1:%d", 9000+i)}); err != nil {
 				return err
 			}
 		}
-		return nil
+		_, err := settings.Set(tx, settings.PingInterval, "1")
+		return err
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -210,16 +336,30 @@ func newStoreWithCluster(t *testing.T, hosts ...string) *state.Store {
 	return st
 }
 
-func itoa(n int) string {
-	b := []byte{}
-	for n > 0 {
-		b = append([]byte{byte('0' + n%10)}, b...)
-		n /= 10
-	}
-	return string(b)
+// procs models processes for holds: each engine is one (its own pid); dead ones are listed.
+type procs struct {
+	mu   sync.Mutex
+	dead map[int]bool
 }
 
-func hostState(t *testing.T, st *state.Store, name string) string {
+func newProcs() *procs { return &procs{dead: map[int]bool{}} }
+
+// table is process pid's view of holds.
+func (p *procs) table(pid int) holds.Table {
+	return holds.Table{Self: holds.Owner{PID: pid, StartTime: "t", Machine: "test"}, Alive: func(o holds.Owner) bool {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return !p.dead[o.PID]
+	}}
+}
+
+func (p *procs) kill(pid int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.dead[pid] = true
+}
+
+func hostState(t testing.TB, st Store, name string) string {
 	t.Helper()
 	var s string
 	_ = st.View(func(tx state.Tx) error {
@@ -228,4 +368,61 @@ func hostState(t *testing.T, st *state.Store, name string) string {
 		return err
 	})
 	return s
+}
+
+func clusterState(t testing.TB, st Store, name string) string {
+	t.Helper()
+	var s string
+	_ = st.View(func(tx state.Tx) error {
+		c, err := state.GetCluster(tx, name)
+		s = c.ResourceState
+		return err
+	})
+	return s
+}
+
+func allHolds(t testing.TB, st Store) []holds.Hold {
+	t.Helper()
+	var hs []holds.Hold
+	_ = st.View(func(tx state.Tx) (err error) { hs, err = holds.List(tx); return err })
+	return hs
+}
+
+func journalTypes(t testing.TB, st Store, id string) string {
+	t.Helper()
+	var types []string
+	_ = st.View(func(tx state.Tx) error {
+		evs, err := Journal(tx, id)
+		for _, e := range evs {
+			types = append(types, string(e.Type))
+		}
+		return err
+	})
+	return strings.Join(types, " ")
+}
+
+// waitFor waits, on the bubble's clock, until cond holds.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	for i := 0; !cond(); i++ {
+		if i > 100000 {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		<-time.After(time.Millisecond)
+	}
+}
+
+func (a *fakeAgent) stageStarted(stage events.Stage) bool {
+	defer a.lock()()
+	return a.started[stage] > 0
+}
+
+func (a *fakeAgent) finishStage(stage events.Stage) {
+	defer a.lock()()
+	for _, x := range a.execs {
+		if x.stage == stage {
+			x.script.never = false
+			x.script.takes = 0
+		}
+	}
 }

@@ -11,9 +11,12 @@ import (
 	"time"
 
 	"github.com/kvmctl/kvmctl/pkg/api"
+	"github.com/kvmctl/kvmctl/pkg/clock"
 	"github.com/kvmctl/kvmctl/pkg/errs"
 	"github.com/kvmctl/kvmctl/pkg/events"
+	"github.com/kvmctl/kvmctl/pkg/holds"
 	"github.com/kvmctl/kvmctl/pkg/inventory"
+	"github.com/kvmctl/kvmctl/pkg/journal"
 	"github.com/kvmctl/kvmctl/pkg/settings"
 	"github.com/kvmctl/kvmctl/pkg/sshx"
 	"github.com/kvmctl/kvmctl/pkg/state"
@@ -33,35 +36,37 @@ type MaintenanceAgent interface {
 // AgentDialer returns a client for the agent of host h.
 type AgentDialer func(h state.Host) (MaintenanceAgent, error)
 
-// Store is the state file as engines see it: transactions, opened per call.
-type Store interface {
-	View(func(state.Tx) error) error
-	Update(func(state.Tx) error) error
-}
-
 // SSHRunner runs one command on a host over SSH.
 type SSHRunner interface {
 	Run(ctx context.Context, t sshx.Target, command string) (string, error)
 }
 
-// Maintenance puts hosts into maintenance and takes them out again. It journals every state
-// change in the store before it acts, and never holds the store open while it waits on agents.
+// Maintenance puts hosts into maintenance and takes them out again. A standalone enable or
+// cancel is a journal stream of its own and holds its host (and, while an enable plans and moves
+// VMs, its cluster), so two never plan on the same free capacity; under a rolling run it writes
+// to the run's stream and works inside the run's holds. It never holds the store open while it
+// waits on agents.
 type Maintenance struct {
 	Store  Store
 	Dial   AgentDialer
 	SSH    SSHRunner
 	Events events.Sink
-	Now    func() time.Time
-	// StatusTimeout bounds one status call to an agent.
-	StatusTimeout time.Duration
-	// PollInterval is how often a wait (VMs gone, agent back) looks again.
-	PollInterval time.Duration
+	Clock  clock.Clock
+	// Holds says who this process is and who is alive; the zero value is this process.
+	Holds holds.Table
+	Waits Waits
 	// SkipFinalRefresh leaves out the status refresh after enable and cancel, for a caller
 	// (rolling maintenance) that refreshes before its next plan anyway.
 	SkipFinalRefresh bool
-	// RunID is the rolling run this engine works for: the clusters it holds are open to it.
-	// Without it, a cluster held by a running run is refused, naming the run.
-	RunID string
+	// Under is the rolling run this engine works for, nil for a standalone action.
+	Under *Under
+}
+
+// Under is the run a maintenance engine works for: the clusters it holds are open to the
+// engine, and its events go to the run's journal stream.
+type Under struct {
+	Ref    holds.Ref
+	Stream string
 }
 
 // MaintenanceResult is what enable and cancel report.
@@ -107,33 +112,26 @@ type EnableOptions struct {
 // ErrDoesNotFit fails enable when some running VM has nowhere to go; nothing was changed.
 var ErrDoesNotFit = errors.New("the host's VMs do not fit on the rest of its cluster")
 
-func (m *Maintenance) now() time.Time {
-	if m.Now == nil {
-		return time.Now()
+func (m *Maintenance) clock() clock.Clock { return clock.OrReal(m.Clock) }
+
+func (m *Maintenance) now() time.Time { return m.clock().Now().UTC() }
+
+func (m *Maintenance) waits() Waits { return m.Waits.withDefaults() }
+
+func (m *Maintenance) table() holds.Table {
+	if m.Holds.Self == (holds.Owner{}) {
+		t := holds.Local()
+		t.Alive = m.Holds.Alive
+		return t
 	}
-	return m.Now()
+	return m.Holds
 }
 
-func (m *Maintenance) emit(e events.Event) {
-	if m.Events == nil {
-		return
+func (m *Maintenance) under() holds.Ref {
+	if m.Under == nil {
+		return holds.Ref{}
 	}
-	e.Time = m.now()
-	_ = m.Events.Emit(e)
-}
-
-func (m *Maintenance) statusTimeout() time.Duration {
-	if m.StatusTimeout <= 0 {
-		return 5 * time.Second
-	}
-	return m.StatusTimeout
-}
-
-func (m *Maintenance) pollInterval() time.Duration {
-	if m.PollInterval <= 0 {
-		return 200 * time.Millisecond
-	}
-	return m.PollInterval
+	return m.Under.Ref
 }
 
 // maintenanceConfig is what one enable or cancel reads from the store before it acts.
@@ -151,20 +149,11 @@ type maintenanceConfig struct {
 func (m *Maintenance) load(name string) (maintenanceConfig, error) {
 	var c maintenanceConfig
 	err := m.Store.View(func(tx state.Tx) error {
-		h, err := state.GetHost(tx, name)
-		if state.IsNotFound(err) {
-			return inventory.NotFound("host", name, "hosts")
-		}
+		h, err := getHost(tx, name)
 		if err != nil {
 			return err
 		}
 		c.host = h
-		// Another kvmctl's rolling run owns this cluster's maintenance: `maintenance enable`
-		// would take a second host down behind --max-unavailable, `cancel` would make a host
-		// whose Maintenance script still runs a migration target.
-		if err := lockConflictExcept(tx, []string{h.Cluster}, m.RunID); err != nil {
-			return err
-		}
 		if c.cluster, err = inventory.ClusterHosts(tx, h.Cluster); err != nil {
 			return err
 		}
@@ -200,10 +189,18 @@ func (m *Maintenance) load(name string) (maintenanceConfig, error) {
 	return c, err
 }
 
+func getHost(tx state.Tx, name string) (state.Host, error) {
+	h, err := state.GetHost(tx, name)
+	if state.IsNotFound(err) {
+		return h, inventory.NotFound("host", name, "hosts")
+	}
+	return h, err
+}
+
 // refresh asks every host of the cluster for its status and records the answers.
 func (m *Maintenance) refresh(ctx context.Context, c *maintenanceConfig) error {
 	dial := func(h state.Host) (StatusClient, error) { return m.Dial(h) }
-	checks := CheckHosts(ctx, c.cluster, c.prev, dial, m.statusTimeout(), m.now)
+	checks := CheckHosts(ctx, c.cluster, c.prev, dial, m.clock(), m.waits().AgentCall)
 	for _, ch := range checks {
 		c.prev[ch.Host.Name] = ch.Status
 	}
@@ -237,54 +234,233 @@ func capacityHosts(cluster []state.Host, status map[string]state.HostStatus) []C
 	return out
 }
 
+// action is one enable or cancel: the stream its events go to and, standalone, what it holds.
+type action struct {
+	m       *Maintenance
+	verb    string
+	host    string
+	cluster string
+	stream  string    // "" for a dry run: its events are shown, not journaled
+	ref     holds.Ref // the holder it acts as: its own, or the run's
+	own     bool      // a standalone action: it owns its stream and its holds
+}
+
+// begin starts verb on host name. A standalone action takes its holds (host, plus the subjects
+// in also), checks the host's state with check and opens its journal stream, all in one
+// transaction; under a run or in a dry run it only checks. Every refusal changes nothing.
+func (m *Maintenance) begin(verb, name string, dryRun bool, also func(state.Host) (take, check []holds.Subject), check func(state.Host) error) (*action, error) {
+	a := &action{m: m, verb: verb, host: name}
+	t := m.table()
+	if m.Under != nil || dryRun {
+		if m.Under != nil {
+			a.stream, a.ref = m.Under.Stream, m.Under.Ref
+		}
+		return a, m.Store.View(func(tx state.Tx) error {
+			h, err := getHost(tx, name)
+			if err != nil {
+				return err
+			}
+			a.cluster = h.Cluster
+			take, chk := also(h)
+			if err := t.Check(tx, a.ref, append(append([]holds.Subject{holds.Host(name)}, take...), chk...)); err != nil {
+				return err
+			}
+			return check(h)
+		})
+	}
+	now := m.now()
+	a.stream, a.own = newID("m", now), true
+	a.ref = holds.Ref{Kind: holds.Maintenance, ID: a.stream}
+	var started events.Event
+	err := m.Store.Update(func(tx state.Tx) error {
+		h, err := getHost(tx, name)
+		if err != nil {
+			return err
+		}
+		a.cluster = h.Cluster
+		if err := clearStaleRunHolds(tx); err != nil {
+			return err
+		}
+		take, chk := also(h)
+		hold := holds.Hold{Kind: holds.Maintenance, ID: a.stream, Host: name, Since: now, What: fmt.Sprintf("`maintenance %s %s`", verb, name)}
+		// A maintenance action whose kvmctl died left this host (or cluster) held: its own verbs
+		// finish or undo what it left, so this one takes its hold over.
+		if err := t.Take(tx, hold, append([]holds.Subject{holds.Host(name)}, take...), holds.Maintenance); err != nil {
+			return err
+		}
+		if err := t.Check(tx, a.ref, chk, holds.Maintenance); err != nil {
+			return err
+		}
+		if err := check(h); err != nil {
+			return err
+		}
+		ret, err := retention(tx)
+		if err != nil {
+			return err
+		}
+		if _, err := journal.Prune(tx, ret, now); err != nil {
+			return err
+		}
+		if err := journal.Open(tx, a.stream, journal.Maintenance, string(holds.Host(name)), "", now); err != nil {
+			return err
+		}
+		started, _, err = journal.AppendTx(tx, a.stream, events.Event{Type: events.ActionStarted, Action: verb, Host: name, Cluster: h.Cluster}, now)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.emit(started)
+	return a, nil
+}
+
+func (a *action) emit(e events.Event) {
+	if a.m.Events != nil {
+		if e.Time.IsZero() {
+			e.Time = a.m.now()
+		}
+		_ = a.m.Events.Emit(e)
+	}
+}
+
+// record journals e (with change, in one transaction) in the action's stream, then emits it; a
+// dry run only emits.
+func (a *action) record(e events.Event, change func(tx state.Tx) error) error {
+	if a.m.Under != nil {
+		e.RunID = a.m.Under.Stream
+	}
+	if a.stream == "" {
+		a.emit(e)
+		return nil
+	}
+	j := journal.Journal{DB: a.m.Store, Clock: a.m.clock(), Sink: a.m.Events}
+	_, err := j.Append(a.stream, e, change)
+	return err
+}
+
+// done records the action's last change with its event (e may be nil) and, for a standalone
+// action, its end in the same transaction: holds released, stream ended, the outcome journaled.
+func (a *action) done(e *events.Event, change func(tx state.Tx) error, st events.RunState, msg string) error {
+	if !a.own {
+		if e == nil {
+			return nil
+		}
+		return a.record(*e, change)
+	}
+	now := a.m.now()
+	var written []events.Event
+	err := a.m.Store.Update(func(tx state.Tx) error {
+		if change != nil {
+			if err := change(tx); err != nil {
+				return err
+			}
+		}
+		if e != nil {
+			w, _, err := journal.AppendTx(tx, a.stream, *e, now)
+			if err != nil {
+				return err
+			}
+			written = append(written, w)
+		}
+		w, _, err := journal.AppendTx(tx, a.stream, events.Event{Type: events.ActionFinished, Action: a.verb, Host: a.host, Cluster: a.cluster, RunState: st, Message: msg}, now)
+		if err != nil {
+			return err
+		}
+		written = append(written, w)
+		if err := holds.Release(tx, a.ref); err != nil {
+			return err
+		}
+		return journal.End(tx, a.stream, now)
+	})
+	for _, w := range written {
+		a.emit(w)
+	}
+	return err
+}
+
+// fail ends the action as failed and returns err.
+func (a *action) fail(err error) error {
+	// The journal keeps a one-line summary; the caller prints the whole error.
+	summary := strings.TrimSuffix(firstLine(err.Error()), ":")
+	if derr := a.done(nil, nil, events.RunFailed, summary); derr != nil {
+		return errors.Join(err, fmt.Errorf("record the end of `maintenance %s %s`: %w", a.verb, a.host, derr))
+	}
+	return err
+}
+
+// setState is the change that gives host name a resource state and the reason for it.
+func setState(name, to, reason string) func(tx state.Tx) error {
+	return func(tx state.Tx) error {
+		h, err := state.GetHost(tx, name)
+		if err != nil {
+			return err
+		}
+		h.ResourceState, h.StateReason = to, reason
+		return state.PutHost(tx, h)
+	}
+}
+
 // Enable puts host name into maintenance: plan where its running VMs go (refusing, with nothing
 // changed, when one fits nowhere), mark it PrepareForMaintenance, tell its agent to enter
 // hostInMaintenance, move the VMs at most `host.maintenance.max.parallel.migrations` at a time,
 // and mark it Maintenance. A failure leaves it ErrorInMaintenance with the reason.
 func (m *Maintenance) Enable(ctx context.Context, name string, opts EnableOptions) (MaintenanceResult, error) {
-	dryRun := opts.DryRun
-	res := MaintenanceResult{Host: name, DryRun: dryRun, Plan: []Placement{}, Migrated: []string{}}
-	c, err := m.load(name)
+	res := MaintenanceResult{Host: name, DryRun: opts.DryRun, Plan: []Placement{}, Migrated: []string{}}
+	var before string
+	a, err := m.begin("enable", name, opts.DryRun, func(h state.Host) ([]holds.Subject, []holds.Subject) {
+		// The cluster is held while the action plans and moves VMs: two enables never plan on
+		// the same free capacity.
+		return []holds.Subject{holds.Cluster(h.Cluster)}, nil
+	}, func(h state.Host) error {
+		before = h.ResourceState
+		switch h.ResourceState {
+		case state.Enabled, state.Disabled, state.ErrorInMaintenance:
+			return nil
+		case state.PrepareForMaintenance:
+			// Under a run: the run marked it. Standalone: nobody alive holds it (the holds were
+			// just taken), so a kvmctl died putting it into maintenance; this one finishes.
+			return nil
+		case state.Maintenance:
+			if opts.Prepared {
+				return nil
+			}
+		}
+		return errs.Refusedf("host %s is in %s: `kvmctl maintenance cancel %s` first, or leave it", name, h.ResourceState, name)
+	})
 	if err != nil {
 		return res, err
 	}
-	res.ResourceState = c.host.ResourceState
-	switch c.host.ResourceState {
-	case state.Enabled, state.Disabled, state.ErrorInMaintenance:
-	case state.Maintenance:
-		if opts.Prepared {
-			// A run that died between marking the host Maintenance and journaling it: the host
-			// is where the run wants it.
-			return res, nil
-		}
-		return res, errs.Refusedf("host %s is in %s: `kvmctl maintenance cancel %s` first, or leave it", name, c.host.ResourceState, name)
-	case state.PrepareForMaintenance:
-		if !opts.Prepared {
-			return res, errs.Refusedf("host %s is in %s: another kvmctl is putting it into maintenance; wait, or `kvmctl maintenance cancel %s`", name, c.host.ResourceState, name)
-		}
-	default:
-		return res, errs.Refusedf("host %s is in %s: `kvmctl maintenance cancel %s` first, or leave it", name, c.host.ResourceState, name)
+	res.ResourceState = before
+	if before == state.Maintenance {
+		// A run that died between marking the host Maintenance and journaling it: the host is
+		// where the run wants it.
+		return res, nil
+	}
+	c, err := m.load(name)
+	if err != nil {
+		return res, a.fail(err)
 	}
 	if !opts.Fresh {
 		if err := m.refresh(ctx, &c); err != nil {
-			return res, err
+			return res, a.fail(err)
 		}
 	}
 	if s := c.prev[name]; s.Connection != state.ConnUp {
-		return res, fmt.Errorf("the agent of %s does not answer, so it cannot enter maintenance: %s", name, firstLine(s.LastError))
+		return res, a.fail(fmt.Errorf("the agent of %s does not answer, so it cannot enter maintenance: %s", name, firstLine(s.LastError)))
 	}
-	if !dryRun {
-		if err := m.finishTransfers(ctx, &c); err != nil {
-			return res, err
+	if !opts.DryRun {
+		if err := m.finishTransfers(ctx, a, &c); err != nil {
+			return res, a.fail(err)
 		}
 	}
 	plan, err := PlanCapacity(CapacityInput{Hosts: capacityHosts(c.cluster, c.prev), Empty: []string{name}, CPUFactor: c.cpuF, MemFactor: c.memF, Prefer: opts.Prefer})
 	if err != nil {
-		return res, err
+		return res, a.fail(err)
 	}
 	res.Plan, res.Unplaced = nonNilPlacements(plan.Placements), plan.Unplaced
-	m.emit(events.Event{Type: events.HostMaintenancePlan, Host: name, Cluster: c.host.Cluster,
-		Fields: map[string]any{"vms": len(plan.Placements), "unplaced": len(plan.Unplaced)}})
+	if err := a.record(events.Event{Type: events.HostMaintenancePlan, Host: name, Cluster: c.host.Cluster, VMs: len(plan.Placements), Unplaced: len(plan.Unplaced)}, nil); err != nil {
+		return res, a.fail(err)
+	}
 	if !plan.OK() {
 		var lines []string
 		for _, u := range plan.Unplaced {
@@ -304,32 +480,32 @@ func (m *Maintenance) Enable(ctx context.Context, name string, opts EnableOption
 		if len(not) > 0 {
 			lines = append(lines, "  not taken as targets: "+strings.Join(not, ", "))
 		}
-		return res, fmt.Errorf("%w; nothing was changed. VMs with no place:\n%s", ErrDoesNotFit, strings.Join(lines, "\n"))
+		return res, a.fail(fmt.Errorf("%w; nothing was changed. VMs with no place:\n%s", ErrDoesNotFit, strings.Join(lines, "\n")))
 	}
-	if dryRun {
+	if opts.DryRun {
 		return res, nil
 	}
 
-	// Journal the intent and the state to return to before the first action.
-	before := c.host.ResourceState
+	// Record the intent and the state to return to before the first action.
 	if before != state.PrepareForMaintenance {
-		if err := m.setState(name, state.PrepareForMaintenance, "entering maintenance (was "+before+")"); err != nil {
-			return res, err
+		if err := a.record(events.Event{Type: events.HostMaintenancePrep, Host: name, Cluster: c.host.Cluster, Message: "was " + before},
+			setState(name, state.PrepareForMaintenance, "entering maintenance (was "+before+")")); err != nil {
+			return res, a.fail(err)
 		}
 	}
 	res.ResourceState = state.PrepareForMaintenance
-	if before != state.PrepareForMaintenance {
-		m.emit(events.Event{Type: events.HostMaintenancePrep, Host: name, Cluster: c.host.Cluster, Message: "was " + before})
-	}
 
 	fail := func(reason string) (MaintenanceResult, error) {
 		res.Reason = reason
 		res.ResourceState = state.ErrorInMaintenance
-		_ = m.setState(name, state.ErrorInMaintenance, reason)
-		m.emit(events.Event{Type: events.HostMaintenanceError, Host: name, Cluster: c.host.Cluster, Message: reason})
-		return res, fmt.Errorf("host %s: %s; it is ErrorInMaintenance: fix the cause, then `kvmctl maintenance enable %s` again or `kvmctl maintenance cancel %s`", name, reason, name, name)
+		e := events.Event{Type: events.HostMaintenanceError, Host: name, Cluster: c.host.Cluster, Message: reason}
+		err := fmt.Errorf("host %s: %s; it is ErrorInMaintenance: fix the cause, then `kvmctl maintenance enable %s` again or `kvmctl maintenance cancel %s`", name, reason, name, name)
+		if derr := a.done(&e, setState(name, state.ErrorInMaintenance, reason), events.RunFailed, "left ErrorInMaintenance"); derr != nil {
+			err = errors.Join(err, derr)
+		}
+		return res, err
 	}
-	wctx, cancel := context.WithTimeout(ctx, c.waitTimeout)
+	wctx, cancel := clock.WithTimeout(ctx, m.clock(), c.waitTimeout)
 	defer cancel()
 	src, err := m.Dial(c.host)
 	if err != nil {
@@ -344,8 +520,8 @@ func (m *Maintenance) Enable(ctx context.Context, name string, opts EnableOption
 	for _, h := range c.cluster {
 		byName[h.Name] = h
 	}
-	res.Migrated, res.Failed = m.migrateAll(wctx, src, c, byName, plan.Placements)
-	if len(res.Failed) > 0 && errors.Is(wctx.Err(), context.DeadlineExceeded) {
+	res.Migrated, res.Failed = m.migrateAll(wctx, a, src, c, byName, plan.Placements)
+	if len(res.Failed) > 0 && clock.Expired(wctx) {
 		return fail(fmt.Sprintf("kvm.rolling.maintenance.wait.maintenance.timeout (%s) passed with %d of %d VMs not moved", c.waitTimeout, len(res.Failed), len(plan.Placements)))
 	}
 	if len(res.Failed) > 0 {
@@ -354,11 +530,11 @@ func (m *Maintenance) Enable(ctx context.Context, name string, opts EnableOption
 	if err := m.waitEmpty(wctx, src); err != nil {
 		return fail(err.Error())
 	}
-	if err := m.setState(name, state.Maintenance, "in maintenance since "+m.now().UTC().Format(time.RFC3339)); err != nil {
+	e := events.Event{Type: events.HostMaintenanceIn, Host: name, Cluster: c.host.Cluster, VMs: len(res.Migrated)}
+	if err := a.done(&e, setState(name, state.Maintenance, "in maintenance since "+m.now().Format(time.RFC3339)), events.RunSucceeded, ""); err != nil {
 		return res, err
 	}
 	res.ResourceState = state.Maintenance
-	m.emit(events.Event{Type: events.HostMaintenanceIn, Host: name, Cluster: c.host.Cluster, Fields: map[string]any{"vms_moved": len(res.Migrated)}})
 	if !m.SkipFinalRefresh {
 		_ = m.refresh(ctx, &c)
 	}
@@ -373,7 +549,7 @@ func nonNilPlacements(p []Placement) []Placement {
 }
 
 // migrateAll moves every planned VM, at most c.parallel at once.
-func (m *Maintenance) migrateAll(ctx context.Context, src MaintenanceAgent, c maintenanceConfig, hosts map[string]state.Host, plan []Placement) ([]string, []VMFailure) {
+func (m *Maintenance) migrateAll(ctx context.Context, a *action, src MaintenanceAgent, c maintenanceConfig, hosts map[string]state.Host, plan []Placement) ([]string, []VMFailure) {
 	var (
 		mu       sync.Mutex
 		migrated = []string{}
@@ -395,19 +571,27 @@ func (m *Maintenance) migrateAll(ctx context.Context, src MaintenanceAgent, c ma
 				return
 			}
 			defer func() { <-slots }()
-			m.emit(events.Event{Type: events.VMMigrating, Host: c.host.Name, Cluster: c.host.Cluster, VM: p.VM, Fields: map[string]any{"to": p.To}})
-			start := m.now()
-			err := m.moveVM(ctx, src, srcKind, hosts[p.To], p.VM)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				failed = append(failed, VMFailure{VM: p.VM, To: p.To, Error: firstLine(err.Error())})
-				m.emit(events.Event{Type: events.VMMigrationFailed, Host: c.host.Name, Cluster: c.host.Cluster, VM: p.VM, Message: err.Error(), Fields: map[string]any{"to": p.To}})
+			// A move is recorded before it starts: a killed kvmctl's successor knows a VM may be
+			// on its way (finishTransfers settles it).
+			if err := a.record(events.Event{Type: events.VMMigrating, Host: c.host.Name, Cluster: c.host.Cluster, VM: p.VM, To: p.To}, nil); err != nil {
+				mu.Lock()
+				failed = append(failed, VMFailure{VM: p.VM, To: p.To, Error: err.Error()})
+				mu.Unlock()
 				return
 			}
+			start := m.now()
+			err := m.moveVM(ctx, src, srcKind, hosts[p.To], p.VM)
+			if err != nil {
+				_ = a.record(events.Event{Type: events.VMMigrationFailed, Host: c.host.Name, Cluster: c.host.Cluster, VM: p.VM, To: p.To, Message: err.Error()}, nil)
+				mu.Lock()
+				failed = append(failed, VMFailure{VM: p.VM, To: p.To, Error: firstLine(err.Error())})
+				mu.Unlock()
+				return
+			}
+			_ = a.record(events.Event{Type: events.VMMigrated, Host: c.host.Name, Cluster: c.host.Cluster, VM: p.VM, To: p.To, DurationMS: m.now().Sub(start).Milliseconds()}, nil)
+			mu.Lock()
 			migrated = append(migrated, p.VM)
-			m.emit(events.Event{Type: events.VMMigrated, Host: c.host.Name, Cluster: c.host.Cluster, VM: p.VM,
-				Fields: map[string]any{"to": p.To, "ms": m.now().Sub(start).Milliseconds()}})
+			mu.Unlock()
 		}(p)
 	}
 	wg.Wait()
@@ -429,7 +613,7 @@ func runsVMs(st api.Status) bool {
 // being emptied that already runs on another host of the cluster (same UUID) was started there
 // and not yet removed here, so it is removed here now. Only the lab's test driver moves VMs by
 // transfer; a libvirt live migration never leaves two running copies.
-func (m *Maintenance) finishTransfers(ctx context.Context, c *maintenanceConfig) error {
+func (m *Maintenance) finishTransfers(ctx context.Context, a *action, c *maintenanceConfig) error {
 	name := c.host.Name
 	src := c.prev[name]
 	if src.Hypervisor != api.HypervisorTest {
@@ -454,18 +638,20 @@ func (m *Maintenance) finishTransfers(ctx context.Context, c *maintenanceConfig)
 			continue
 		}
 		if agent == nil {
-			a, err := m.Dial(c.host)
+			ag, err := m.Dial(c.host)
 			if err != nil {
 				return err
 			}
-			agent = a
+			agent = ag
 		}
 		if err := agent.RemoveVM(ctx, vm.Name); err != nil {
 			return fmt.Errorf("finish the interrupted move of %s to %s: %w", vm.Name, other, err)
 		}
 		fixed++
-		m.emit(events.Event{Type: events.VMMigrated, Host: name, Cluster: c.host.Cluster, VM: vm.Name,
-			Message: "finished a move a killed kvmctl left half done", Fields: map[string]any{"to": other}})
+		if err := a.record(events.Event{Type: events.VMMigrated, Host: name, Cluster: c.host.Cluster, VM: vm.Name, To: other,
+			Message: "finished a move a killed kvmctl left half done"}, nil); err != nil {
+			return err
+		}
 	}
 	if fixed == 0 {
 		return nil
@@ -498,7 +684,7 @@ func (m *Maintenance) moveVM(ctx context.Context, src MaintenanceAgent, srcKind 
 	if err := src.RemoveVM(ctx, vm); err != nil {
 		// The VM now runs on dst; leaving it on the source too would run it twice. The clean-up
 		// gets its own time: the wait timeout that may have ended ctx must not stop it.
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		cctx, cancel := clock.WithTimeout(context.WithoutCancel(ctx), m.clock(), m.waits().Cleanup)
 		defer cancel()
 		if rerr := to.RemoveVM(cctx, vm); rerr != nil {
 			return fmt.Errorf("remove %s from the source: %w (and from %s again: %v)", vm, err, dst.Name, rerr)
@@ -510,38 +696,18 @@ func (m *Maintenance) moveVM(ctx context.Context, src MaintenanceAgent, srcKind 
 
 // waitEmpty waits until the source agent reports no running VM.
 func (m *Maintenance) waitEmpty(ctx context.Context, src MaintenanceAgent) error {
+	w := m.waits()
 	for {
-		sctx, cancel := context.WithTimeout(ctx, m.statusTimeout())
+		sctx, cancel := clock.WithTimeout(ctx, m.clock(), w.AgentCall)
 		st, err := src.Status(sctx)
 		cancel()
-		if err == nil {
-			running := 0
-			for _, vm := range st.VMs {
-				if vm.State == "running" {
-					running++
-				}
-			}
-			if running == 0 {
-				return nil
-			}
+		if err == nil && !runsVMs(st) {
+			return nil
 		}
-		select {
-		case <-ctx.Done():
+		if clock.Sleep(ctx, m.clock(), w.Poll) != nil {
 			return fmt.Errorf("the host still runs VMs after kvm.rolling.maintenance.wait.maintenance.timeout")
-		case <-time.After(m.pollInterval()):
 		}
 	}
-}
-
-func (m *Maintenance) setState(name, to, reason string) error {
-	return m.Store.Update(func(tx state.Tx) error {
-		h, err := state.GetHost(tx, name)
-		if err != nil {
-			return err
-		}
-		h.ResourceState, h.StateReason = to, reason
-		return state.PutHost(tx, h)
-	})
 }
 
 // Cancel takes host name out of maintenance, as CloudStack's table says: a connected agent is
@@ -550,55 +716,65 @@ func (m *Maintenance) setState(name, to, reason string) error {
 // VMs do not move back by themselves.
 func (m *Maintenance) Cancel(ctx context.Context, name string) (MaintenanceResult, error) {
 	res := MaintenanceResult{Host: name, Plan: []Placement{}, Migrated: []string{}}
-	c, err := m.load(name)
+	a, err := m.begin("cancel", name, false, func(h state.Host) ([]holds.Subject, []holds.Subject) {
+		// A rolling run owns its cluster's maintenance: cancelling in it would make a host whose
+		// Maintenance script still runs a migration target. Another host's maintenance action
+		// in the cluster is no conflict.
+		return nil, []holds.Subject{holds.Cluster(h.Cluster)}
+	}, func(h state.Host) error {
+		res.ResourceState = h.ResourceState
+		switch h.ResourceState {
+		case state.PrepareForMaintenance, state.Maintenance, state.ErrorInMaintenance:
+			return nil
+		}
+		return errs.Refusedf("host %s is %s, not in maintenance: nothing to cancel", name, h.ResourceState)
+	})
 	if err != nil {
 		return res, err
 	}
-	res.ResourceState = c.host.ResourceState
-	switch c.host.ResourceState {
-	case state.PrepareForMaintenance, state.Maintenance, state.ErrorInMaintenance:
-	default:
-		return res, errs.Refusedf("host %s is %s, not in maintenance: nothing to cancel", name, c.host.ResourceState)
+	c, err := m.load(name)
+	if err != nil {
+		return res, a.fail(err)
 	}
 	agent, err := m.Dial(c.host)
 	if err != nil {
-		return res, err
+		return res, a.fail(err)
 	}
-	sctx, cancel := context.WithTimeout(ctx, m.statusTimeout())
+	sctx, cancel := clock.WithTimeout(ctx, m.clock(), m.waits().AgentCall)
 	srcStatus, statusErr := agent.Status(sctx)
 	cancel()
 	if statusErr != nil && ctx.Err() != nil {
-		return res, ctx.Err()
+		return res, a.fail(ctx.Err())
 	}
 	if statusErr != nil {
 		if !c.sshToAgent {
-			return res, fmt.Errorf("the agent on %s must be connected to cancel maintenance; start it, or set kvm.ssh.to.agent=true so kvmctl can restart it over SSH", name)
+			return res, a.fail(fmt.Errorf("the agent on %s must be connected to cancel maintenance; start it, or set kvm.ssh.to.agent=true so kvmctl can restart it over SSH", name))
 		}
-		restart, err := m.restartAgent(ctx, c, agent)
+		restart, err := m.restartAgent(ctx, a, c, agent)
 		res.AgentRestart = restart
 		if err != nil {
-			return res, err
+			return res, a.fail(err)
 		}
 	}
 	// A lab transfer cut short (kvmctl killed between start on the target and removal here)
 	// leaves a VM running twice; this host was the source, so its copy goes.
 	if statusErr == nil && srcStatus.Hypervisor == api.HypervisorTest && runsVMs(srcStatus) {
 		if err := m.refresh(ctx, &c); err == nil {
-			if err := m.finishTransfers(ctx, &c); err != nil {
-				return res, err
+			if err := m.finishTransfers(ctx, a, &c); err != nil {
+				return res, a.fail(err)
 			}
 		}
 	}
 	ms, err := agent.CancelMaintenance(ctx)
 	if err != nil {
-		return res, fmt.Errorf("the agent on %s did not cancel maintenance: %w", name, err)
+		return res, a.fail(fmt.Errorf("the agent on %s did not cancel maintenance: %w", name, err))
 	}
 	res.AgentState = ms.AgentState
-	if err := m.setState(name, state.Enabled, "maintenance cancelled "+m.now().UTC().Format(time.RFC3339)); err != nil {
+	e := events.Event{Type: events.HostMaintenanceCancel, Host: name, Cluster: c.host.Cluster}
+	if err := a.done(&e, setState(name, state.Enabled, "maintenance cancelled "+m.now().Format(time.RFC3339)), events.RunSucceeded, ""); err != nil {
 		return res, err
 	}
 	res.ResourceState = state.Enabled
-	m.emit(events.Event{Type: events.HostMaintenanceCancel, Host: name, Cluster: c.host.Cluster})
 	if !m.SkipFinalRefresh {
 		_ = m.refresh(ctx, &c)
 	}
@@ -606,7 +782,7 @@ func (m *Maintenance) Cancel(ctx context.Context, name string) (MaintenanceResul
 }
 
 // restartAgent runs the host's restart command over SSH and waits for the agent to answer.
-func (m *Maintenance) restartAgent(ctx context.Context, c maintenanceConfig, agent MaintenanceAgent) (*AgentRestart, error) {
+func (m *Maintenance) restartAgent(ctx context.Context, a *action, c maintenanceConfig, agent MaintenanceAgent) (*AgentRestart, error) {
 	h := c.host
 	if m.SSH == nil {
 		return nil, fmt.Errorf("cannot restart the agent on %s: no SSH runner", h.Name)
@@ -624,32 +800,26 @@ func (m *Maintenance) restartAgent(ctx context.Context, c maintenanceConfig, age
 		cmd = sshx.DefaultRestartCommand
 	}
 	r := &AgentRestart{Command: cmd}
-	m.emit(events.Event{Type: events.HostAgentRestart, Host: h.Name, Cluster: h.Cluster, Message: "agent disconnected; restarting it over SSH: " + cmd})
+	if err := a.record(events.Event{Type: events.HostAgentRestart, Host: h.Name, Cluster: h.Cluster, Message: "agent disconnected; restarting it over SSH: " + cmd}, nil); err != nil {
+		return r, err
+	}
 	out, err := m.SSH.Run(ctx, sshx.Target{Host: h.Name, Addr: addr, User: h.SSH.User, KeyFile: h.SSH.KeyFile, KnownHostsFile: h.SSH.KnownHostsFile}, cmd)
 	r.Output = out
 	if err != nil {
 		return r, fmt.Errorf("restart the agent on %s over SSH: %w", h.Name, err)
 	}
-	wctx, cancel := context.WithTimeout(ctx, c.restartTimeout)
+	w := m.waits()
+	wctx, cancel := clock.WithTimeout(ctx, m.clock(), c.restartTimeout)
 	defer cancel()
 	for {
-		sctx, scancel := context.WithTimeout(wctx, m.statusTimeout())
+		sctx, scancel := clock.WithTimeout(wctx, m.clock(), w.AgentCall)
 		_, err := agent.Status(sctx)
 		scancel()
 		if err == nil {
 			return r, nil
 		}
-		select {
-		case <-wctx.Done():
+		if clock.Sleep(wctx, m.clock(), w.Poll) != nil {
 			return r, fmt.Errorf("the agent on %s did not answer within %s of its restart over SSH (%s): maintenance was not cancelled", h.Name, c.restartTimeout, firstLine(err.Error()))
-		case <-time.After(m.pollInterval()):
 		}
 	}
-}
-
-func firstLine(s string) string {
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[:i]
-	}
-	return s
 }

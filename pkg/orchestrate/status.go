@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/kvmctl/kvmctl/pkg/api"
+	"github.com/kvmctl/kvmctl/pkg/clock"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
@@ -28,27 +29,27 @@ type HostCheck struct {
 // dead host costs its timeout and not the sum. A host that does not answer is Disconnected and
 // keeps what was last known of it (boot id, capacity, VMs): the VMs that ran on a host that went
 // silent are exactly what HA needs to know. prev holds the stored statuses by host name.
-func CheckHosts(ctx context.Context, hosts []state.Host, prev map[string]state.HostStatus, dial DialFunc, timeout time.Duration, now func() time.Time) []HostCheck {
+func CheckHosts(ctx context.Context, hosts []state.Host, prev map[string]state.HostStatus, dial DialFunc, clk clock.Clock, timeout time.Duration) []HostCheck {
 	out := make([]HostCheck, len(hosts))
 	var wg sync.WaitGroup
 	for i, h := range hosts {
 		wg.Add(1)
 		go func(i int, h state.Host) {
 			defer wg.Done()
-			st, err := checkOne(ctx, h, dial, timeout)
-			out[i] = HostCheck{Host: h, Err: err, Status: MergeStatus(prev[h.Name], st, err, now())}
+			st, err := checkOne(ctx, h, dial, clk, timeout)
+			out[i] = HostCheck{Host: h, Err: err, Status: MergeStatus(prev[h.Name], st, err, clk.Now())}
 		}(i, h)
 	}
 	wg.Wait()
 	return out
 }
 
-func checkOne(ctx context.Context, h state.Host, dial DialFunc, timeout time.Duration) (api.Status, error) {
+func checkOne(ctx context.Context, h state.Host, dial DialFunc, clk clock.Clock, timeout time.Duration) (api.Status, error) {
 	c, err := dial(h)
 	if err != nil {
 		return api.Status{}, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := clock.WithTimeout(ctx, clk, timeout)
 	defer cancel()
 	return c.Status(ctx)
 }

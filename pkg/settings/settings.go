@@ -43,6 +43,8 @@ const (
 	CPUOverprovisioning    = "cpu.overprovisioning.factor"
 	MemOverprovisioning    = "mem.overprovisioning.factor"
 	AgentRestartTimeout    = "kvm.ssh.agent.restart.timeout"
+	JournalKeep            = "kvmctl.journal.keep"
+	JournalDays            = "kvmctl.journal.days"
 )
 
 // Registry lists every known key in the order `config list` shows them.
@@ -63,6 +65,10 @@ var Registry = []Key{
 		Description: "vCPUs a host may carry per physical CPU when VMs are placed"},
 	{Name: MemOverprovisioning, Type: Float, Default: "1", Min: 0.1, Max: 16,
 		Description: "memory a host may promise per byte of RAM when VMs are placed"},
+	{Name: JournalKeep, Type: Int, Default: "200", Min: 1, Max: 1000000,
+		Description: "finished rolling runs (and, apart, finished maintenance actions) whose journal the state file keeps"},
+	{Name: JournalDays, Type: Int, Default: "90", Min: 1, Max: 36500,
+		Description: "days a finished run's or maintenance action's journal is kept"},
 }
 
 // Lookup returns the key called name, or an error naming the closest known key.

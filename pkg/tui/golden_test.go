@@ -45,8 +45,8 @@ func TestRollingGoldenFinished(t *testing.T) {
 		ch <- events.Event(e)
 	}
 	ch <- events.Event{Time: t0.Add(130 * time.Second), Type: events.HostStageFinished, Host: "h3", Cluster: "c2", Stage: "Maintenance",
-		Outcome: "failed", Fields: map[string]any{"exit_code": 2, "last_line": "grub-install: error: disk not found"}}
-	ch <- events.Event{Time: t0.Add(131 * time.Second), Type: events.RunFinished, RunID: "r1", Outcome: "failed",
+		Outcome: "failed", ExitCode: events.Int(2), LastLine: "grub-install: error: disk not found"}
+	ch <- events.Event{Time: t0.Add(131 * time.Second), Type: events.RunFinished, RunID: "r1", RunState: "failed",
 		Message: "h3: Maintenance failed (exit 2): grub-install: error: disk not found"}
 	m.Listen(ch)
 

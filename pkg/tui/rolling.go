@@ -13,9 +13,7 @@ import (
 	"github.com/charmbracelet/lipgloss"
 	"github.com/charmbracelet/x/ansi"
 
-	"github.com/kvmctl/kvmctl/pkg/api"
 	"github.com/kvmctl/kvmctl/pkg/events"
-	"github.com/kvmctl/kvmctl/pkg/hooks"
 )
 
 // DefaultTick is how often elapsed times are redrawn.
@@ -120,7 +118,7 @@ type RollingModel struct {
 	hosts    map[string]*hostRow
 
 	started, ended time.Time
-	state          string // waiting, running, aborting, then run.finished's outcome
+	state          string // waiting, running, aborting, then run.finished's run state
 	details        string
 	note           string // the latest run-level message
 	finished       bool
@@ -150,6 +148,18 @@ func NewRolling(runID string, hosts []HostRow, opts RollingOptions) *RollingMode
 		m.host(h.Name, h.Cluster)
 	}
 	return m
+}
+
+// Replay folds events recorded before the view attached (a resumed run's journal), so hosts
+// that finished before show as finished, with their stage results and VMs moved.
+func (m *RollingModel) Replay(past []events.Event) {
+	for _, e := range past {
+		m.apply(e)
+	}
+	if m.finished {
+		// The engine goes on (a resumed run); its own events decide the end again.
+		m.finished, m.ended = false, time.Time{}
+	}
 }
 
 // Listen sets the stream Init waits on; Run calls it.
@@ -248,23 +258,13 @@ func (m *RollingModel) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	return m, nil
 }
 
-// stageIndex is the column of stage s, or -1.
-func stageIndex(s string) int {
-	for i, st := range hooks.Stages() {
-		if string(st) == s {
-			return i
-		}
-	}
-	return -1
-}
-
 // host returns the row of host name, adding it (under cluster) if the run had not listed it.
 func (m *RollingModel) host(name, cluster string) *hostRow {
 	if h, ok := m.hosts[name]; ok {
 		return h
 	}
 	h := &hostRow{HostStatus: HostStatus{Name: name, Cluster: cluster}, base: "waiting"}
-	for i, st := range hooks.Stages() {
+	for i, st := range events.Stages() {
 		h.Stages[i].Name = string(st)
 	}
 	m.hosts[name] = h
@@ -301,7 +301,7 @@ func (m *RollingModel) apply(e events.Event) {
 		if m.opts.StartedAt.IsZero() {
 			m.started = t
 		}
-		m.note = fmt.Sprintf("started: %v hosts in %v clusters", e.Fields["hosts"], e.Fields["clusters"])
+		m.note = fmt.Sprintf("started: %d hosts in %d clusters", e.HostCount, e.ClusterCount)
 		return
 	case events.RunResumed:
 		m.note = "resumed"
@@ -314,14 +314,7 @@ func (m *RollingModel) apply(e events.Event) {
 		m.note = join("PreFlight done", e.Message)
 		return
 	case events.RunFinished:
-		m.finished, m.state, m.details, m.ended = true, e.Outcome, e.Message, t
-		if e.Outcome != "succeeded" {
-			for _, h := range m.hosts {
-				if h.base == "waiting" {
-					h.base = "not reached"
-				}
-			}
-		}
+		m.finished, m.state, m.details, m.ended = true, string(e.RunState), e.Message, t
 		return
 	case events.ClusterDisabling:
 		m.cluster(e.Cluster).state = join("disabling", e.Message)
@@ -342,11 +335,9 @@ func (m *RollingModel) apply(e events.Event) {
 		return
 	case events.HostMaintenancePlan:
 		if e.Host == "" {
-			// The rolling engine plans a batch: Message lists its hosts.
-			for _, name := range strings.Split(e.Message, ",") {
-				if name = strings.TrimSpace(name); name != "" {
-					m.host(name, e.Cluster).base = "planned"
-				}
+			// The rolling engine plans a batch: Hosts lists it.
+			for _, name := range e.Hosts {
+				m.host(name, e.Cluster).base = "planned"
 			}
 			return
 		}
@@ -362,16 +353,19 @@ func (m *RollingModel) apply(e events.Event) {
 	case events.HostStarted:
 		h.base = "started"
 	case events.HostStep:
-		switch e.Stage {
-		case "prepare_for_maintenance":
+		switch e.Step {
+		case events.StepPrepared:
 			h.base = "preparing maintenance"
-		case "in_maintenance":
+		case events.StepInMaintenance:
 			h.base = "in maintenance"
-		case "maintenance_cancelled":
+			h.VMsMoved = max(h.VMsMoved, e.VMs)
+		case events.StepCancelled:
 			h.base = "maintenance ended"
 		}
+	case events.HostNotReached:
+		h.base = "not reached"
 	case events.HostStageStarted, events.HostStageRunning:
-		if i := stageIndex(e.Stage); i >= 0 {
+		if i := e.Stage.Index(); i >= 0 {
 			s := &h.Stages[i]
 			if s.State != StageRunning || s.Started.IsZero() {
 				s.Started = t
@@ -380,11 +374,11 @@ func (m *RollingModel) apply(e events.Event) {
 			// The agent sends a stage's output when it ends; until then the line says what runs,
 			// not what the previous stage printed.
 			if e.Message == "" {
-				h.LastLine = e.Stage + " running…"
+				h.LastLine = string(e.Stage) + " running…"
 			}
 		}
 	case events.HostStageFinished:
-		i := stageIndex(e.Stage)
+		i := e.Stage.Index()
 		if i < 0 {
 			break
 		}
@@ -393,15 +387,17 @@ func (m *RollingModel) apply(e events.Event) {
 		if s.Started.IsZero() {
 			s.Started = t
 		}
-		s.ExitCode = intField(e.Fields, "exit_code")
-		s.Note, _ = e.Fields["note"].(string)
-		if line, _ := e.Fields["last_line"].(string); line != "" {
-			h.LastLine = line
+		if e.ExitCode != nil {
+			s.ExitCode = *e.ExitCode
+		}
+		s.Note = e.Note
+		if e.LastLine != "" {
+			h.LastLine = e.LastLine
 		} else if s.Note != "" {
 			h.LastLine = s.Note
 		}
 		if s.State != StageOK && s.State != StageSkipped {
-			h.base = e.Stage + " " + s.State.String()
+			h.base = string(e.Stage) + " " + s.State.String()
 		}
 	case events.HostSkipped:
 		h.terminal = join("skipped", e.Message)
@@ -409,14 +405,14 @@ func (m *RollingModel) apply(e events.Event) {
 		h.terminal = "done"
 	case events.HostMaintenancePlan:
 		h.base = "planned"
-		if n := intField(e.Fields, "vms"); n > 0 {
-			h.base = fmt.Sprintf("planned: %d VMs to move", n)
+		if e.VMs > 0 {
+			h.base = fmt.Sprintf("planned: %d VMs to move", e.VMs)
 		}
 	case events.HostMaintenancePrep:
 		h.base = "preparing maintenance"
 	case events.HostMaintenanceIn:
 		h.base = "in maintenance"
-		h.VMsMoved = max(h.VMsMoved, intField(e.Fields, "vms_moved"))
+		h.VMsMoved = max(h.VMsMoved, e.VMs)
 	case events.HostMaintenanceError:
 		h.base = "maintenance error"
 	case events.HostMaintenanceCancel:
@@ -425,12 +421,12 @@ func (m *RollingModel) apply(e events.Event) {
 		h.base = "restarting agent"
 	case events.VMMigrating:
 		h.base = "evacuating VMs"
-		h.LastLine = fmt.Sprintf("moving %s to %v", e.VM, e.Fields["to"])
+		h.LastLine = fmt.Sprintf("moving %s to %s", e.VM, e.To)
 	case events.VMMigrated:
 		h.VMsMoved++
-		h.LastLine = fmt.Sprintf("moved %s to %v", e.VM, e.Fields["to"])
-		if ms := intField(e.Fields, "ms"); ms > 0 {
-			h.LastLine += " in " + duration(time.Duration(ms)*time.Millisecond)
+		h.LastLine = fmt.Sprintf("moved %s to %s", e.VM, e.To)
+		if e.DurationMS > 0 {
+			h.LastLine += " in " + duration(time.Duration(e.DurationMS)*time.Millisecond)
 		}
 	case events.VMMigrationFailed:
 		h.VMsFailed++
@@ -438,33 +434,19 @@ func (m *RollingModel) apply(e events.Event) {
 	}
 }
 
-func outcomeState(outcome string) StageState {
+func outcomeState(outcome events.Outcome) StageState {
 	switch outcome {
-	case api.OutcomeSucceeded:
+	case events.OutcomeSucceeded:
 		return StageOK
-	case api.OutcomeSkipped:
+	case events.OutcomeSkipped:
 		return StageSkipped
-	case api.OutcomeTimedOut:
+	case events.OutcomeTimedOut:
 		return StageTimedOut
-	case api.OutcomeTerminated:
+	case events.OutcomeTerminated:
 		return StageTerminated
 	default:
 		return StageFailed
 	}
-}
-
-// intField reads a number that is an int when emitted in-process and a float64 when read back
-// from the journal's JSON.
-func intField(f map[string]any, k string) int {
-	switch v := f[k].(type) {
-	case int:
-		return v
-	case int64:
-		return int(v)
-	case float64:
-		return int(v)
-	}
-	return 0
 }
 
 func join(what, msg string) string {
@@ -677,7 +659,7 @@ func (m *RollingModel) table(width int) []tableLine {
 	var b strings.Builder
 	b.WriteString(indent)
 	b.WriteString(cell(st.ColHeader, "HOST", hostW+1))
-	for i, s := range hooks.Stages() {
+	for i, s := range events.Stages() {
 		name := string(s)
 		if compact {
 			name = compactStageNames[i]

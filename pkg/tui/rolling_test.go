@@ -52,11 +52,12 @@ func at(d time.Duration, e events.Event) EventMsg {
 	return EventMsg(e)
 }
 
-func stageEvents(d time.Duration, host, cluster, stage, outcome string, took time.Duration, fields map[string]any) []EventMsg {
+func stageEvents(d time.Duration, host, cluster string, stage events.Stage, outcome events.Outcome, took time.Duration, finished events.Event) []EventMsg {
+	finished.Type, finished.Host, finished.Cluster, finished.Stage, finished.Outcome = events.HostStageFinished, host, cluster, stage, outcome
 	return []EventMsg{
 		at(d, events.Event{Type: events.HostStageStarted, Host: host, Cluster: cluster, Stage: stage}),
-		at(d, events.Event{Type: events.HostStageRunning, Host: host, Cluster: cluster, Stage: stage, Fields: map[string]any{"exec_id": "x"}}),
-		at(d+took, events.Event{Type: events.HostStageFinished, Host: host, Cluster: cluster, Stage: stage, Outcome: outcome, Fields: fields}),
+		at(d, events.Event{Type: events.HostStageRunning, Host: host, Cluster: cluster, Stage: stage, ExecID: "x"}),
+		at(d+took, finished),
 	}
 }
 
@@ -65,33 +66,33 @@ func stageEvents(d time.Duration, host, cluster, stage, outcome string, took tim
 func script() []EventMsg {
 	var s []EventMsg
 	add := func(ms ...EventMsg) { s = append(s, ms...) }
-	add(at(0, events.Event{Type: events.RunStarted, RunID: "r1", Fields: map[string]any{"hosts": 3, "clusters": 2}}))
-	add(stageEvents(time.Second, "h1", "c1", "PreFlight", "succeeded", 2*time.Second, map[string]any{"exit_code": 0})...)
-	add(stageEvents(3*time.Second, "h2", "c1", "PreFlight", "skipped", time.Second, map[string]any{"exit_code": 70, "last_line": "kernel is current"})...)
+	add(at(0, events.Event{Type: events.RunStarted, RunID: "r1", HostCount: 3, ClusterCount: 2}))
+	add(stageEvents(time.Second, "h1", "c1", "PreFlight", "succeeded", 2*time.Second, events.Event{ExitCode: events.Int(0)})...)
+	add(stageEvents(3*time.Second, "h2", "c1", "PreFlight", "skipped", time.Second, events.Event{ExitCode: events.Int(70), LastLine: "kernel is current"})...)
 	add(at(4*time.Second, events.Event{Type: events.HostSkipped, Host: "h2", Cluster: "c1", Message: "no maintenance needed (PreFlight exit 70)"}))
-	add(stageEvents(4*time.Second, "h3", "c2", "PreFlight", "succeeded", time.Second, map[string]any{"exit_code": 0, "note": "no script"})...)
+	add(stageEvents(4*time.Second, "h3", "c2", "PreFlight", "succeeded", time.Second, events.Event{ExitCode: events.Int(0), Note: "no script"})...)
 	add(at(5*time.Second, events.Event{Type: events.RunPreFlightDone, Message: "2 hosts to maintain"}))
 	add(at(6*time.Second, events.Event{Type: events.ClusterDisabling, Cluster: "c1", Message: "was Enabled"}))
 	add(at(6*time.Second, events.Event{Type: events.ClusterDisabled, Cluster: "c1"}))
 	add(at(6*time.Second, events.Event{Type: events.HostStarted, Host: "h1", Cluster: "c1"}))
-	add(stageEvents(7*time.Second, "h1", "c1", "PreMaintenance", "succeeded", 3*time.Second, map[string]any{"exit_code": 0, "last_line": "drained"})...)
-	add(at(10*time.Second, events.Event{Type: events.HostMaintenancePlan, Cluster: "c1", Message: "h1", Fields: map[string]any{"vms": 2, "unplaced": 0}}))
-	add(at(10*time.Second, events.Event{Type: events.HostStep, Host: "h1", Cluster: "c1", Stage: "prepare_for_maintenance"}))
-	add(at(11*time.Second, events.Event{Type: events.VMMigrating, Host: "h1", Cluster: "c1", VM: "vm1", Fields: map[string]any{"to": "h2"}}))
-	add(at(12*time.Second, events.Event{Type: events.VMMigrated, Host: "h1", Cluster: "c1", VM: "vm1", Fields: map[string]any{"to": "h2", "ms": int64(1200)}}))
-	add(at(13*time.Second, events.Event{Type: events.VMMigrated, Host: "h1", Cluster: "c1", VM: "vm2", Fields: map[string]any{"to": "h2", "ms": int64(900)}}))
-	add(at(13*time.Second, events.Event{Type: events.HostMaintenanceIn, Host: "h1", Cluster: "c1", Fields: map[string]any{"vms_moved": 2}}))
-	add(stageEvents(14*time.Second, "h1", "c1", "Maintenance", "succeeded", 95*time.Second, map[string]any{"exit_code": 0, "last_line": "rebooted into 6.12.9"})...)
+	add(stageEvents(7*time.Second, "h1", "c1", "PreMaintenance", "succeeded", 3*time.Second, events.Event{ExitCode: events.Int(0), LastLine: "drained"})...)
+	add(at(10*time.Second, events.Event{Type: events.HostMaintenancePlan, Cluster: "c1", Hosts: []string{"h1"}, VMs: 2, Unplaced: 0}))
+	add(at(10*time.Second, events.Event{Type: events.HostStep, Host: "h1", Cluster: "c1", Step: events.StepPrepared}))
+	add(at(11*time.Second, events.Event{Type: events.VMMigrating, Host: "h1", Cluster: "c1", VM: "vm1", To: "h2"}))
+	add(at(12*time.Second, events.Event{Type: events.VMMigrated, Host: "h1", Cluster: "c1", VM: "vm1", To: "h2", DurationMS: 1200}))
+	add(at(13*time.Second, events.Event{Type: events.VMMigrated, Host: "h1", Cluster: "c1", VM: "vm2", To: "h2", DurationMS: 900}))
+	add(at(13*time.Second, events.Event{Type: events.HostMaintenanceIn, Host: "h1", Cluster: "c1", VMs: 2}))
+	add(stageEvents(14*time.Second, "h1", "c1", "Maintenance", "succeeded", 95*time.Second, events.Event{ExitCode: events.Int(0), LastLine: "rebooted into 6.12.9"})...)
 	add(at(110*time.Second, events.Event{Type: events.HostMaintenanceCancel, Host: "h1", Cluster: "c1"}))
-	add(stageEvents(111*time.Second, "h1", "c1", "PostMaintenance", "succeeded", 4*time.Second, map[string]any{"exit_code": 0, "last_line": "all checks passed"})...)
+	add(stageEvents(111*time.Second, "h1", "c1", "PostMaintenance", "succeeded", 4*time.Second, events.Event{ExitCode: events.Int(0), LastLine: "all checks passed"})...)
 	add(at(115*time.Second, events.Event{Type: events.HostDone, Host: "h1", Cluster: "c1"}))
 	add(at(116*time.Second, events.Event{Type: events.ClusterEnabled, Cluster: "c1", Message: "restored to Enabled"}))
 	add(at(116*time.Second, events.Event{Type: events.ClusterDone, Cluster: "c1"}))
 	add(at(117*time.Second, events.Event{Type: events.ClusterDisabling, Cluster: "c2", Message: "was Enabled"}))
 	add(at(117*time.Second, events.Event{Type: events.ClusterDisabled, Cluster: "c2"}))
 	add(at(117*time.Second, events.Event{Type: events.HostStarted, Host: "h3", Cluster: "c2"}))
-	add(stageEvents(118*time.Second, "h3", "c2", "PreMaintenance", "succeeded", time.Second, map[string]any{"exit_code": 0})...)
-	add(at(119*time.Second, events.Event{Type: events.HostMaintenanceIn, Host: "h3", Cluster: "c2", Fields: map[string]any{"vms_moved": 0}}))
+	add(stageEvents(118*time.Second, "h3", "c2", "PreMaintenance", "succeeded", time.Second, events.Event{ExitCode: events.Int(0)})...)
+	add(at(119*time.Second, events.Event{Type: events.HostMaintenanceIn, Host: "h3", Cluster: "c2", VMs: 0}))
 	add(at(120*time.Second, events.Event{Type: events.HostStageStarted, Host: "h3", Cluster: "c2", Stage: "Maintenance"}))
 	return s
 }
@@ -215,10 +216,10 @@ func TestRollingFollowsStages(t *testing.T) {
 	requireContains(t, m.View(), "3m20s", "1m20s")
 
 	feed(t, m,
-		at(210*time.Second, events.Event{Type: events.HostStageFinished, Host: "h3", Cluster: "c2", Stage: "Maintenance", Outcome: "succeeded", Fields: map[string]any{"exit_code": 0}}),
+		at(210*time.Second, events.Event{Type: events.HostStageFinished, Host: "h3", Cluster: "c2", Stage: "Maintenance", Outcome: "succeeded", ExitCode: events.Int(0)}),
 		at(211*time.Second, events.Event{Type: events.HostDone, Host: "h3", Cluster: "c2"}),
 	)
-	_, cmd := m.Update(at(212*time.Second, events.Event{Type: events.RunFinished, RunID: "r1", Outcome: "succeeded", Message: "2 hosts updated, 1 skipped"}))
+	_, cmd := m.Update(at(212*time.Second, events.Event{Type: events.RunFinished, RunID: "r1", RunState: "succeeded", Message: "2 hosts updated, 1 skipped"}))
 	if isQuit(cmd) {
 		t.Error("without ExitOnFinish the view waits for a key")
 	}
@@ -240,12 +241,12 @@ func TestRollingStageOutcomes(t *testing.T) {
 	c := &fakeClock{}
 	m := newTestModel(c, RollingOptions{Tick: -1})
 	c.set(time.Hour)
-	feedEvents(t, m, stageEvents(0, "h1", "c1", "PreFlight", "failed", 5*time.Second, map[string]any{"exit_code": 3, "last_line": "disk full"}))
-	feedEvents(t, m, stageEvents(0, "h2", "c1", "PreFlight", "timed_out", 30*time.Minute, map[string]any{"exit_code": -1, "note": "no result from the agent within the stage timeout (30m0s)"}))
-	feedEvents(t, m, stageEvents(0, "h3", "c2", "PreFlight", "terminated", 7*time.Second, map[string]any{"exit_code": 143}))
+	feedEvents(t, m, stageEvents(0, "h1", "c1", "PreFlight", "failed", 5*time.Second, events.Event{ExitCode: events.Int(3), LastLine: "disk full"}))
+	feedEvents(t, m, stageEvents(0, "h2", "c1", "PreFlight", "timed_out", 30*time.Minute, events.Event{ExitCode: events.Int(-1), Note: "no result from the agent within the stage timeout (30m0s)"}))
+	feedEvents(t, m, stageEvents(0, "h3", "c2", "PreFlight", "terminated", 7*time.Second, events.Event{ExitCode: events.Int(143)}))
 	// Read back from the journal, numbers are float64.
-	feed(t, m, at(time.Minute, events.Event{Type: events.VMMigrationFailed, Host: "h3", Cluster: "c2", VM: "vm9", Message: "no route", Fields: map[string]any{"to": "h1"}}),
-		at(time.Minute, events.Event{Type: events.HostMaintenanceIn, Host: "h3", Cluster: "c2", Fields: map[string]any{"vms_moved": float64(4)}}))
+	feed(t, m, at(time.Minute, events.Event{Type: events.VMMigrationFailed, Host: "h3", Cluster: "c2", VM: "vm9", Message: "no route", To: "h1"}),
+		at(time.Minute, events.Event{Type: events.HostMaintenanceIn, Host: "h3", Cluster: "c2", VMs: 4}))
 
 	for name, want := range map[string]StageState{"h1": StageFailed, "h2": StageTimedOut, "h3": StageTerminated} {
 		if h, _ := m.Host(name); h.Stages[0].State != want {
@@ -277,7 +278,7 @@ func TestRollingDetach(t *testing.T) {
 
 func TestRollingExitOnFinish(t *testing.T) {
 	m := newTestModel(&fakeClock{t: t0}, RollingOptions{Tick: -1, ExitOnFinish: true})
-	_, cmd := m.Update(at(time.Second, events.Event{Type: events.RunFinished, Outcome: "failed", Message: "PreFlight failed, no action taken: h1: PreFlight failed (exit 3)"}))
+	_, cmd := m.Update(at(time.Second, events.Event{Type: events.RunFinished, RunState: "failed", Message: "PreFlight failed, no action taken: h1: PreFlight failed (exit 3)"}))
 	if !isQuit(cmd) || m.Detached() {
 		t.Errorf("quit=%v detached=%v, want true false", isQuit(cmd), m.Detached())
 	}
@@ -294,7 +295,7 @@ func TestRollingStreamEndsEarly(t *testing.T) {
 
 	// After run.finished, the end of the stream leaves the summary up until a key.
 	m = newTestModel(&fakeClock{t: t0}, RollingOptions{Tick: -1})
-	feed(t, m, at(0, events.Event{Type: events.RunFinished, Outcome: "aborted", Message: "aborted"}))
+	feed(t, m, at(0, events.Event{Type: events.RunFinished, RunState: "aborted", Message: "aborted"}))
 	if _, cmd := m.Update(ChannelClosedMsg{}); cmd != nil {
 		t.Error("closed stream after run.finished quit without a key")
 	}
@@ -347,7 +348,7 @@ func TestRollingTick(t *testing.T) {
 	if _, ok := cmd().(TickMsg); !ok {
 		t.Error("tick command gives no TickMsg")
 	}
-	feed(t, m, at(0, events.Event{Type: events.RunFinished, Outcome: "succeeded"}))
+	feed(t, m, at(0, events.Event{Type: events.RunFinished, RunState: "succeeded"}))
 	if _, cmd := m.Update(TickMsg(t0)); cmd != nil {
 		t.Error("ticking on after the run finished")
 	}
@@ -355,7 +356,7 @@ func TestRollingTick(t *testing.T) {
 
 func TestRollingUnknownHostGetsARow(t *testing.T) {
 	m := newTestModel(&fakeClock{t: t0}, RollingOptions{Tick: -1})
-	feed(t, m, at(0, events.Event{Type: events.VMMigrated, Host: "h9", Cluster: "c9", VM: "vm1", Fields: map[string]any{"to": "h1"}}))
+	feed(t, m, at(0, events.Event{Type: events.VMMigrated, Host: "h9", Cluster: "c9", VM: "vm1", To: "h1"}))
 	requireContains(t, m.View(), "cluster c9", "h9", "1 VM", "└ moved vm1 to h1")
 }
 
@@ -393,11 +394,16 @@ func TestRollingNarrowAndShort(t *testing.T) {
 	}
 }
 
-// Hosts a failed or aborted run never reached say so, rather than "waiting" forever.
+// Hosts a failed or aborted run never reached say so, rather than "waiting" forever: the engine
+// says which (host.not_reached), the view only shows it.
 func TestRollingNotReachedAfterAbort(t *testing.T) {
 	m := NewRolling("r1", []HostRow{{Name: "h1", Cluster: "c1"}, {Name: "h2", Cluster: "c1"}}, RollingOptions{Tick: -1})
 	m.Update(EventMsg(events.Event{Type: events.HostStarted, Host: "h1", Cluster: "c1"}))
-	m.Update(EventMsg(events.Event{Type: events.RunFinished, Outcome: "aborted", Message: "aborted by the operator"}))
+	m.Update(EventMsg(events.Event{Type: events.RunFinished, RunState: "aborted", Message: "aborted by the operator"}))
+	if h, _ := m.Host("h2"); h.Phase != "waiting" {
+		t.Errorf("before the engine said so, h2 phase = %q, want waiting: the view decides nothing", h.Phase)
+	}
+	m.Update(EventMsg(events.Event{Type: events.HostNotReached, Host: "h2", Cluster: "c1", Message: "the run ended before this host"}))
 	if h, _ := m.Host("h2"); h.Phase != "not reached" {
 		t.Errorf("h2 phase = %q, want not reached", h.Phase)
 	}

@@ -19,7 +19,7 @@ func TestRunExitsOnFinish(t *testing.T) {
 		for _, e := range script()[:5] {
 			_ = f.Emit(events.Event(e))
 		}
-		_ = f.Emit(events.Event{Type: events.RunFinished, Outcome: "succeeded", Message: "1 hosts updated, 1 skipped", Time: t0.Add(time.Minute)})
+		_ = f.Emit(events.Event{Type: events.RunFinished, RunState: "succeeded", Message: "1 hosts updated, 1 skipped", Time: t0.Add(time.Minute)})
 		f.Close()
 	}()
 	var out bytes.Buffer
@@ -71,7 +71,7 @@ func TestFeedDeliversInOrderThenCloses(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range 50 {
-				_ = f.Emit(events.Event{Type: events.VMMigrated, Host: "h", VM: string(rune('a' + g)), Fields: map[string]any{"i": i}})
+				_ = f.Emit(events.Event{Type: events.VMMigrated, Host: "h", VM: string(rune('a' + g)), VMs: i})
 			}
 		}()
 	}
@@ -79,7 +79,7 @@ func TestFeedDeliversInOrderThenCloses(t *testing.T) {
 	last := map[string]int{}
 	n := 0
 	for e := range f.Events() {
-		i := e.Fields["i"].(int)
+		i := e.VMs
 		if prev, ok := last[e.VM]; ok && i != prev+1 {
 			t.Errorf("%s: %d after %d", e.VM, i, prev)
 		}

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/kvmctl/kvmctl/pkg/api"
+	"github.com/kvmctl/kvmctl/pkg/events"
 	"github.com/kvmctl/kvmctl/pkg/hooks"
 	"github.com/kvmctl/kvmctl/pkg/pki"
 	"github.com/kvmctl/kvmctl/pkg/virt"
@@ -252,27 +253,27 @@ func TestE2EStageOutcomes(t *testing.T) {
 	for _, tc := range []struct {
 		name, body  string
 		timeoutS    int
-		outcome     string
+		outcome     events.Outcome
 		code        int
 		outputHas   string
 		maxDuration time.Duration
 	}{
-		{"succeeded", "echo fine; exit 0", 10, api.OutcomeSucceeded, 0, "fine", 5 * time.Second},
-		{"skipped", "echo nothing to do; exit 70", 10, api.OutcomeSkipped, 70, "nothing to do", 5 * time.Second},
-		{"failed", "echo broken >&2; exit 3", 10, api.OutcomeFailed, 3, "broken", 5 * time.Second},
+		{"succeeded", "echo fine; exit 0", 10, events.OutcomeSucceeded, 0, "fine", 5 * time.Second},
+		{"skipped", "echo nothing to do; exit 70", 10, events.OutcomeSkipped, 70, "nothing to do", 5 * time.Second},
+		{"failed", "echo broken >&2; exit 3", 10, events.OutcomeFailed, 3, "broken", 5 * time.Second},
 		// The background sleep holds the output pipe too: the whole group must die for the
 		// stage to end in about its timeout.
-		{"timed_out", "sleep 30 & echo $! > " + pidFile + "; echo waiting; sleep 30", 1, api.OutcomeTimedOut, 0, "waiting", 8 * time.Second},
+		{"timed_out", "sleep 30 & echo $! > " + pidFile + "; echo waiting; sleep 30", 1, events.OutcomeTimedOut, 0, "waiting", 8 * time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a.script(t, "PreFlight.sh", tc.body, 0o755)
 			start := time.Now()
 			st := a.run(t, api.StageRequest{RunID: "outcome-" + tc.name, Stage: "PreFlight", TimeoutS: tc.timeoutS})
 			took := time.Since(start)
-			if st.State != api.StageCompleted || st.Outcome != tc.outcome || !strings.Contains(st.Output, tc.outputHas) {
+			if st.State != events.StageCompleted || st.Outcome != tc.outcome || !strings.Contains(st.Output, tc.outputHas) {
 				t.Errorf("status = %+v, want outcome %s with output %q", st, tc.outcome, tc.outputHas)
 			}
-			if tc.outcome != api.OutcomeTimedOut && st.ExitCode != tc.code {
+			if tc.outcome != events.OutcomeTimedOut && st.ExitCode != tc.code {
 				t.Errorf("exit code = %d, want %d", st.ExitCode, tc.code)
 			}
 			if st.StartedAt.IsZero() || st.EndedAt.Before(st.StartedAt) || st.Stage != "PreFlight" || st.RunID != "outcome-"+tc.name {
@@ -281,7 +282,7 @@ func TestE2EStageOutcomes(t *testing.T) {
 			if took > tc.maxDuration {
 				t.Errorf("stage took %s, want under %s", took, tc.maxDuration)
 			}
-			if tc.outcome == api.OutcomeTimedOut {
+			if tc.outcome == events.OutcomeTimedOut {
 				b, err := os.ReadFile(pidFile)
 				if err != nil {
 					t.Fatal(err)
@@ -313,7 +314,7 @@ func TestE2EStagePayloadIsNotAShell(t *testing.T) {
 	st := a.run(t, api.StageRequest{RunID: "payload", Stage: "PreMaintenance", TimeoutS: 10,
 		Payload: `a=1 "b c" ';touch ` + touched + `'`})
 	want := "argc=3\n[a=1]\n[b c]\n[;touch " + touched + "]\n"
-	if st.Outcome != api.OutcomeSucceeded || st.Output != want {
+	if st.Outcome != events.OutcomeSucceeded || st.Output != want {
 		t.Errorf("status = %+v\noutput %q, want %q", st, st.Output, want)
 	}
 	if _, err := os.Stat(touched); !errors.Is(err, os.ErrNotExist) {
@@ -361,7 +362,7 @@ func TestE2EStageIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(b) != "run\n" || st.Outcome != api.OutcomeSucceeded {
+	if string(b) != "run\n" || st.Outcome != events.OutcomeSucceeded {
 		t.Errorf("counter %q (want one run), status %+v", b, st)
 	}
 }
@@ -392,16 +393,16 @@ func TestE2EAgentKilledMidStage(t *testing.T) {
 			if tc.agentExecutor {
 				// The script died with the agent as far as the agent knows: completed, as the seed
 				// says of the agent executor.
-				if st.State != api.StageCompleted || st.Outcome != api.OutcomeSucceeded || st.Note != hooks.NoteAgentRestart {
+				if st.State != events.StageCompleted || st.Outcome != events.OutcomeSucceeded || st.Note != hooks.NoteAgentRestart {
 					t.Errorf("after restart = %+v, want completed, succeeded, note %q", st, hooks.NoteAgentRestart)
 				}
 				return
 			}
-			if st.State != api.StageRunning {
+			if st.State != events.StageRunning {
 				t.Errorf("after restart = %+v, want running", st)
 			}
 			st = a.wait(t, id, 20*time.Second)
-			if st.Outcome != api.OutcomeFailed || st.ExitCode != 3 || !strings.Contains(st.Output, "finished") || st.Note != "" {
+			if st.Outcome != events.OutcomeFailed || st.ExitCode != 3 || !strings.Contains(st.Output, "finished") || st.Note != "" {
 				t.Errorf("final = %+v, want the script's own result (failed, exit 3, output finished)", st)
 			}
 		})
@@ -436,8 +437,8 @@ func TestE2EHooksListAndRefusals(t *testing.T) {
 	got := map[string]api.HookScript{}
 	var order []string
 	for _, s := range scripts {
-		got[s.Stage] = s
-		order = append(order, s.Stage)
+		got[string(s.Stage)] = s
+		order = append(order, string(s.Stage))
 	}
 	if want := []string{"PreFlight", "PreMaintenance", "Maintenance", "PostMaintenance"}; !slices.Equal(order, want) {
 		t.Errorf("stages %q, want %q", order, want)
@@ -485,7 +486,7 @@ func BenchmarkStageNoop(b *testing.B) {
 				start := time.Now()
 				st := a.run(b, api.StageRequest{RunID: fmt.Sprintf("bench-%d", i), Stage: "PreFlight", TimeoutS: 10})
 				lat = append(lat, time.Since(start))
-				if st.Outcome != api.OutcomeSucceeded {
+				if st.Outcome != events.OutcomeSucceeded {
 					b.Fatalf("status %+v", st)
 				}
 			}
@@ -514,7 +515,7 @@ func BenchmarkExitToSeen(b *testing.B) {
 				st := a.wait(b, id, 30*time.Second)
 				seen := time.Now()
 				data, err := os.ReadFile(stamp)
-				if err != nil || st.Outcome != api.OutcomeSucceeded {
+				if err != nil || st.Outcome != events.OutcomeSucceeded {
 					b.Fatalf("status %+v, stamp: %v", st, err)
 				}
 				ns, err := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64)

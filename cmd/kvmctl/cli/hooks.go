@@ -12,6 +12,7 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/api"
 	"github.com/kvmctl/kvmctl/pkg/cmdutil"
 	"github.com/kvmctl/kvmctl/pkg/errs"
+	"github.com/kvmctl/kvmctl/pkg/events"
 	"github.com/kvmctl/kvmctl/pkg/hooks"
 )
 
@@ -143,30 +144,30 @@ func runHooksList(opts *HooksListOptions) error {
 		if it.Refused != "" {
 			status += ": " + it.Refused
 		}
-		t.AddRow(it.Stage, it.Path, status)
+		t.AddRow(string(it.Stage), it.Path, status)
 	}
 	return t.Render()
 }
 
 // hookRunResult is what `hooks run --json` prints.
 type hookRunResult struct {
-	Host      string    `json:"host"`
-	Stage     string    `json:"stage"`
-	RunID     string    `json:"run_id"`
-	ExecID    string    `json:"exec_id,omitempty"`
-	Outcome   string    `json:"outcome"`
-	ExitCode  int       `json:"exit_code"`
-	Output    string    `json:"output"`
-	StartedAt time.Time `json:"started_at,omitzero"`
-	EndedAt   time.Time `json:"ended_at,omitzero"`
-	Note      string    `json:"note,omitempty"`
+	Host      string         `json:"host"`
+	Stage     events.Stage   `json:"stage"`
+	RunID     string         `json:"run_id"`
+	ExecID    string         `json:"exec_id,omitempty"`
+	Outcome   events.Outcome `json:"outcome"`
+	ExitCode  int            `json:"exit_code"`
+	Output    string         `json:"output"`
+	StartedAt time.Time      `json:"started_at,omitzero"`
+	EndedAt   time.Time      `json:"ended_at,omitzero"`
+	Note      string         `json:"note,omitempty"`
 }
 
 func runHooksRun(ctx context.Context, opts *HooksRunOptions) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	stage, err := hooks.ParseStage(opts.Stage)
+	stage, err := events.ParseStage(opts.Stage)
 	if err != nil {
 		return errs.Refused(err)
 	}
@@ -185,11 +186,11 @@ func runHooksRun(ctx context.Context, opts *HooksRunOptions) error {
 	timeout := time.Duration(opts.TimeoutS) * time.Second
 	ctx, cancel := context.WithTimeout(ctx, timeout+hooksRunMargin)
 	defer cancel()
-	res := hookRunResult{Host: opts.Host, Stage: string(stage), RunID: fmt.Sprintf("manual-%d", opts.F.Now().UnixNano())}
-	id, err := c.StartStage(ctx, api.StageRequest{RunID: res.RunID, Stage: string(stage), Payload: opts.Payload, TimeoutS: opts.TimeoutS})
+	res := hookRunResult{Host: opts.Host, Stage: stage, RunID: fmt.Sprintf("manual-%d", opts.F.Now().UnixNano())}
+	id, err := c.StartStage(ctx, api.StageRequest{RunID: res.RunID, Stage: stage, Payload: opts.Payload, TimeoutS: opts.TimeoutS})
 	switch {
 	case api.IsCode(err, api.CodeNoScript):
-		res.Outcome, res.ExitCode, res.Note = string(hooks.NotFound), -1, firstLine(agentMessage(err))
+		res.Outcome, res.ExitCode, res.Note = events.OutcomeNotFound, -1, firstLine(agentMessage(err))
 		return printHookRun(opts.F, res)
 	case api.IsCode(err, api.CodeScriptRefused):
 		return errs.Refusedf("%s: fix the script on %s, then check with `kvmctl hooks list %s`", agentMessage(err), opts.Host, opts.Host)
@@ -273,7 +274,7 @@ func printHookRun(f *cmdutil.Factory, res hookRunResult) error {
 		}
 	}
 	switch res.Outcome {
-	case string(hooks.Succeeded), string(hooks.Skipped):
+	case events.OutcomeSucceeded, events.OutcomeSkipped:
 		return nil
 	}
 	return cmdutil.ErrSilent

@@ -102,6 +102,8 @@ func runHostList(opts *HostOptions) error {
 	}); err != nil {
 		return err
 	}
+	// The order runs take them: cluster by cluster, names as people count (h2 before h10).
+	inventory.SortHosts(hosts)
 	if opts.F.JSON {
 		return opts.F.PrintJSON(nonNil(hosts))
 	}

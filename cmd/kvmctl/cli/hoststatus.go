@@ -87,7 +87,7 @@ func runHostStatus(opts *HostStatusOptions) error {
 		return err
 	}
 	dial := func(h state.Host) (orchestrate.StatusClient, error) { return clients(h) }
-	checks := orchestrate.CheckHosts(context.Background(), hosts, prev, dial, opts.Timeout, opts.F.Now)
+	checks := orchestrate.CheckHosts(context.Background(), hosts, prev, dial, opts.F.Clock, opts.Timeout)
 	if err := update(opts.F, func(tx state.Tx) error {
 		for _, c := range checks {
 			// A host removed while we asked is not brought back by its status.

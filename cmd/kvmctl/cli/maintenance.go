@@ -72,7 +72,7 @@ func maintenanceEngine(f *cmdutil.Factory) (*orchestrate.Maintenance, func(state
 		Dial:   func(h state.Host) (orchestrate.MaintenanceAgent, error) { return clients(h) },
 		SSH:    sshRunner(),
 		Events: progressSink(f),
-		Now:    f.Now,
+		Clock:  f.Clock,
 	}, clients, nil
 }
 

@@ -12,7 +12,9 @@ import (
 )
 
 // progressSink renders an engine's events: NDJSON on stdout with --events, nothing extra with
-// --json (the final document says it all), otherwise one plain line each on stderr.
+// --json (the final document says it all), otherwise one plain line each on stderr. The plain
+// lines leave out a maintenance action's start and end: the command's own last line says how
+// it ended.
 func progressSink(f *cmdutil.Factory) events.Sink {
 	switch {
 	case f.Events:
@@ -20,7 +22,13 @@ func progressSink(f *cmdutil.Factory) events.Sink {
 	case f.JSON:
 		return events.Discard
 	default:
-		return events.NewPlain(f.IO.ErrOut)
+		plain := events.NewPlain(f.IO.ErrOut)
+		return events.SinkFunc(func(e events.Event) error {
+			if e.Type == events.ActionStarted || e.Type == events.ActionFinished {
+				return nil
+			}
+			return plain.Emit(e)
+		})
 	}
 }
 

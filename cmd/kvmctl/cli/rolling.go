@@ -14,6 +14,8 @@ import (
 
 	"github.com/kvmctl/kvmctl/pkg/cmdutil"
 	"github.com/kvmctl/kvmctl/pkg/errs"
+	"github.com/kvmctl/kvmctl/pkg/events"
+	"github.com/kvmctl/kvmctl/pkg/holds"
 	"github.com/kvmctl/kvmctl/pkg/orchestrate"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
@@ -117,7 +119,7 @@ func rollingEngine(f *cmdutil.Factory) (*orchestrate.Rolling, error) {
 	}
 	m.Events = nil
 	dial := func(h state.Host) (orchestrate.RollingAgent, error) { return clients(h) }
-	return &orchestrate.Rolling{Store: m.Store, Dial: dial, Now: f.Now, Maint: m}, nil
+	return &orchestrate.Rolling{Store: m.Store, Dial: dial, Clock: f.Clock, Maint: m}, nil
 }
 
 // interruptible cancels ctx on SIGINT/SIGTERM; the run stays resumable.
@@ -139,7 +141,8 @@ func runRollingStart(opts *RollingOptions) error {
 		}
 		return printDryRun(opts.F, plan)
 	}
-	return followRun(opts, r, func() (*orchestrate.Run, error) { return r.Begin(opts.Req) })
+	x, err := r.Begin(opts.Req)
+	return followRun(opts, x, err)
 }
 
 func runRollingResume(opts *RollingOptions) error {
@@ -147,34 +150,33 @@ func runRollingResume(opts *RollingOptions) error {
 	if err != nil {
 		return err
 	}
-	return followRun(opts, r, func() (*orchestrate.Run, error) { return r.BeginResume(opts.RunID) })
+	x, err := r.BeginResume(opts.RunID)
+	return followRun(opts, x, err)
 }
 
 // followRun runs the engine with the output the operator asked for and maps the result to the
 // exit code: 0 on success, 1 otherwise.
-func followRun(opts *RollingOptions, r *orchestrate.Rolling, begin func() (*orchestrate.Run, error)) error {
+func followRun(opts *RollingOptions, x *orchestrate.Execution, err error) error {
+	if err != nil {
+		return err
+	}
 	f := opts.F
 	ctx, cancel := interruptible()
 	defer cancel()
 	useTUI := f.IO.IsStdoutTTY() && f.IO.IsStdinTTY() && !f.JSON && !f.Events && !f.NoTUI
-	if !useTUI {
-		r.Events = progressSink(f)
-	}
-	run, err := begin()
-	if err != nil {
-		return err
-	}
+	run := x.Run()
 	var res orchestrate.RunResult
 	if useTUI {
 		var detached bool
-		res, detached, err = followRunTUI(ctx, f, r, run)
+		res, detached, err = followRunTUI(ctx, f, x)
 		if detached {
 			// The run is not finished: it waits, hosts and clusters as they are, for resume.
 			fmt.Fprintf(f.IO.ErrOut, "kvmctl: stopped following run %s; it is paused where it was (hosts and clusters as they are): `kvmctl rolling resume %s` goes on, `kvmctl rolling abort %s` restores\n", run.ID, run.ID, run.ID)
 			return cmdutil.ErrSilent
 		}
 	} else {
-		res, err = r.Execute(ctx)
+		x.Events = progressSink(f)
+		res, err = x.Execute(ctx)
 	}
 	if errors.Is(err, orchestrate.ErrInterrupted) {
 		return err
@@ -273,13 +275,15 @@ func runRollingStatus(opts *RollingOptions) error {
 	if err != nil {
 		return err
 	}
+	alive := holds.ProcessAlive(run.Owner)
 	if opts.F.JSON {
-		return opts.F.PrintJSON(map[string]any{"run": run, "result": run.Result(), "owner_alive": run.Owner.Alive()})
+		return opts.F.PrintJSON(map[string]any{"run": run, "result": run.Result(), "owner_alive": alive})
 	}
 	w := opts.F.IO.Out
 	now := opts.F.Now()
-	state := run.State
-	if run.State == orchestrate.RunRunning && !run.Owner.Alive() {
+	state := string(run.State)
+	dead := run.State == events.RunRunning && !alive
+	if dead {
 		state += fmt.Sprintf(" (its kvmctl, pid %d, is gone: `kvmctl rolling resume %s`)", run.Owner.PID, run.ID)
 	}
 	fmt.Fprintf(w, "run %s: %s, started %s\n", run.ID, state, opts.F.IO.Time(run.CreatedAt, now))
@@ -288,19 +292,34 @@ func runRollingStatus(opts *RollingOptions) error {
 	}
 	t := opts.F.IO.NewTable("HOST", "CLUSTER", "STEP", "PREFLIGHT", "PREMAINT", "MAINT", "POSTMAINT", "VMS MOVED", "REASON")
 	for _, h := range run.Hosts {
-		cell := func(stage string) string {
+		cell := func(stage events.Stage) string {
 			rec := h.Stages[stage]
 			if rec == nil {
 				return ""
 			}
 			if rec.Outcome != "" {
-				return rec.Outcome
+				return string(rec.Outcome)
 			}
-			return rec.State
+			return string(rec.State)
 		}
-		t.AddRow(h.Name, h.Cluster, h.Step, cell("PreFlight"), cell("PreMaintenance"), cell("Maintenance"), cell("PostMaintenance"), fmt.Sprint(h.VMsMoved), h.Reason)
+		t.AddRow(h.Name, h.Cluster, string(h.Step), cell(events.PreFlight), cell(events.PreMaintenance), cell(events.Maintenance), cell(events.PostMaintenance), fmt.Sprint(h.VMsMoved), h.Reason)
 	}
-	return t.Render()
+	if err := t.Render(); err != nil {
+		return err
+	}
+	if !dead {
+		return nil
+	}
+	// What each verb would do with each unfinished host: the engine's step table.
+	fmt.Fprintln(w, "\nhosts left unfinished, and what resume or abort does with each:")
+	n := opts.F.IO.NewTable("HOST", "STEP", "RESUME", "ABORT")
+	for _, h := range run.Hosts {
+		if h.Active() {
+			rule := orchestrate.RuleFor(h.Step)
+			n.AddRow(h.Name, string(h.Step), rule.Resume, rule.Abort)
+		}
+	}
+	return n.Render()
 }
 
 func runRollingList(opts *RollingOptions) error {
@@ -319,7 +338,7 @@ func runRollingList(opts *RollingOptions) error {
 	t := opts.F.IO.NewTable("RUN", "STATE", "STARTED", "HOSTS", "UPDATED", "SKIPPED", "DETAILS")
 	for _, r := range runs {
 		res := r.Result()
-		t.AddRow(r.ID, r.State, opts.F.IO.Time(r.CreatedAt, now), fmt.Sprint(len(r.Hosts)), fmt.Sprint(len(res.HostsUpdated)), fmt.Sprint(len(res.HostsSkipped)), firstLine(r.Details))
+		t.AddRow(r.ID, string(r.State), opts.F.IO.Time(r.CreatedAt, now), fmt.Sprint(len(r.Hosts)), fmt.Sprint(len(res.HostsUpdated)), fmt.Sprint(len(res.HostsSkipped)), firstLine(r.Details))
 	}
 	return t.Render()
 }

@@ -293,10 +293,11 @@ func wantResult(t *testing.T, code int, res orchestrate.RunResult, errOut string
 	}
 }
 
-// hasEvent reports whether j holds an event of type typ (and, when given, of host and stage).
-func hasEvent(j []events.Event, typ, host, stage string) bool {
+// hasEvent reports whether j holds an event of type typ (and, when given, of host and of stage
+// or step).
+func hasEvent(j []events.Event, typ events.Type, host, stageOrStep string) bool {
 	for _, e := range j {
-		if e.Type == typ && (host == "" || e.Host == host) && (stage == "" || e.Stage == stage) {
+		if e.Type == typ && (host == "" || e.Host == host) && (stageOrStep == "" || string(e.Stage) == stageOrStep || string(e.Step) == stageOrStep) {
 			return true
 		}
 	}
@@ -389,7 +390,7 @@ func (l *rollingLab) waitStageRunning(bg *bgKvmctl, host, stage string) rollingS
 				l.t.Fatalf("rolling status --json: %v\n%s", err, out)
 			}
 			if h := st.Run.Host(host); h != nil {
-				if rec := h.Stages[stage]; rec != nil && rec.State == "running" && rec.ExecID != "" {
+				if rec := h.Stages[events.Stage(stage)]; rec != nil && rec.State == "running" && rec.ExecID != "" {
 					return st
 				}
 			}
@@ -418,7 +419,7 @@ func (l *rollingLab) killDuringMaintenance() (string, func()) {
 	bg.wait(l.t, 10*time.Second)
 	id := st.Run.ID
 	after := l.status(id)
-	if after.Run.State != orchestrate.RunRunning || after.OwnerAlive {
+	if after.Run.State != events.RunRunning || after.OwnerAlive {
 		l.t.Fatalf("after SIGKILL run %s is %s, owner_alive %v; want running with its owner gone", id, after.Run.State, after.OwnerAlive)
 	}
 	if out := l.ok("rolling", "status", id); !strings.Contains(out, "running (its kvmctl, pid") || !strings.Contains(out, "is gone") {
@@ -451,8 +452,8 @@ func TestRollingE2E(t *testing.T) {
 		l := newRollingLab(t, 3, 1, 1)
 		code, res, errOut := l.start("--cluster", "c1", "--timeout", "10")
 		wantResult(t, code, res, errOut, 0, []string{"h1", "h2", "h3"}, nil)
-		if res.State != orchestrate.RunSucceeded {
-			t.Errorf("state %q, want %q", res.State, orchestrate.RunSucceeded)
+		if res.State != events.RunSucceeded {
+			t.Errorf("state %q, want %q", res.State, events.RunSucceeded)
 		}
 		for _, h := range l.hostNames() {
 			if got := l.stagesRan(h); !slices.Equal(got, stageNames) {
@@ -467,8 +468,8 @@ func TestRollingE2E(t *testing.T) {
 		// Hosts one at a time: each host's maintenance ends before the next one's begins.
 		var order []string
 		for _, e := range j {
-			if e.Type == events.HostStep && (e.Stage == orchestrate.StepPrepared || e.Stage == "left_maintenance") {
-				order = append(order, e.Host+":"+e.Stage)
+			if e.Type == events.HostStep && (e.Step == events.StepPrepared || e.Step == events.StepLeftMaintenance) {
+				order = append(order, e.Host+":"+string(e.Step))
 			}
 		}
 		want := []string{"h1:prepare_for_maintenance", "h1:left_maintenance", "h2:prepare_for_maintenance", "h2:left_maintenance",
@@ -496,7 +497,7 @@ func TestRollingE2E(t *testing.T) {
 		l.hook("h2", "PreFlight", "echo disk full; exit 1")
 		code, res, errOut := l.start("--cluster", "c1", "--timeout", "10")
 		wantResult(t, code, res, errOut, 1, nil, nil)
-		if res.State != orchestrate.RunFailed || !strings.Contains(res.Details, "PreFlight") || !strings.Contains(res.Details, "h2") {
+		if res.State != events.RunFailed || !strings.Contains(res.Details, "PreFlight") || !strings.Contains(res.Details, "h2") {
 			t.Errorf("state %q details %q: want failed naming h2's PreFlight", res.State, res.Details)
 		}
 		for _, h := range l.hostNames() {
@@ -505,12 +506,12 @@ func TestRollingE2E(t *testing.T) {
 			}
 		}
 		j := l.journal(res.RunID)
-		for _, typ := range []string{events.ClusterDisabling, events.ClusterDisabled, events.HostStarted} {
+		for _, typ := range []events.Type{events.ClusterDisabling, events.ClusterDisabled, events.HostStarted} {
 			if hasEvent(j, typ, "", "") {
 				t.Errorf("the journal has %s after a failed PreFlight", typ)
 			}
 		}
-		if hasEvent(j, events.HostStep, "", orchestrate.StepPrepared) || hasEvent(j, events.HostStageStarted, "", "PreMaintenance") {
+		if hasEvent(j, events.HostStep, "", string(events.StepPrepared)) || hasEvent(j, events.HostStageStarted, "", "PreMaintenance") {
 			t.Errorf("a host went on past PreFlight")
 		}
 		l.assertRestored()
@@ -545,7 +546,7 @@ func TestRollingE2E(t *testing.T) {
 		if got := l.stagesRan("h2"); !slices.Equal(got, []string{"PreFlight"}) {
 			t.Errorf("h2 ran %v, want only PreFlight", got)
 		}
-		if hasEvent(l.journal(res.RunID), events.HostStep, "h2", orchestrate.StepPrepared) {
+		if hasEvent(l.journal(res.RunID), events.HostStep, "h2", string(events.StepPrepared)) {
 			t.Errorf("h2 was put into maintenance")
 		}
 		l.assertRestored()
@@ -560,7 +561,7 @@ func TestRollingE2E(t *testing.T) {
 		if got := l.stagesRan("h2"); !slices.Equal(got, []string{"PreFlight", "PreMaintenance"}) {
 			t.Errorf("h2 ran %v, want PreFlight and PreMaintenance", got)
 		}
-		if hasEvent(l.journal(res.RunID), events.HostStep, "h2", orchestrate.StepPrepared) {
+		if hasEvent(l.journal(res.RunID), events.HostStep, "h2", string(events.StepPrepared)) {
 			t.Errorf("h2 was put into maintenance")
 		}
 		l.assertRestored()
@@ -572,7 +573,7 @@ func TestRollingE2E(t *testing.T) {
 		l.hook("h2", "Maintenance", "echo apt broke; exit 3")
 		code, res, errOut := l.start("--cluster", "c1", "--timeout", "10")
 		wantResult(t, code, res, errOut, 1, []string{"h1"}, nil)
-		if res.State != orchestrate.RunFailed || !strings.Contains(res.Details, "h2") || !strings.Contains(res.Details, "exit 3") {
+		if res.State != events.RunFailed || !strings.Contains(res.Details, "h2") || !strings.Contains(res.Details, "exit 3") {
 			t.Errorf("state %q details %q: want failed naming h2's Maintenance exit 3", res.State, res.Details)
 		}
 		if got := l.stagesRan("h2"); !slices.Equal(got, []string{"PreFlight", "PreMaintenance", "Maintenance"}) {
@@ -594,7 +595,7 @@ func TestRollingE2E(t *testing.T) {
 		l.hook("h2", "PostMaintenance", "echo service down; exit 1")
 		code, res, errOut := l.start("--cluster", "c1", "--timeout", "10")
 		wantResult(t, code, res, errOut, 1, []string{"h1"}, nil)
-		if res.State != orchestrate.RunFailed || !strings.Contains(res.Details, "PostMaintenance") {
+		if res.State != events.RunFailed || !strings.Contains(res.Details, "PostMaintenance") {
 			t.Errorf("state %q details %q: want failed naming PostMaintenance", res.State, res.Details)
 		}
 		if got := l.stagesRan("h3"); !slices.Equal(got, []string{"PreFlight"}) {
@@ -706,7 +707,7 @@ func TestRollingE2E(t *testing.T) {
 		if code := bg.wait(t, 60*time.Second); code != 0 {
 			t.Fatalf("the first run exited %d\n%s", code, bg.errb.String())
 		}
-		if st := l.status(first); st.Run.State != orchestrate.RunSucceeded || len(st.Result.HostsUpdated) != 3 {
+		if st := l.status(first); st.Run.State != events.RunSucceeded || len(st.Result.HostsUpdated) != 3 {
 			t.Errorf("first run %s with %d hosts updated, want succeeded with 3", st.Run.State, len(st.Result.HostsUpdated))
 		}
 		l.assertRestored()
@@ -792,8 +793,8 @@ func TestRollingE2E(t *testing.T) {
 			t.Errorf("abort returned while h1's Maintenance script was still running")
 		}
 		st := l.status(id)
-		if st.Run.State != orchestrate.RunAborted {
-			t.Errorf("run %s after abort, want %s", st.Run.State, orchestrate.RunAborted)
+		if st.Run.State != events.RunAborted {
+			t.Errorf("run %s after abort, want %s", st.Run.State, events.RunAborted)
 		}
 		for _, h := range []string{"h2", "h3"} {
 			if got := l.stagesRan(h); !slices.Equal(got, []string{"PreFlight"}) {
@@ -819,9 +820,9 @@ func TestRollingE2E(t *testing.T) {
 			}
 			before := len(in[e.Cluster])
 			switch {
-			case e.Type == events.HostStep && e.Stage == orchestrate.StepPrepared, e.Type == events.HostMaintenanceIn:
+			case e.Type == events.HostStep && e.Step == events.StepPrepared, e.Type == events.HostMaintenanceIn:
 				in[e.Cluster][e.Host] = true
-			case e.Type == events.HostStep && e.Stage == "left_maintenance", e.Type == events.HostMaintenanceCancel:
+			case e.Type == events.HostStep && e.Step == events.StepLeftMaintenance, e.Type == events.HostMaintenanceCancel:
 				delete(in[e.Cluster], e.Host)
 			}
 			if n := len(in[e.Cluster]); n > most {
