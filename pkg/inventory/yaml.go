@@ -152,6 +152,8 @@ type Summary struct {
 	Created   map[string]int `json:"created"`
 	Updated   map[string]int `json:"updated"`
 	Unchanged map[string]int `json:"unchanged"`
+	// UpdatedHosts names the existing hosts the file changed.
+	UpdatedHosts []string `json:"updated_hosts,omitempty"`
 }
 
 // Apply writes a parsed document into tx: missing entities are created (Enabled), existing
@@ -250,6 +252,7 @@ func Apply(tx state.Tx, p *Parsed) (Summary, error) {
 							return s, err
 						}
 						s.Updated["hosts"]++
+						s.UpdatedHosts = append(s.UpdatedHosts, want.Name)
 					}
 				}
 			}

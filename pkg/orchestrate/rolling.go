@@ -346,3 +346,13 @@ func (r *Rolling) Abort(ctx context.Context, id string) (res RunResult, asked bo
 	res, err = x.abortHere(ctx)
 	return res, false, err
 }
+
+// Free refuses, naming the holder and what to do, when a rolling run, a maintenance action or
+// any other holder holds one of subjects. The inventory commands (cluster enable|disable|rm,
+// host set|rm, inventory apply) call it in the transaction of their change.
+func Free(tx state.Tx, t holds.Table, subjects ...holds.Subject) error {
+	if err := clearStaleRunHolds(tx); err != nil {
+		return err
+	}
+	return t.Check(tx, holds.Ref{}, subjects)
+}

@@ -4,7 +4,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kvmctl/kvmctl/pkg/cmdutil"
+	"github.com/kvmctl/kvmctl/pkg/holds"
 	"github.com/kvmctl/kvmctl/pkg/inventory"
+	"github.com/kvmctl/kvmctl/pkg/orchestrate"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
@@ -106,7 +108,12 @@ func runClusterList(opts *ClusterOptions) error {
 }
 
 func runClusterRm(opts *ClusterOptions) error {
-	if err := update(opts.F, func(tx state.Tx) error { return inventory.RemoveCluster(tx, opts.Name) }); err != nil {
+	if err := update(opts.F, func(tx state.Tx) error {
+		if err := orchestrate.Free(tx, holds.Local(), holds.Cluster(opts.Name)); err != nil {
+			return err
+		}
+		return inventory.RemoveCluster(tx, opts.Name)
+	}); err != nil {
 		return err
 	}
 	return done(opts.F, map[string]string{"removed": opts.Name, "kind": "cluster"}, "removed cluster %s", opts.Name)
@@ -115,6 +122,10 @@ func runClusterRm(opts *ClusterOptions) error {
 func runClusterSetState(opts *ClusterOptions, to string) error {
 	var before string
 	err := update(opts.F, func(tx state.Tx) (err error) {
+		// A run, or a maintenance action, that holds the cluster restores its state itself.
+		if err := orchestrate.Free(tx, holds.Local(), holds.Cluster(opts.Name)); err != nil {
+			return err
+		}
 		before, err = inventory.SetClusterState(tx, opts.Name, to)
 		return err
 	})

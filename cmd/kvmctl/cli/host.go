@@ -9,7 +9,9 @@ import (
 
 	"github.com/kvmctl/kvmctl/pkg/cmdutil"
 	"github.com/kvmctl/kvmctl/pkg/errs"
+	"github.com/kvmctl/kvmctl/pkg/holds"
 	"github.com/kvmctl/kvmctl/pkg/inventory"
+	"github.com/kvmctl/kvmctl/pkg/orchestrate"
 	"github.com/kvmctl/kvmctl/pkg/sshx"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
@@ -193,7 +195,12 @@ func sshString(s state.SSH) string {
 }
 
 func runHostRm(opts *HostOptions) error {
-	if err := update(opts.F, func(tx state.Tx) error { return inventory.RemoveHost(tx, opts.Name) }); err != nil {
+	if err := update(opts.F, func(tx state.Tx) error {
+		if err := hostFree(tx, opts.Name); err != nil {
+			return err
+		}
+		return inventory.RemoveHost(tx, opts.Name)
+	}); err != nil {
 		return err
 	}
 	return done(opts.F, map[string]string{"removed": opts.Name, "kind": "host"}, "removed host %s", opts.Name)
@@ -242,6 +249,9 @@ func newHostSetCmd(f *cmdutil.Factory) *cobra.Command {
 func runHostSet(opts *HostSetOptions) error {
 	var h state.Host
 	err := update(opts.F, func(tx state.Tx) (err error) {
+		if err := hostFree(tx, opts.Name); err != nil {
+			return err
+		}
 		h, err = inventory.UpdateHost(tx, opts.Name, func(h *state.Host) {
 			set := func(flag string, dst *string, v string) {
 				if opts.Flags(flag) {
@@ -266,4 +276,15 @@ func runHostSet(opts *HostSetOptions) error {
 		return err
 	}
 	return done(opts.F, h, "updated host %s", h.Name)
+}
+
+// hostFree refuses a change to host name while a run, a maintenance action or a fence holds it or
+// its cluster: the holder reads the host's record as it goes. An unknown host is left to the
+// change, which says so.
+func hostFree(tx state.Tx, name string) error {
+	h, err := state.GetHost(tx, name)
+	if err != nil {
+		return nil
+	}
+	return orchestrate.Free(tx, holds.Local(), holds.Host(name), holds.Cluster(h.Cluster))
 }

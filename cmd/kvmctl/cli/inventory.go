@@ -66,8 +66,17 @@ func runInventoryApply(opts *InventoryOptions) error {
 	}
 	var sum inventory.Summary
 	if err := update(opts.F, func(tx state.Tx) (err error) {
-		sum, err = inventory.Apply(tx, parsed)
-		return err
+		if sum, err = inventory.Apply(tx, parsed); err != nil {
+			return err
+		}
+		// Hosts the file changes must not be held: checked in the same transaction, so a
+		// refusal rolls the whole file back.
+		for _, h := range sum.UpdatedHosts {
+			if err := hostFree(tx, h); err != nil {
+				return fmt.Errorf("%s changes host %s: %w", name, h, err)
+			}
+		}
+		return nil
 	}); err != nil {
 		return err
 	}

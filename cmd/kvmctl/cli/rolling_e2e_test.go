@@ -703,6 +703,35 @@ func TestRollingE2E(t *testing.T) {
 		if n := l.runCount(); n != 1 {
 			t.Errorf("rolling list shows %d runs, want only the first", n)
 		}
+		// Every path that changes the run's cluster or hosts consults its holds, and each
+		// refusal names the run and changes nothing.
+		exported := l.ok("inventory", "export")
+		changed := strings.Replace(exported, "- lab", "- changed", 1)
+		if changed == exported {
+			t.Fatalf("cannot edit the exported inventory:\n%s", exported)
+		}
+		inv := filepath.Join(t.TempDir(), "inv.yaml")
+		if err := os.WriteFile(inv, []byte(changed), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for _, args := range [][]string{
+			{"cluster", "enable", "c1"},
+			{"cluster", "disable", "c1"},
+			{"cluster", "rm", "c1"},
+			{"host", "set", "h2", "--tags", "x"},
+			{"host", "rm", "h3"},
+			{"inventory", "apply", "-f", inv},
+			{"maintenance", "enable", "h2"},
+			{"maintenance", "cancel", "h1"},
+		} {
+			code, out, errOut := l.kvmctl(args...)
+			if code != 2 || !strings.Contains(errOut, "held by rolling run "+first) || !strings.Contains(errOut, "rolling abort "+first) {
+				t.Errorf("%s during the run: exit %d, want 2 naming run %s and how to stop it\n%s%s", strings.Join(args, " "), code, first, out, errOut)
+			}
+		}
+		if after := l.ok("inventory", "export"); after != exported {
+			t.Errorf("a refused change changed the inventory:\n%s\nwas\n%s", after, exported)
+		}
 		release()
 		if code := bg.wait(t, 60*time.Second); code != 0 {
 			t.Fatalf("the first run exited %d\n%s", code, bg.errb.String())
