@@ -184,28 +184,31 @@ func (t Table) Check(tx state.Tx, me Ref, subjects []Subject, ignore ...Kind) er
 }
 
 // Take holds subjects for h's holder, in tx, after the same checks as Check. A dead holder's
-// hold of one of the kinds in replaceDead is taken over; any other hold refuses.
-func (t Table) Take(tx state.Tx, h Hold, subjects []Subject, replaceDead ...Kind) error {
+// hold of one of the kinds in replaceDead is taken over, and returned so that the caller can
+// settle what that holder left; any other hold refuses.
+func (t Table) Take(tx state.Tx, h Hold, subjects []Subject, replaceDead ...Kind) ([]Hold, error) {
 	if h.Owner == (Owner{}) {
 		h.Owner = t.Self
 	}
+	var replaced []Hold
 	for _, s := range subjects {
 		cur, ok, err := Get(tx, s)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		switch {
 		case !ok, cur.Ref() == h.Ref():
 		case contains(replaceDead, cur.Kind) && !t.alive(cur.Owner):
+			replaced = append(replaced, cur)
 		default:
-			return t.refusal(cur)
+			return nil, t.refusal(cur)
 		}
 		h.Subject = s
 		if err := put(tx, h); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return replaced, nil
 }
 
 // Release drops the holds of ref on subjects (all its holds when subjects is empty); holds of

@@ -22,11 +22,11 @@ func TestTakeRefusesAnotherHolderNamingIt(t *testing.T) {
 	dead := map[int]bool{}
 	a, b := tables(dead)
 	run := Hold{Kind: Rolling, ID: "r1", What: "rolling run r1", Since: t0}
-	if err := db.Update(func(tx state.Tx) error { return a.Take(tx, run, []Subject{Cluster("c1"), Cluster("c2")}) }); err != nil {
+	if err := db.Update(func(tx state.Tx) error { return take(a.Take(tx, run, []Subject{Cluster("c1"), Cluster("c2")})) }); err != nil {
 		t.Fatal(err)
 	}
 	maint := Hold{Kind: Maintenance, ID: "m1", What: "maintenance enable of h1", Host: "h1", Since: t0}
-	err := db.Update(func(tx state.Tx) error { return b.Take(tx, maint, []Subject{Host("h1"), Cluster("c2")}) })
+	err := db.Update(func(tx state.Tx) error { return take(b.Take(tx, maint, []Subject{Host("h1"), Cluster("c2")})) })
 	if !errs.IsRefused(err) || !strings.Contains(err.Error(), "cluster c2 is held by rolling run r1 (pid 1, since 2026-11-29T10:00:00Z), which is still running: wait for it, or `kvmctl rolling abort r1`") {
 		t.Fatalf("Take over a live run's cluster = %v", err)
 	}
@@ -51,7 +51,7 @@ func TestTakeRefusesAnotherHolderNamingIt(t *testing.T) {
 	// The run's kvmctl dies: its holds stay, the refusal says how to settle them, and only the
 	// run's own takeover moves them.
 	dead[1] = true
-	err = db.Update(func(tx state.Tx) error { return b.Take(tx, maint, []Subject{Cluster("c2")}, Maintenance) })
+	err = db.Update(func(tx state.Tx) error { return take(b.Take(tx, maint, []Subject{Cluster("c2")}, Maintenance)) })
 	if !errs.IsRefused(err) || !strings.Contains(err.Error(), "whose kvmctl died: `kvmctl rolling resume r1` to finish it, or `kvmctl rolling abort r1`") {
 		t.Fatalf("Take over a dead run's cluster = %v", err)
 	}
@@ -87,15 +87,24 @@ func TestDeadMaintenanceHoldIsReplacedOnlyByMaintenance(t *testing.T) {
 	dead := map[int]bool{}
 	a, b := tables(dead)
 	m1 := Hold{Kind: Maintenance, ID: "m1", What: "maintenance enable of h1", Host: "h1"}
-	_ = db.Update(func(tx state.Tx) error { return a.Take(tx, m1, []Subject{Host("h1"), Cluster("c1")}) })
+	_ = db.Update(func(tx state.Tx) error { return take(a.Take(tx, m1, []Subject{Host("h1"), Cluster("c1")})) })
 	dead[1] = true
-	err := db.Update(func(tx state.Tx) error { return b.Take(tx, Hold{Kind: Rolling, ID: "r2"}, []Subject{Cluster("c1")}) })
+	err := db.Update(func(tx state.Tx) error {
+		return take(b.Take(tx, Hold{Kind: Rolling, ID: "r2"}, []Subject{Cluster("c1")}))
+	})
 	if !errs.IsRefused(err) || !strings.Contains(err.Error(), "`kvmctl maintenance enable h1` finishes it, `kvmctl maintenance cancel h1` undoes it") {
 		t.Fatalf("a run over a dead maintenance hold = %v", err)
 	}
 	m2 := Hold{Kind: Maintenance, ID: "m2", What: "maintenance cancel of h1", Host: "h1"}
-	if err := db.Update(func(tx state.Tx) error { return b.Take(tx, m2, []Subject{Host("h1")}, Maintenance) }); err != nil {
+	var replaced []Hold
+	if err := db.Update(func(tx state.Tx) (err error) {
+		replaced, err = b.Take(tx, m2, []Subject{Host("h1")}, Maintenance)
+		return err
+	}); err != nil {
 		t.Fatalf("maintenance over a dead maintenance hold = %v", err)
+	}
+	if len(replaced) != 1 || replaced[0].ID != "m1" || replaced[0].Subject != Host("h1") {
+		t.Errorf("Take returned %+v, want m1's hold on host h1 as the one it replaced", replaced)
 	}
 	// Releasing m1 now leaves m2's hold alone.
 	_ = db.Update(func(tx state.Tx) error { return Release(tx, m1.Ref()) })
@@ -116,7 +125,7 @@ func TestLegacyLockHoldsUntilItsRunTakesItOver(t *testing.T) {
 	a, b := tables(map[int]bool{})
 	_ = db.Update(func(tx state.Tx) error { return tx.Put(state.BucketLocks, "c1", []byte("r0")) })
 	err := db.Update(func(tx state.Tx) error {
-		return a.Take(tx, Hold{Kind: Maintenance, ID: "m1"}, []Subject{Cluster("c1")})
+		return take(a.Take(tx, Hold{Kind: Maintenance, ID: "m1"}, []Subject{Cluster("c1")}))
 	})
 	if !errs.IsRefused(err) || !strings.Contains(err.Error(), "rolling resume r0") {
 		t.Fatalf("Take over a legacy lock = %v", err)
@@ -158,3 +167,5 @@ func TestProcessAlive(t *testing.T) {
 		t.Error("a process on another machine must count as alive")
 	}
 }
+
+func take(_ []Hold, err error) error { return err }

@@ -248,7 +248,7 @@ type action struct {
 // begin starts verb on host name. A standalone action takes its holds (host, plus the subjects
 // in also), checks the host's state with check and opens its journal stream, all in one
 // transaction; under a run or in a dry run it only checks. Every refusal changes nothing.
-func (m *Maintenance) begin(verb, name string, dryRun bool, also func(state.Host) (take, check []holds.Subject), check func(state.Host) error) (*action, error) {
+func (m *Maintenance) begin(verb, name string, dryRun bool, also func(state.Host) (take, check []holds.Subject), check func(h state.Host, tookOver bool) error) (*action, error) {
 	a := &action{m: m, verb: verb, host: name}
 	t := m.table()
 	if m.Under != nil || dryRun {
@@ -265,13 +265,13 @@ func (m *Maintenance) begin(verb, name string, dryRun bool, also func(state.Host
 			if err := t.Check(tx, a.ref, append(append([]holds.Subject{holds.Host(name)}, take...), chk...)); err != nil {
 				return err
 			}
-			return check(h)
+			return check(h, false)
 		})
 	}
 	now := m.now()
 	a.stream, a.own = newID("m", now), true
 	a.ref = holds.Ref{Kind: holds.Maintenance, ID: a.stream}
-	var started events.Event
+	var written []events.Event
 	err := m.Store.Update(func(tx state.Tx) error {
 		h, err := getHost(tx, name)
 		if err != nil {
@@ -284,15 +284,23 @@ func (m *Maintenance) begin(verb, name string, dryRun bool, also func(state.Host
 		take, chk := also(h)
 		hold := holds.Hold{Kind: holds.Maintenance, ID: a.stream, Host: name, Since: now, What: fmt.Sprintf("`maintenance %s %s`", verb, name)}
 		// A maintenance action whose kvmctl died left this host (or cluster) held: its own verbs
-		// finish or undo what it left, so this one takes its hold over.
-		if err := t.Take(tx, hold, append([]holds.Subject{holds.Host(name)}, take...), holds.Maintenance); err != nil {
+		// finish or undo what it left, so this one takes its hold over and ends its stream.
+		replaced, err := t.Take(tx, hold, append([]holds.Subject{holds.Host(name)}, take...), holds.Maintenance)
+		if err != nil {
 			return err
 		}
 		if err := t.Check(tx, a.ref, chk, holds.Maintenance); err != nil {
 			return err
 		}
-		if err := check(h); err != nil {
+		tookOver := false
+		for _, old := range replaced {
+			tookOver = tookOver || old.Subject == holds.Host(name)
+		}
+		if err := check(h, tookOver); err != nil {
 			return err
+		}
+		for _, old := range endDead(tx, replaced, a.stream, now) {
+			written = append(written, old)
 		}
 		ret, err := retention(tx)
 		if err != nil {
@@ -304,14 +312,45 @@ func (m *Maintenance) begin(verb, name string, dryRun bool, also func(state.Host
 		if err := journal.Open(tx, a.stream, journal.Maintenance, string(holds.Host(name)), "", now); err != nil {
 			return err
 		}
-		started, _, err = journal.AppendTx(tx, a.stream, events.Event{Type: events.ActionStarted, Action: verb, Host: name, Cluster: h.Cluster}, now)
+		started, _, err := journal.AppendTx(tx, a.stream, events.Event{Type: events.ActionStarted, Action: verb, Host: name, Cluster: h.Cluster}, now)
+		written = append(written, started)
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	a.emit(started)
+	for _, e := range written {
+		a.emit(e)
+	}
 	return a, nil
+}
+
+// endDead ends, in tx, the maintenance actions whose kvmctl died and whose holds stream by has
+// just taken over: their other holds are released and their streams ended. It returns the events
+// it wrote. A stream already ended, or unreadable, is left as it is.
+func endDead(tx state.Tx, replaced []holds.Hold, by string, now time.Time) []events.Event {
+	var out []events.Event
+	seen := map[string]bool{}
+	for _, h := range replaced {
+		if seen[h.ID] {
+			continue
+		}
+		seen[h.ID] = true
+		// The dead action is over: its other holds (the cluster it planned in) go too.
+		if err := holds.Release(tx, h.Ref()); err != nil {
+			continue
+		}
+		s, err := journal.GetStream(tx, h.ID)
+		if err != nil || s.Ended {
+			continue
+		}
+		e, _, err := journal.AppendTx(tx, h.ID, events.Event{Type: events.ActionFinished, Host: h.Host, RunState: events.RunFailed,
+			Message: fmt.Sprintf("its kvmctl (pid %d) died; %s took its hold over", h.Owner.PID, by)}, now)
+		if err == nil && journal.End(tx, h.ID, now) == nil {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 func (a *action) emit(e events.Event) {
@@ -411,7 +450,7 @@ func (m *Maintenance) Enable(ctx context.Context, name string, opts EnableOption
 		// The cluster is held while the action plans and moves VMs: two enables never plan on
 		// the same free capacity.
 		return []holds.Subject{holds.Cluster(h.Cluster)}, nil
-	}, func(h state.Host) error {
+	}, func(h state.Host, _ bool) error {
 		before = h.ResourceState
 		switch h.ResourceState {
 		case state.Enabled, state.Disabled, state.ErrorInMaintenance:
@@ -716,21 +755,32 @@ func (m *Maintenance) waitEmpty(ctx context.Context, src MaintenanceAgent) error
 // VMs do not move back by themselves.
 func (m *Maintenance) Cancel(ctx context.Context, name string) (MaintenanceResult, error) {
 	res := MaintenanceResult{Host: name, Plan: []Placement{}, Migrated: []string{}}
+	nothing := false
 	a, err := m.begin("cancel", name, false, func(h state.Host) ([]holds.Subject, []holds.Subject) {
 		// A rolling run owns its cluster's maintenance: cancelling in it would make a host whose
 		// Maintenance script still runs a migration target. Another host's maintenance action
 		// in the cluster is no conflict.
 		return nil, []holds.Subject{holds.Cluster(h.Cluster)}
-	}, func(h state.Host) error {
+	}, func(h state.Host, tookOver bool) error {
 		res.ResourceState = h.ResourceState
 		switch h.ResourceState {
 		case state.PrepareForMaintenance, state.Maintenance, state.ErrorInMaintenance:
+			return nil
+		}
+		if tookOver {
+			// A `maintenance enable` died before it changed the host: there is nothing to undo
+			// but the hold it left, which this cancel has just taken over.
+			nothing = true
 			return nil
 		}
 		return errs.Refusedf("host %s is %s, not in maintenance: nothing to cancel", name, h.ResourceState)
 	})
 	if err != nil {
 		return res, err
+	}
+	if nothing {
+		res.Reason = "it was not in maintenance; the hold a killed kvmctl left on it was released"
+		return res, a.done(nil, nil, events.RunSucceeded, res.Reason)
 	}
 	c, err := m.load(name)
 	if err != nil {

@@ -212,7 +212,7 @@ func (r *Rolling) Begin(req RollingRequest) (*Execution, error) {
 		for _, c := range p.clusters {
 			subjects = append(subjects, holds.Cluster(c))
 		}
-		if err := r.table().Take(tx, holds.Hold{Kind: holds.Rolling, ID: run.ID, Since: now, What: "rolling run " + run.ID}, subjects); err != nil {
+		if _, err := r.table().Take(tx, holds.Hold{Kind: holds.Rolling, ID: run.ID, Since: now, What: "rolling run " + run.ID}, subjects); err != nil {
 			return err
 		}
 		if _, err := journal.Prune(tx, p.retention, now); err != nil {
@@ -276,7 +276,8 @@ func (r *Rolling) takeOver(tx state.Tx, run *Run, now time.Time) error {
 		}
 	}
 	run.Owner = t.Self
-	return t.Take(tx, holds.Hold{Kind: holds.Rolling, ID: run.ID, Since: now, What: "rolling run " + run.ID}, subjects)
+	_, err := t.Take(tx, holds.Hold{Kind: holds.Rolling, ID: run.ID, Since: now, What: "rolling run " + run.ID}, subjects)
+	return err
 }
 
 // Resume takes over run id from a kvmctl that died and runs it to the end.
@@ -327,6 +328,9 @@ func (r *Rolling) Abort(ctx context.Context, id string) (res RunResult, asked bo
 		}
 		now := r.clock().Now().UTC()
 		run.AbortRequested = true
+		if err := tx.Put(state.BucketAborts, run.ID, []byte("1")); err != nil {
+			return err
+		}
 		if run.Owner != t.Self && t.IsAlive(run.Owner) {
 			asked = true
 			return r.appendRun(tx, run, events.Event{Type: events.RunAbortRequested}, now)

@@ -76,9 +76,7 @@ func (x *Execution) record(e events.Event, change func(*Run), txChange func(stat
 	var written events.Event
 	err := x.r.Store.Update(func(tx state.Tx) error {
 		// Another kvmctl may have written the record since (`rolling abort` sets the flag).
-		if cur, err := LoadRun(tx, x.run.ID); err == nil {
-			x.run.AbortRequested = x.run.AbortRequested || cur.AbortRequested
-		}
+		x.run.AbortRequested = x.run.AbortRequested || abortFlag(tx, x.run.ID)
 		if txChange != nil {
 			if err := txChange(tx); err != nil {
 				return err
@@ -139,12 +137,17 @@ func (x *Execution) maintenance() *Maintenance {
 func (x *Execution) abortRequested() bool {
 	var stop bool
 	_ = x.r.Store.View(func(tx state.Tx) error {
-		if run, err := LoadRun(tx, x.run.ID); err == nil {
-			stop = run.AbortRequested
-		}
+		stop = abortFlag(tx, x.run.ID)
 		return nil
 	})
 	return stop
+}
+
+// abortFlag reports whether `rolling abort` asked run id to stop; it is read before every write
+// of the run, so it is kept apart from the run's record.
+func abortFlag(tx state.Tx, id string) bool {
+	_, err := tx.Get(state.BucketAborts, id)
+	return err == nil
 }
 
 // fatal ends a run that cannot go on: it restores what the run changed and records why.
@@ -286,6 +289,9 @@ func (x *Execution) finish(st events.RunState, details string) {
 			run.State, run.Details, run.EndedAt = st, details, x.clk.Now().UTC()
 		}, func(tx state.Tx) error {
 			if err := holds.Release(tx, x.run.ref()); err != nil {
+				return err
+			}
+			if err := tx.Delete(state.BucketAborts, x.run.ID); err != nil {
 				return err
 			}
 			return journal.End(tx, x.run.ID, x.clk.Now())

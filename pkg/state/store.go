@@ -27,6 +27,9 @@
 //	  <stream>     -> the stream's kind, subject, last sequence number and end (pkg/journal)
 //	holds/
 //	  cluster/<name>, host/<name> -> who holds the subject now (JSON, pkg/holds)
+//	aborts/
+//	  <run id>     -> "1": `rolling abort` asked the run's live kvmctl to stop (read before
+//	                  each of its writes, so kept apart from the run's large record)
 //	locks/
 //	  <cluster>    -> id of the run that holds the cluster: written by kvmctl before holds, read
 //	                  as a hold until that run's resume or abort clears it
@@ -68,11 +71,12 @@ const (
 	BucketLocks    = "locks"
 	BucketStreams  = "streams"
 	BucketHolds    = "holds"
+	BucketAborts   = "aborts"
 )
 
 // Buckets lists every top-level bucket of the current schema, created by Create and on upgrade.
 var Buckets = []string{BucketMeta, BucketZones, BucketPods, BucketClusters, BucketHosts, BucketSettings, BucketHostStatus,
-	BucketRuns, BucketJournal, BucketLocks, BucketStreams, BucketHolds}
+	BucketRuns, BucketJournal, BucketLocks, BucketStreams, BucketHolds, BucketAborts}
 
 const keyVersion = "version"
 
