@@ -411,3 +411,41 @@ func TestRollingNotReachedAfterAbort(t *testing.T) {
 		t.Errorf("view does not say h2 was not reached:\n%s", m.View())
 	}
 }
+
+// A resumed run's view starts from its journal: hosts finished before the crash show as done
+// with their stage results and VMs moved, not as waiting with "-" (the bug this replaces).
+func TestRollingReplayOfAResumedRun(t *testing.T) {
+	m := newTestModel(&fakeClock{t: t0.Add(10 * time.Minute)}, RollingOptions{Tick: -1})
+	var past []events.Event
+	add := func(ms ...EventMsg) {
+		for _, msg := range ms {
+			past = append(past, events.Event(msg))
+		}
+	}
+	add(at(0, events.Event{Type: events.RunStarted, RunID: "r1", HostCount: 3, ClusterCount: 2}))
+	for i, s := range events.Stages() {
+		add(stageEvents(time.Duration(i)*time.Minute, "h1", "c1", s, events.OutcomeSucceeded, 30*time.Second, events.Event{ExitCode: events.Int(0)})...)
+	}
+	add(at(2*time.Minute, events.Event{Type: events.HostStep, Host: "h1", Cluster: "c1", Step: events.StepInMaintenance, VMs: 2}))
+	add(at(4*time.Minute, events.Event{Type: events.HostDone, Host: "h1", Cluster: "c1"}))
+	add(stageEvents(0, "h2", "c1", events.PreFlight, events.OutcomeSkipped, time.Second, events.Event{ExitCode: events.Int(70)})...)
+	add(at(time.Second, events.Event{Type: events.HostSkipped, Host: "h2", Cluster: "c1", Message: "no maintenance needed (PreFlight exit 70)"}))
+	m.Replay(past)
+	h1, _ := m.Host("h1")
+	if h1.Phase != "done" || h1.VMsMoved != 2 {
+		t.Errorf("h1 after replay: phase %q, %d VMs moved; want done, 2", h1.Phase, h1.VMsMoved)
+	}
+	for i, s := range h1.Stages {
+		if s.State != StageOK {
+			t.Errorf("h1 stage %d (%s) = %s, want ok", i, s.Name, s.State)
+		}
+	}
+	if h2, _ := m.Host("h2"); !strings.HasPrefix(h2.Phase, "skipped") || h2.Stages[0].State != StageSkipped {
+		t.Errorf("h2 after replay: %q, PreFlight %s", h2.Phase, h2.Stages[0].State)
+	}
+	if h3, _ := m.Host("h3"); h3.Phase != "waiting" {
+		t.Errorf("h3 after replay: %q, want waiting", h3.Phase)
+	}
+	view := m.View()
+	requireContains(t, view, "1 done", "1 skipped", "2 VMs", "ok 30s")
+}
