@@ -112,6 +112,10 @@ type EnableOptions struct {
 // ErrDoesNotFit fails enable when some running VM has nowhere to go; nothing was changed.
 var ErrDoesNotFit = errors.New("the host's VMs do not fit on the rest of its cluster")
 
+// ErrWaitTimeout fails enable when kvm.rolling.maintenance.wait.maintenance.timeout passed before
+// the host was empty.
+var ErrWaitTimeout = errors.New("the host did not reach maintenance within kvm.rolling.maintenance.wait.maintenance.timeout")
+
 func (m *Maintenance) clock() clock.Clock { return clock.OrReal(m.Clock) }
 
 func (m *Maintenance) now() time.Time { return m.clock().Now().UTC() }
@@ -534,18 +538,21 @@ func (m *Maintenance) Enable(ctx context.Context, name string, opts EnableOption
 	}
 	res.ResourceState = state.PrepareForMaintenance
 
+	wctx, cancel := clock.WithTimeout(ctx, m.clock(), c.waitTimeout)
+	defer cancel()
 	fail := func(reason string) (MaintenanceResult, error) {
 		res.Reason = reason
 		res.ResourceState = state.ErrorInMaintenance
 		e := events.Event{Type: events.HostMaintenanceError, Host: name, Cluster: c.host.Cluster, Message: reason}
 		err := fmt.Errorf("host %s: %s; it is ErrorInMaintenance: fix the cause, then `kvmctl maintenance enable %s` again or `kvmctl maintenance cancel %s`", name, reason, name, name)
+		if clock.Expired(wctx) && ctx.Err() == nil {
+			err = fmt.Errorf("%w: %w", ErrWaitTimeout, err)
+		}
 		if derr := a.done(&e, setState(name, state.ErrorInMaintenance, reason), events.RunFailed, "left ErrorInMaintenance"); derr != nil {
 			err = errors.Join(err, derr)
 		}
 		return res, err
 	}
-	wctx, cancel := clock.WithTimeout(ctx, m.clock(), c.waitTimeout)
-	defer cancel()
 	src, err := m.Dial(c.host)
 	if err != nil {
 		return fail(err.Error())
@@ -726,7 +733,7 @@ func (m *Maintenance) moveVM(ctx context.Context, src MaintenanceAgent, srcKind 
 		cctx, cancel := clock.WithTimeout(context.WithoutCancel(ctx), m.clock(), m.waits().Cleanup)
 		defer cancel()
 		if rerr := to.RemoveVM(cctx, vm); rerr != nil {
-			return fmt.Errorf("remove %s from the source: %w (and from %s again: %v)", vm, err, dst.Name, rerr)
+			return fmt.Errorf("remove %s from the source: %w (and from %s again: %w)", vm, err, dst.Name, rerr)
 		}
 		return fmt.Errorf("remove %s from the source: %w", vm, err)
 	}

@@ -203,7 +203,7 @@ func (x *Execution) Execute(ctx context.Context) (RunResult, error) {
 		// it is, resumable, rather than half-restore it.
 		why := ErrInterrupted
 		if rec != nil {
-			why = fmt.Errorf("%w: %v", ErrInterrupted, rec)
+			why = fmt.Errorf("%w: %w", ErrInterrupted, rec)
 		}
 		return x.snapshot().Result(), fmt.Errorf("%w: run %s stays resumable: kvmctl rolling resume %s", why, run.ID, run.ID)
 	}

@@ -440,7 +440,8 @@ func (x *Execution) enterMaintenance(ctx context.Context, h *RunHost, fresh bool
 	wait := x.Run().WaitTimeout
 	wctx, cancel := clock.WithTimeout(ctx, x.clk, wait)
 	res, err := m.Enable(wctx, h.Name, EnableOptions{Prepared: true, Fresh: fresh, Prefer: x.updatedHosts(h.Cluster)})
-	timedOut := clock.Expired(wctx) && ctx.Err() == nil
+	// The engine's own wait and the run's end at the same moment: either says it timed out.
+	timedOut := (errors.Is(err, ErrWaitTimeout) || clock.Expired(wctx)) && ctx.Err() == nil
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil || isRecordErr(err) {
