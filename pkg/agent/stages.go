@@ -28,7 +28,7 @@ const (
 var runIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
 // WithHooksConfig lets tests adjust the hooks executor's configuration (grace period, the
-// stage-exec binary, no systemd) after the agent filled it from its Config.
+// stage runner, no systemd) after the agent filled it from its Config.
 func WithHooksConfig(fn func(*hooks.Config)) Option {
 	return func(a *Agent) { a.hooksConfig = append(a.hooksConfig, fn) }
 }
@@ -41,6 +41,7 @@ func (a *Agent) newStageExecutor() (hooks.Executor, error) {
 		HooksDir:      a.cfg.HooksDir,
 		StateDir:      a.cfg.StateDir,
 		AgentExecutor: a.cfg.ServiceExecutorDisabled,
+		Runner:        a.cfg.StageRunner,
 		Host:          a.cfg.HostName,
 		BootID:        a.BootID,
 		Now:           a.now,

@@ -33,7 +33,9 @@ type Request struct {
 	Timeout time.Duration
 }
 
-// StageExecCommand is the name of the hidden agent subcommand that must call StageExecMain.
+// StageExecCommand is the name of the hidden agent subcommand that must call StageExecMain: the
+// service executor's fallback when the stage runner is missing, and what an agent older than
+// the runner started.
 const StageExecCommand = "stage-exec"
 
 // Defaults of Config.
@@ -61,12 +63,17 @@ type Config struct {
 	Now func() time.Time
 	// BootID returns the host's boot id; default ReadBootID. The lab overrides it.
 	BootID func() (string, error)
-	// Binary is the agent executable that has the stage-exec subcommand; default os.Executable().
+	// Runner is the stage runner the service executor starts for each stage, as RUNNER SPEC
+	// (rolling.maintenance.stage.runner); it must pass CheckStageRunner. Default: the
+	// StageRunnerName beside Binary, else Binary's stage-exec subcommand.
+	Runner string
+	// Binary is the agent executable, which has the stage-exec subcommand; default
+	// os.Executable().
 	Binary string
-	// NoSystemd makes the service executor start stage-exec in a new session even where
+	// NoSystemd makes the service executor start the stage runner in a new session even where
 	// systemd-run is available.
 	NoSystemd bool
-	// LaunchTimeout is how long a stage-exec that this agent did not start itself may take to
+	// LaunchTimeout is how long a stage runner that this agent did not start itself may take to
 	// write its first record before the stage counts as failed; default DefaultLaunchTimeout.
 	LaunchTimeout time.Duration
 	// Log receives what the executor settles on its own, such as an unreadable record; default

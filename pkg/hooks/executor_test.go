@@ -417,11 +417,19 @@ func TestHostRebootedDuringStage(t *testing.T) {
 }
 
 func TestSystemdRunArgs(t *testing.T) {
-	got := strings.Join(systemdRunArgs("0123456789abcdef", "/usr/bin/kvmagent", "/var/lib/kvmagent/stages/0123456789abcdef.spec"), " ")
-	want := "systemd-run --unit kvmagent-stage-0123456789abcdef --collect --quiet --service-type=exec -- " +
-		"/usr/bin/kvmagent stage-exec /var/lib/kvmagent/stages/0123456789abcdef.spec"
-	if got != want {
-		t.Fatalf("got  %s\nwant %s", got, want)
+	const prefix = "systemd-run --unit kvmagent-stage-0123456789abcdef --collect --quiet --service-type=exec -- "
+	for _, tc := range []struct {
+		runner []string
+		want   string
+	}{
+		{[]string{"/usr/bin/kvmagent-stage"}, prefix + "/usr/bin/kvmagent-stage /var/lib/kvmagent/stages/0123456789abcdef.spec"},
+		// The fallback where the runner is missing: the agent's own subcommand.
+		{[]string{"/usr/bin/kvmagent", StageExecCommand}, prefix + "/usr/bin/kvmagent stage-exec /var/lib/kvmagent/stages/0123456789abcdef.spec"},
+	} {
+		got := strings.Join(systemdRunArgs("0123456789abcdef", tc.runner, "/var/lib/kvmagent/stages/0123456789abcdef.spec"), " ")
+		if got != tc.want {
+			t.Errorf("got  %s\nwant %s", got, tc.want)
+		}
 	}
 }
 

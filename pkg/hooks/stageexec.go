@@ -3,7 +3,6 @@ package hooks
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -13,25 +12,34 @@ import (
 	"time"
 )
 
-// StageExecMain is the body of the agent's hidden "stage-exec <spec file>" subcommand, which the
-// ServiceExecutor starts detached from the agent: it runs the stage script described by the spec
-// file, recording "running" (with its pid and the boot id) before and the result after, and
-// returns the process exit code. SIGTERM or SIGINT stop the script (SIGTERM, grace, SIGKILL).
+// StageExecMain is the main of the stage runner (kvmagent-stage SPEC) and of the agent's hidden
+// "stage-exec SPEC" subcommand, which the ServiceExecutor starts detached from the agent: it
+// runs the stage script described by the spec file, recording "running" (with its pid and the
+// boot id) before and the result after, and returns the process exit code. SIGTERM or SIGINT
+// stop the script (SIGTERM, grace, SIGKILL).
 //
-// The kvmagent CLI wires it as:
+// cmd/kvmagent-stage is
 //
-//	case hooks.StageExecCommand: os.Exit(hooks.StageExecMain(os.Args[2:]))
+//	func main() { os.Exit(hooks.StageExecMain(os.Args[1:])) }
 func StageExecMain(args []string) int {
 	if err := stageExec(args); err != nil {
-		fmt.Fprintf(os.Stderr, "%s: %v\n", StageExecCommand, err)
+		fmt.Fprintf(os.Stderr, "%s: %v\n", runnerName(), err)
 		return 1
 	}
 	return 0
 }
 
+// runnerName names this process in its messages: kvmagent-stage, or the agent's stage-exec.
+func runnerName() string {
+	if filepath.Base(os.Args[0]) == StageRunnerName {
+		return StageRunnerName
+	}
+	return StageExecCommand
+}
+
 func stageExec(args []string) error {
 	if len(args) != 1 || !strings.HasSuffix(args[0], ".spec") {
-		return errors.New("usage: stage-exec <stages dir>/<id>.spec")
+		return fmt.Errorf("usage: %s <stages dir>/<id>.spec (the agent starts it for each stage)", runnerName())
 	}
 	specPath := args[0]
 	b, err := os.ReadFile(specPath)
