@@ -196,3 +196,10 @@ func readRec(t testing.TB, state, id string) record {
 }
 
 func kill(pid int, sig syscall.Signal) { _ = syscall.Kill(pid, sig) }
+
+// runnerOf returns the pid of the runner of service stage id from its <id>.pid, 0 when there is
+// none.
+func runnerOf(f *fixture, id string) int {
+	p, _ := store{dir: filepath.Join(f.state, "stages")}.runner(id)
+	return p.PID
+}

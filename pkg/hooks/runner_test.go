@@ -2,6 +2,7 @@ package hooks
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io/fs"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // parentScript is a stage script that prints how its parent, the process that ran the stage,
@@ -179,5 +181,35 @@ func TestCheckStageRunner(t *testing.T) {
 	}
 	if s := log.String(); !strings.Contains(s, "stage runner is not trusted") || !strings.Contains(s, "writable by others") {
 		t.Errorf("log = %q, want the warning", s)
+	}
+}
+
+// A runner started again for a stage that runs (a unit restarted) refuses: the script runs once.
+func TestStageRunnerStartedTwice(t *testing.T) {
+	f := newFixture(t)
+	counter, gate := filepath.Join(f.tmp, "count"), filepath.Join(f.tmp, "go")
+	f.script(t, "Maintenance", "echo x >> "+counter+"\nwhile [ ! -e "+gate+" ]; do sleep 0.01; done")
+	e := f.executor(t, kinds[0])
+	id, err := e.Start(context.Background(), req("r1", Maintenance))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "script start", func() bool { return exists(counter) })
+	if code := StageExecMain([]string{filepath.Join(f.state, "stages", id+".spec")}); code == 0 {
+		t.Error("a second runner of a running stage exited 0")
+	}
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := e.Wait(ctx, id)
+	if b, _ := os.ReadFile(counter); err != nil || st.Outcome != Succeeded || string(b) != "x\n" {
+		t.Errorf("stage %+v, %v; the script ran %q, want once", st, err, b)
+	}
+	for _, left := range []string{".spec", ".pid"} {
+		if p := filepath.Join(f.state, "stages", id+left); exists(p) {
+			t.Errorf("%s left behind", p)
+		}
 	}
 }

@@ -106,7 +106,7 @@ func (e *ServiceExecutor) Start(ctx context.Context, req Request) (string, error
 		return "", err
 	}
 	es := execSpec{ID: p.id, RunID: req.RunID, Stage: req.Stage, BootID: rec.BootID, Run: spec}
-	if err := writeJSONAtomic(e.store.specPath(p.id), es); err != nil {
+	if err := e.store.writeSpec(es); err != nil {
 		e.store.remove(p.id)
 		return "", err
 	}
@@ -208,8 +208,13 @@ func (e *ServiceExecutor) Get(id string) (Status, error) {
 		return complete(e.store, rec, Succeeded, 0, NoteRebooted, e.cfg.Now())
 	}
 	if rec.PID == 0 {
+		if p, ok := e.store.runner(id); ok {
+			rec.PID, rec.PIDStart = p.PID, p.PIDStart
+		}
+	}
+	if rec.PID == 0 {
 		// Still launching. Ours: it is dead once its process exited. Not ours (an earlier agent
-		// started it): give it LaunchTimeout to write its first record.
+		// started it): give it LaunchTimeout to write its pid.
 		e.mu.Lock()
 		done, ours := e.exited[id]
 		e.mu.Unlock()
@@ -235,13 +240,14 @@ func (e *ServiceExecutor) runnerGone(id string, started bool) (Status, error) {
 		return rec.Status, err
 	}
 	note := NoteRunnerDied
-	if rec.PID == 0 && !started {
+	if _, claimed := e.store.runner(id); rec.PID == 0 && !claimed && !started {
 		note = NoteRunnerMissing
 	}
 	if b, err := os.ReadFile(e.store.logPath(id)); err == nil && len(b) > 0 {
 		rec.Output = string(b)
 	}
 	_ = os.Remove(e.store.specPath(id))
+	_ = os.Remove(e.store.pidPath(id))
 	st, err := complete(e.store, rec, Failed, -1, note, e.cfg.Now())
 	if err == nil {
 		e.forget(id)

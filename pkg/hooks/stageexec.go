@@ -3,6 +3,7 @@ package hooks
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -14,9 +15,9 @@ import (
 
 // StageExecMain is the main of the stage runner (kvmagent-stage SPEC) and of the agent's hidden
 // "stage-exec SPEC" subcommand, which the ServiceExecutor starts detached from the agent: it
-// runs the stage script described by the spec file, recording "running" (with its pid and the
-// boot id) before and the result after, and returns the process exit code. SIGTERM or SIGINT
-// stop the script (SIGTERM, grace, SIGKILL).
+// runs the stage script described by the spec file, writing its pid (<id>.pid) before and the
+// result (the record) after, and returns the process exit code. SIGTERM or SIGINT stop the
+// script (SIGTERM, grace, SIGKILL).
 //
 // cmd/kvmagent-stage is
 //
@@ -66,13 +67,15 @@ func stageExec(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	rec.PID = os.Getpid()
-	rec.PIDStart, _ = procStart(rec.PID)
-	rec.BootID = es.BootID
-	rec.StartedAt = time.Now()
-	if err := s.write(rec); err != nil {
+	me := runnerPID{PID: os.Getpid()}
+	me.PIDStart, _ = procStart(me.PID)
+	if err := s.claim(es.ID, me); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("stage %s already started by another runner (%s)", es.ID, s.pidPath(es.ID))
+		}
 		return err
 	}
+	rec.PID, rec.PIDStart, rec.BootID = me.PID, me.PIDStart, es.BootID
 	var res runResult
 	if err := Verify(es.Run.Dir, es.Stage, es.Run.Script); err != nil {
 		// The script or its directory changed since Start checked them: it must not run.
@@ -86,6 +89,7 @@ func stageExec(args []string) error {
 		return err
 	}
 	_ = os.Remove(specPath)
+	_ = os.Remove(s.pidPath(es.ID))
 	if fi, err := os.Stat(s.logPath(es.ID)); err == nil && fi.Size() == 0 {
 		_ = os.Remove(s.logPath(es.ID))
 	}
