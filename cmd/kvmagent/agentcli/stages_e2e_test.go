@@ -620,24 +620,30 @@ func benchAgents(b *testing.B) []struct {
 	}{"service-stage-exec", e2eOptions{agent: alone}})
 }
 
-// BenchmarkStageNoop measures a no-op stage through the API on loopback: POST, then long-poll
-// until completed. ns/op is the mean; median_ms and p90_ms come from every iteration.
+// BenchmarkStageNoop measures a no-op stage through the API on loopback (POST, then long-poll
+// until completed) with each executor. Every iteration runs one stage on each agent in turn, so
+// that the agents share the machine's slow and fast moments and their ratio is the executors'
+// own: ns/op is the sum, NAME_median_ms and NAME_p90_ms come from every iteration of agent NAME.
 func BenchmarkStageNoop(b *testing.B) {
-	for _, k := range benchAgents(b) {
-		b.Run(k.name, func(b *testing.B) {
-			a := newE2EAgentWith(b, k.opts)
-			a.script(b, "PreFlight", "exit 0", 0o755)
-			lat := make([]time.Duration, 0, b.N)
-			for i := 0; b.Loop(); i++ {
-				start := time.Now()
-				st := a.run(b, api.StageRequest{RunID: fmt.Sprintf("bench-%d", i), Stage: "PreFlight", TimeoutS: 10})
-				lat = append(lat, time.Since(start))
-				if st.Outcome != api.OutcomeSucceeded {
-					b.Fatalf("status %+v", st)
-				}
+	agents := benchAgents(b)
+	running := make([]*e2eAgent, len(agents))
+	lat := make([][]time.Duration, len(agents))
+	for j, k := range agents {
+		running[j] = newE2EAgentWith(b, k.opts)
+		running[j].script(b, "PreFlight", "exit 0", 0o755)
+	}
+	for i := 0; b.Loop(); i++ {
+		for j, a := range running {
+			start := time.Now()
+			st := a.run(b, api.StageRequest{RunID: fmt.Sprintf("bench-%d", i), Stage: "PreFlight", TimeoutS: 10})
+			lat[j] = append(lat[j], time.Since(start))
+			if st.Outcome != api.OutcomeSucceeded {
+				b.Fatalf("%s: status %+v", agents[j].name, st)
 			}
-			reportQuantiles(b, lat)
-		})
+		}
+	}
+	for j, k := range agents {
+		reportQuantiles(b, k.name+"_", lat[j])
 	}
 }
 
@@ -667,17 +673,19 @@ func BenchmarkExitToSeen(b *testing.B) {
 				}
 				lat = append(lat, seen.Sub(time.Unix(0, ns)))
 			}
-			reportQuantiles(b, lat)
+			reportQuantiles(b, "", lat)
 		})
 	}
 }
 
-func reportQuantiles(b *testing.B, lat []time.Duration) {
+// reportQuantiles reports the median and 90th percentile of lat as PREFIXmedian_ms and
+// PREFIXp90_ms.
+func reportQuantiles(b *testing.B, prefix string, lat []time.Duration) {
 	if len(lat) == 0 {
 		return
 	}
 	slices.Sort(lat)
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-	b.ReportMetric(ms(lat[len(lat)/2]), "median_ms")
-	b.ReportMetric(ms(lat[len(lat)*9/10]), "p90_ms")
+	b.ReportMetric(ms(lat[len(lat)/2]), prefix+"median_ms")
+	b.ReportMetric(ms(lat[len(lat)*9/10]), prefix+"p90_ms")
 }
