@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -37,25 +36,9 @@ func stageRunnerOnPath(t testing.TB) string {
 	return p
 }
 
-// logBuffer is a slog.Logger writing text to a buffer that is safe to read while it logs.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func (l *logBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
+// logTo returns a logger that writes text to buf. The executor logs its warning about the runner
+// while it is built, before any other goroutine could.
+func logTo(buf *bytes.Buffer) *slog.Logger { return slog.New(slog.NewTextHandler(buf, nil)) }
 
 // ranBy runs PreFlight, with parentScript as its script, through e and returns the argv line
 // and the executable of the process that ran it.
@@ -83,8 +66,8 @@ func TestServiceExecutorRunsStageRunner(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t)
-			var log logBuffer
-			f.cfg.Log = log.logger()
+			var log bytes.Buffer
+			f.cfg.Log = logTo(&log)
 			tc.set(&f.cfg)
 			argv, exe := ranBy(t, f, f.executor(t, kinds[0]), "r1")
 			spec := filepath.Join(f.state, "stages", ExecID("r1", PreFlight)+".spec")
@@ -102,8 +85,8 @@ func TestServiceExecutorRunsStageRunner(t *testing.T) {
 // executor says so once, when it is built.
 func TestServiceExecutorFallsBackToStageExec(t *testing.T) {
 	f := newFixture(t) // the agent is this test binary, with no kvmagent-stage beside it
-	var log logBuffer
-	f.cfg.Log = log.logger()
+	var log bytes.Buffer
+	f.cfg.Log = logTo(&log)
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -168,12 +151,12 @@ func TestCheckStageRunner(t *testing.T) {
 	if _, err := NewServiceExecutor(f.cfg); err == nil || !strings.Contains(err.Error(), "writable by group") {
 		t.Errorf("NewServiceExecutor with an untrusted runner = %v, want the refusal", err)
 	}
-	var log logBuffer
+	var log bytes.Buffer
 	c, err := newFixture(t).cfg.withDefaults()
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Log = log.logger()
+	c.Log = logTo(&log)
 	c.Binary = filepath.Join(open, "kvmagent")
 	file(open, StageRunnerName, 0o755)
 	if runner, err := c.stageRunner(); err != nil || strings.Join(runner, " ") != c.Binary+" "+StageExecCommand {
