@@ -621,9 +621,10 @@ func benchAgents(b *testing.B) []struct {
 }
 
 // BenchmarkStageNoop measures a no-op stage through the API on loopback (POST, then long-poll
-// until completed) with each executor. Every iteration runs one stage on each agent in turn, so
-// that the agents share the machine's slow and fast moments and their ratio is the executors'
-// own: ns/op is the sum, NAME_median_ms and NAME_p90_ms come from every iteration of agent NAME.
+// until completed) with each executor. Every iteration runs one stage on each agent in turn, the
+// first one rotating, so that the agents share the machine's slow and fast moments (and none
+// always follows the slowest) and their ratio is the executors' own: ns/op is the sum,
+// NAME_median_ms and NAME_p90_ms come from every iteration of agent NAME.
 func BenchmarkStageNoop(b *testing.B) {
 	agents := benchAgents(b)
 	running := make([]*e2eAgent, len(agents))
@@ -633,7 +634,9 @@ func BenchmarkStageNoop(b *testing.B) {
 		running[j].script(b, "PreFlight", "exit 0", 0o755)
 	}
 	for i := 0; b.Loop(); i++ {
-		for j, a := range running {
+		for n := range running {
+			j := (i + n) % len(running)
+			a := running[j]
 			start := time.Now()
 			st := a.run(b, api.StageRequest{RunID: fmt.Sprintf("bench-%d", i), Stage: "PreFlight", TimeoutS: 10})
 			lat[j] = append(lat[j], time.Since(start))
