@@ -87,7 +87,7 @@ if [ -z "$svc" ] || [ -z "$agt" ] || [ -z "$old" ]; then
 fi
 echo
 echo "no-op stage through the API, median of 50 (POST + long poll), the agents taking turns:"
-printf '  %-52s %7s ms\n' "service executor (bin/kvmagent-stage)" "$svc" "agent executor (inside bin/kvmagent)" "$agt" \
+printf '  %-56s %7s ms\n' "service executor (bin/kvmagent-stage)" "$svc" "agent executor (inside bin/kvmagent)" "$agt" \
 	"service executor without a runner (kvmagent stage-exec)" "$old"
 awk -v s="$svc" -v a="$agt" -v o="$old" 'BEGIN {
 	r = s / a
