@@ -1,5 +1,6 @@
 # kvmctl — build, test and try the tool. Every target works on a fresh Debian machine:
-# `make deps` installs what the cgo build of libvirt needs when it is missing.
+# `make deps` installs what the cgo build of libvirt needs when it is missing. Only kvmagent
+# links libvirt: kvmctl and kvmagent-stage are built with CGO_ENABLED=0.
 
 GO      ?= go
 BIN     := bin
@@ -21,9 +22,10 @@ deps:
 	fi
 	$(GO) mod download
 
-## build: bin/kvmctl and bin/kvmagent
+## build: bin/kvmctl and bin/kvmagent-stage (static, without cgo) and bin/kvmagent (cgo: libvirt)
 build: deps
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/kvmctl ./cmd/kvmctl
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/kvmctl ./cmd/kvmctl
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/kvmagent-stage ./cmd/kvmagent-stage
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/kvmagent ./cmd/kvmagent
 
 ## check: fail when gofmt, go vet or go mod tidy would change or report anything

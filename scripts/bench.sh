@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # make bench: the numbers of the README's performance section, measured on labs of this machine.
-#   1. `kvmctl host status` over a 100-host lab: median wall time of 10 runs; agent RSS when idle.
-#   2. rolling maintenance over a 30-host lab (3 clusters, no VMs, no-op scripts): orchestration
+#   1. kvmctl start-up: median wall time of 20 runs of `bin/kvmctl version`.
+#   2. `kvmctl host status` over a 100-host lab: median wall time of 10 runs; agent RSS when idle.
+#   3. rolling maintenance over a 30-host lab (3 clusters, no VMs, no-op scripts): orchestration
 #      overhead per host, with --max-unavailable 1 and 3.
-#   3. the Go benchmarks of the stage API (no-op stage latency, script exit to kvmctl seeing it).
+#   4. a no-op stage through the API of bin/kvmagent with each executor (the service executor
+#      through bin/kvmagent-stage), side by side; script exit to kvmctl seeing it; the in-process
+#      benchmarks of pkg/hooks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$PWD/bin
@@ -11,6 +14,24 @@ WORK=$(mktemp -d)
 trap '"$BIN/kvmctl" lab down --purge --dir "$WORK/lab100" >/dev/null 2>&1 || true; "$BIN/kvmctl" lab down --purge --dir "$WORK/lab30" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
 now_ms() { date +%s%3N; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+echo "== kvmctl start-up"
+"$BIN/kvmctl" version >/dev/null # warm up the page cache
+times=()
+for i in $(seq 20); do
+	# bash's own clock in µs: reading it starts no process.
+	t0=${EPOCHREALTIME//[.,]/}; "$BIN/kvmctl" version >/dev/null; t1=${EPOCHREALTIME//[.,]/}
+	times+=($((t1 - t0)))
+done
+ms() { awk '{printf "%.1f", $1 / 1000}'; }
+libs=$(ldd "$BIN/kvmctl" 2>&1 || true)
+case $libs in
+*"not a dynamic executable"*) libs="a static executable (ldd: not a dynamic executable)" ;;
+*) libs="$(echo "$libs" | wc -l) shared libraries" ;;
+esac
+echo "kvmctl version wall time, median of 20: $(printf '%s\n' "${times[@]}" | median | ms) ms" \
+	"(min $(printf '%s\n' "${times[@]}" | sort -n | head -1 | ms), max $(printf '%s\n' "${times[@]}" | sort -n | tail -1 | ms)); bin/kvmctl is $libs"
+echo
 
 echo "== host status over a 100-host lab"
 "$BIN/kvmctl" lab up --hosts 100 --clusters 10 --vms 3 --dir "$WORK/lab100" --timeout 120s >/dev/null 2>&1
@@ -53,5 +74,26 @@ for mu in 1 3; do
 done
 
 echo
-echo "== stage API benchmarks (go test -bench)"
-go test -run '^$' -bench 'Stage|ExitTo' -benchtime 50x ./cmd/kvmagent/agentcli/ ./pkg/hooks/ 2>&1 | grep -E '^(Benchmark|ok|goos)' || true
+echo "== stage API of bin/kvmagent (go test -bench, BENCH_BIN=bin: the built agent and runner)"
+out=$(BENCH_BIN=$BIN go test -run '^$' -bench 'StageNoop|ExitToSeen' -benchtime 50x ./cmd/kvmagent/agentcli/ 2>&1) ||
+	{ echo "$out"; exit 1; }
+echo "$out" | grep -E '^(Benchmark|ok|goos)' || true
+# NAME_median_ms of the BenchmarkStageNoop line: the median of agent NAME.
+noop() { echo "$out" | awk -v m="$1_median_ms" '$1 ~ /^BenchmarkStageNoop(-[0-9]+)?$/ { for (i = 2; i < NF; i++) if ($(i+1) == m) print $i }'; }
+svc=$(noop service) agt=$(noop agent) old=$(noop service-stage-exec)
+if [ -z "$svc" ] || [ -z "$agt" ] || [ -z "$old" ]; then
+	echo "bench: BenchmarkStageNoop printed no service, agent or service-stage-exec median" >&2
+	exit 1
+fi
+echo
+echo "no-op stage through the API, median of 50 (POST + long poll), the agents taking turns:"
+printf '  %-56s %7s ms\n' "service executor (bin/kvmagent-stage)" "$svc" "agent executor (inside bin/kvmagent)" "$agt" \
+	"service executor without a runner (kvmagent stage-exec)" "$old"
+awk -v s="$svc" -v a="$agt" -v o="$old" 'BEGIN {
+	r = s / a
+	printf "  service / agent: %.2fx (goal: at most 2x: %s); stage-exec / runner: %.1fx\n", r, (r <= 2 ? "met" : "not met"), o / s
+}'
+
+echo
+echo "== pkg/hooks in-process benchmarks (the executors alone, no HTTP)"
+go test -run '^$' -bench 'Stage|ExitTo' -benchtime 50x ./pkg/hooks/ 2>&1 | grep -E '^(Benchmark|ok|goos)' || true

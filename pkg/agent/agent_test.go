@@ -17,6 +17,7 @@ import (
 
 	"github.com/kvmctl/kvmctl/pkg/api"
 	"github.com/kvmctl/kvmctl/pkg/virt"
+	"github.com/kvmctl/kvmctl/pkg/virt/libvirtdrv"
 )
 
 func TestStatusEndToEnd(t *testing.T) {
@@ -33,7 +34,7 @@ func TestStatusEndToEnd(t *testing.T) {
 	}
 	node := filepath.Join(t.TempDir(), "node.xml")
 	writeFile(t, node, xml)
-	hv, err := virt.Open("test://" + node)
+	hv, err := libvirtdrv.Open("test://" + node)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/kvmctl/kvmctl/pkg/hooks"
 	"github.com/kvmctl/kvmctl/pkg/pki"
 )
 
@@ -31,6 +32,7 @@ const (
 	KeyStateDir                = "state.dir"
 	KeyHooksDir                = "rolling.maintenance.hooks.dir"
 	KeyServiceExecutorDisabled = "rolling.maintenance.service.executor.disabled"
+	KeyStageRunner             = "rolling.maintenance.stage.runner"
 	KeyHeartbeatFile           = "heartbeat.file"
 	KeyHeartbeatInterval       = "heartbeat.interval"
 	KeyBootIDFile              = "boot.id.file"
@@ -64,9 +66,12 @@ type Config struct {
 	StateDir                string
 	HooksDir                string
 	ServiceExecutorDisabled bool
-	HeartbeatFile           string // "" for no heartbeat
-	HeartbeatInterval       time.Duration
-	BootIDFile              string
+	// StageRunner is the kvmagent-stage the service executor starts for each stage; "" for the
+	// one beside the agent's executable.
+	StageRunner       string
+	HeartbeatFile     string // "" for no heartbeat
+	HeartbeatInterval time.Duration
+	BootIDFile        string
 	// VMDiskDirs are the only directories from which a VM defined through the API may take
 	// file disks and boot files (kernel, initrd, loader, nvram): the operator's certificate must
 	// not be a way to hand a host file (/etc/shadow) to a guest.
@@ -131,6 +136,13 @@ var keys = []key{
 		c.ServiceExecutorDisabled = b
 		return nil
 	}, func(c Config) string { return strconv.FormatBool(c.ServiceExecutorDisabled) }},
+	{KeyStageRunner, false, func(c *Config, v string) error {
+		if !filepath.IsAbs(v) {
+			return fmt.Errorf("want the absolute path of %s", hooks.StageRunnerName)
+		}
+		c.StageRunner = filepath.Clean(v)
+		return nil
+	}, func(c Config) string { return c.StageRunner }},
 	{KeyHeartbeatFile, false, func(c *Config, v string) error {
 		c.HeartbeatFile = v
 		return nil
@@ -415,6 +427,11 @@ func checkFiles(c Config, lines map[string]int) []Problem {
 	if c.BootIDFile != "" {
 		if _, err := os.ReadFile(c.BootIDFile); err != nil {
 			add(KeyBootIDFile, fmt.Sprintf("cannot read: %v", err))
+		}
+	}
+	if c.StageRunner != "" {
+		if err := hooks.CheckStageRunner(c.StageRunner); err != nil {
+			add(KeyStageRunner, fmt.Sprintf("%v (or leave it empty for the %s beside kvmagent)", err, hooks.StageRunnerName))
 		}
 	}
 	return probs

@@ -44,6 +44,7 @@ libvirt.uri=test:///default
 state.dir=/s
 rolling.maintenance.hooks.dir=/h
 rolling.maintenance.service.executor.disabled=TRUE
+rolling.maintenance.stage.runner=/opt/kvmctl/bin//kvmagent-stage
 heartbeat.file=/nfs/kvm1.hb
 heartbeat.interval=2
 boot.id.file=/lab/boot_id
@@ -57,12 +58,12 @@ url=http://x/?a=b#c
 	}
 	want := Config{HostName: "kvm1", Listen: "10.0.0.1:9999", TLSCert: "/c", TLSKey: "/k", TLSCA: "/ca",
 		LibvirtURI: "test:///default", StateDir: "/s", HooksDir: "/h", ServiceExecutorDisabled: true,
-		HeartbeatFile: "/nfs/kvm1.hb", HeartbeatInterval: 2 * time.Second, BootIDFile: "/lab/boot_id",
+		StageRunner: "/opt/kvmctl/bin/kvmagent-stage", HeartbeatFile: "/nfs/kvm1.hb", HeartbeatInterval: 2 * time.Second, BootIDFile: "/lab/boot_id",
 		VMDiskDirs: []string{"/srv/images", "/mnt/nfs"}}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("config (-want +got):\n%s", diff)
 	}
-	if len(warns) != 1 || warns[0].Key != "url" || warns[0].Line != 18 {
+	if len(warns) != 1 || warns[0].Key != "url" || warns[0].Line != 19 {
 		t.Errorf("warnings = %v", warns)
 	}
 }
@@ -79,6 +80,7 @@ heartbeat.interval=abc
 libvirt.uri=not a uri
 =orphan
 host.name=bad name
+rolling.maintenance.stage.runner=kvmagent-stage
 `
 	_, _, err := ParseConfig(strings.NewReader(in))
 	var ce *ConfigError
@@ -98,6 +100,7 @@ host.name=bad name
 		`line 9: libvirt.uri: "not a uri": want a libvirt URI`,
 		`line 10: empty key before '='`,
 		`line 11: host.name: "bad name": must not contain spaces`,
+		`line 12: rolling.maintenance.stage.runner: "kvmagent-stage": want the absolute path of kvmagent-stage`,
 		`line 4: tls.key: required, but empty`,
 		`tls.ca: required, but missing`,
 	}
@@ -109,7 +112,7 @@ host.name=bad name
 			t.Errorf("problem %d = %q, want prefix %q", i, got[i], want[i])
 		}
 	}
-	mustContain(t, err.Error(), "has 10 problems", "line 2: listen")
+	mustContain(t, err.Error(), "has 11 problems", "line 2: listen")
 }
 
 func TestParseConfigUnknownKeyNamesClosest(t *testing.T) {
@@ -159,7 +162,7 @@ func TestLoadConfigChecksFiles(t *testing.T) {
 	if !errors.As(err, &ce) || len(ce.Problems) != 3 {
 		t.Fatalf("err = %v, want 3 problems", err)
 	}
-	mustContain(t, err.Error(), path, "line 14: \"garbage\"", "line 5: tls.ca: cannot read", "line 12: boot.id.file: cannot read")
+	mustContain(t, err.Error(), path, "line 15: \"garbage\"", "line 5: tls.ca: cannot read", "line 13: boot.id.file: cannot read")
 
 	bad.TLSCA = good.TLSCA
 	bad.BootIDFile = good.BootIDFile
@@ -173,6 +176,28 @@ func TestLoadConfigChecksFiles(t *testing.T) {
 	bad.TLSKey = otherKey
 	if err := bad.Check(); err == nil {
 		t.Error("Check accepted a key that does not match the certificate")
+	}
+
+	// The stage runner must be there, executable and changeable only by root or the agent's user.
+	runner := filepath.Join(dir, "kvmagent-stage")
+	bad = good
+	bad.StageRunner = runner
+	writeFile(t, path, []byte(bad.Format()))
+	_, _, err = LoadConfig(path)
+	mustContain(t, errString(err), "line 10: rolling.maintenance.stage.runner: stage runner: stat "+runner+": no such file",
+		"or leave it empty for the kvmagent-stage beside kvmagent")
+	writeFile(t, runner, []byte("#!/bin/sh\n"))
+	for mode, want := range map[os.FileMode]string{0o600: "is not executable", 0o775: "is writable by group", 0o755: ""} {
+		if err := os.Chmod(runner, mode); err != nil {
+			t.Fatal(err)
+		}
+		c, _, err := LoadConfig(path)
+		if want == "" && (err != nil || c.StageRunner != runner) {
+			t.Errorf("runner mode %04o: LoadConfig = %+v, %v", mode, c, err)
+		}
+		if want != "" {
+			mustContain(t, errString(err), "line 10: rolling.maintenance.stage.runner: ", want)
+		}
 	}
 
 	if _, _, err := LoadConfig(filepath.Join(dir, "missing.properties")); err == nil || !strings.Contains(err.Error(), "cannot open") {
@@ -200,7 +225,7 @@ func TestFormatRoundTrip(t *testing.T) {
 	if diff := cmp.Diff(c, got); diff != "" {
 		t.Errorf("round trip (-want +got):\n%s", diff)
 	}
-	if len(KnownKeys()) != 13 {
+	if len(KnownKeys()) != 14 {
 		t.Errorf("KnownKeys = %v", KnownKeys())
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/kvmctl/kvmctl/pkg/api"
 	"github.com/kvmctl/kvmctl/pkg/virt"
+	"github.com/kvmctl/kvmctl/pkg/virt/libvirtdrv"
 )
 
 // newTestNode writes a libvirt test-driver node file for spec in a temp dir and returns its
@@ -29,9 +30,9 @@ func newTestNode(t *testing.T, spec virt.NodeSpec) string {
 }
 
 // openNode opens uri and closes it with the test.
-func openNode(t *testing.T, uri string) *virt.Libvirt {
+func openNode(t *testing.T, uri string) *libvirtdrv.Libvirt {
 	t.Helper()
-	hv, err := virt.Open(uri)
+	hv, err := libvirtdrv.Open(uri)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kvmctl/kvmctl/pkg/api"
+	"github.com/kvmctl/kvmctl/pkg/events"
 	"github.com/kvmctl/kvmctl/pkg/hooks"
 )
 
@@ -28,7 +29,7 @@ const (
 var runIDPattern = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
 // WithHooksConfig lets tests adjust the hooks executor's configuration (grace period, the
-// stage-exec binary, no systemd) after the agent filled it from its Config.
+// stage runner, no systemd) after the agent filled it from its Config.
 func WithHooksConfig(fn func(*hooks.Config)) Option {
 	return func(a *Agent) { a.hooksConfig = append(a.hooksConfig, fn) }
 }
@@ -41,6 +42,7 @@ func (a *Agent) newStageExecutor() (hooks.Executor, error) {
 		HooksDir:      a.cfg.HooksDir,
 		StateDir:      a.cfg.StateDir,
 		AgentExecutor: a.cfg.ServiceExecutorDisabled,
+		Runner:        a.cfg.StageRunner,
 		Host:          a.cfg.HostName,
 		BootID:        a.BootID,
 		Now:           a.now,
@@ -100,7 +102,7 @@ func (a *Agent) handleStartStage(w http.ResponseWriter, r *http.Request) *httpEr
 
 // stageRequest checks a StageRequest and turns it into a hooks.Request; every problem is a 400.
 func stageRequest(req api.StageRequest) (hooks.Request, *httpError) {
-	stage, err := hooks.ParseStage(string(req.Stage))
+	stage, err := events.ParseStage(string(req.Stage))
 	if err != nil {
 		return hooks.Request{}, newHTTPError(api.CodeBadRequest, "stage: %v", err)
 	}

@@ -168,7 +168,7 @@ func TestStagesAcceptedInMaintenance(t *testing.T) {
 		t.Fatalf("POST in maintenance: %d %s", code, raw)
 	}
 	var started api.StageStarted
-	if err := json.Unmarshal(raw, &started); err != nil || started.ExecID != hooks.ExecID("m", hooks.Maintenance) {
+	if err := json.Unmarshal(raw, &started); err != nil || started.ExecID != hooks.ExecID("m", events.Maintenance) {
 		t.Fatalf("answer %s: %v", raw, err)
 	}
 	code, _, raw = doRaw(t, a.Handler(), http.MethodGet, api.PathStages+"/"+started.ExecID+"?wait=10s", "")

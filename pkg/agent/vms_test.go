@@ -10,6 +10,7 @@ import (
 
 	"github.com/kvmctl/kvmctl/pkg/api"
 	"github.com/kvmctl/kvmctl/pkg/virt"
+	"github.com/kvmctl/kvmctl/pkg/virt/libvirtdrv"
 )
 
 // A VM moves between two lab hosts through their agents (the test driver cannot migrate):
@@ -27,11 +28,11 @@ func TestTransferBetweenAgents(t *testing.T) {
 	cfgA.LibvirtURI, cfgB.LibvirtURI = uriA, uriB
 	ctx := context.Background()
 
-	hvA, err := virt.Open(uriA)
+	hvA, err := libvirtdrv.Open(uriA)
 	if err != nil {
 		t.Fatal(err)
 	}
-	hvB, err := virt.Open(uriB)
+	hvB, err := libvirtdrv.Open(uriB)
 	if err != nil {
 		t.Fatal(err)
 	}

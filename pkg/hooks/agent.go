@@ -5,6 +5,8 @@ import (
 	"errors"
 	"os"
 	"sync"
+
+	"github.com/kvmctl/kvmctl/pkg/events"
 )
 
 // AgentExecutor runs stage scripts as children of the agent
@@ -81,7 +83,7 @@ func (e *AgentExecutor) run(run *agentRun, rec record, spec runSpec) {
 	} else {
 		res = runScript(context.Background(), spec, e.cfg.Now)
 	}
-	rec.State, rec.Outcome, rec.ExitCode, rec.Output, rec.Note = Completed, res.Outcome, res.ExitCode, res.Output, res.Note
+	rec.State, rec.Outcome, rec.ExitCode, rec.Output, rec.Note = events.StageCompleted, res.Outcome, res.ExitCode, res.Output, res.Note
 	rec.StartedAt, rec.EndedAt = res.StartedAt, res.EndedAt
 	saved := true
 	if err := e.store.write(rec); err != nil {
@@ -111,7 +113,7 @@ func (e *AgentExecutor) Get(id string) (Status, error) {
 		return run.status, nil
 	}
 	rec, err := e.cfg.readRecord(e.store, id)
-	if err != nil || rec.State == Completed {
+	if err != nil || rec.State == events.StageCompleted {
 		return rec.Status, err
 	}
 	// Running, but not in this agent: it was lost with a previous one.
@@ -119,7 +121,7 @@ func (e *AgentExecutor) Get(id string) (Status, error) {
 	if e.cfg.rebooted(rec) {
 		note = NoteRebooted
 	}
-	return complete(e.store, rec, Succeeded, 0, note, e.cfg.Now())
+	return complete(e.store, rec, events.OutcomeSucceeded, 0, note, e.cfg.Now())
 }
 
 // Wait implements Executor.

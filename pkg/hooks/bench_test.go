@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/kvmctl/kvmctl/pkg/events"
 )
 
 // BenchmarkNoopStage is Start+Wait of a script that exits 0, through the service executor
@@ -16,11 +18,11 @@ func BenchmarkNoopStage(b *testing.B) {
 	ctx := context.Background()
 	i := 0
 	for b.Loop() {
-		id, err := e.Start(ctx, req(fmt.Sprintf("b%d", i), PreFlight))
+		id, err := e.Start(ctx, req(fmt.Sprintf("b%d", i), events.PreFlight))
 		if err != nil {
 			b.Fatal(err)
 		}
-		if st, err := e.Wait(ctx, id); err != nil || st.Outcome != Succeeded {
+		if st, err := e.Wait(ctx, id); err != nil || st.Outcome != events.OutcomeSucceeded {
 			b.Fatal(st, err)
 		}
 		i++

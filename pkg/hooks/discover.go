@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/kvmctl/kvmctl/pkg/events"
 )
 
 // ErrNoScript reports that a stage has no script in the hooks directory. Whether that counts as
@@ -16,7 +18,7 @@ var ErrNoScript = errors.New("no script for stage")
 
 // RefusedError reports a stage script that exists but must not run, and why.
 type RefusedError struct {
-	Stage  Stage
+	Stage  events.Stage
 	Path   string
 	Reason string
 	// noScript is set when the stage has no script and is refused for its directory alone.
@@ -30,9 +32,9 @@ func (e *RefusedError) Error() string {
 
 // ScriptInfo describes the script of one stage, as listed by GET /v1/hooks.
 type ScriptInfo struct {
-	Stage   Stage  `json:"stage"`
-	Present bool   `json:"present"`
-	Path    string `json:"path,omitempty"`
+	Stage   events.Stage `json:"stage"`
+	Present bool         `json:"present"`
+	Path    string       `json:"path,omitempty"`
 	// Refused is the reason the script would not run; empty when it would.
 	Refused string `json:"refused,omitempty"`
 }
@@ -47,7 +49,7 @@ func Discover(dir string) ([]ScriptInfo, error) {
 		return nil, err
 	}
 	infos := make([]ScriptInfo, 0, 4)
-	for _, st := range Stages() {
+	for _, st := range events.Stages() {
 		info := ScriptInfo{Stage: st}
 		path, err := Resolve(dir, st)
 		var refused *RefusedError
@@ -71,8 +73,8 @@ func Discover(dir string) ([]ScriptInfo, error) {
 // group or others, and owned by root or by the agent's user; the hooks directory and every
 // directory above it must pass CheckTrustedPath. An untrusted hooks directory refuses every
 // stage, with or without a script: whoever can write there decides what runs.
-func Resolve(dir string, stage Stage) (string, error) {
-	if _, err := ParseStage(string(stage)); err != nil {
+func Resolve(dir string, stage events.Stage) (string, error) {
+	if _, err := events.ParseStage(string(stage)); err != nil {
 		return "", err
 	}
 	root, err := realDir(dir)
@@ -143,7 +145,7 @@ func checkHooksDir(dir, root string) string {
 
 // Verify checks again, right before it runs, a script that Resolve returned for stage in dir:
 // it must pass every check of Resolve and still be the same path. It returns the refusal.
-func Verify(dir string, stage Stage, script string) error {
+func Verify(dir string, stage events.Stage, script string) error {
 	got, err := Resolve(dir, stage)
 	if err != nil {
 		var refused *RefusedError
@@ -158,7 +160,7 @@ func Verify(dir string, stage Stage, script string) error {
 	return nil
 }
 
-func checkScript(root string, stage Stage, path string) (string, error) {
+func checkScript(root string, stage events.Stage, path string) (string, error) {
 	refuse := func(format string, a ...any) error {
 		return &RefusedError{Stage: stage, Path: path, Reason: fmt.Sprintf(format, a...)}
 	}

@@ -7,15 +7,17 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kvmctl/kvmctl/pkg/events"
 )
 
 func TestParseStage(t *testing.T) {
-	for _, s := range Stages() {
-		if got, err := ParseStage(string(s)); err != nil || got != s {
+	for _, s := range events.Stages() {
+		if got, err := events.ParseStage(string(s)); err != nil || got != s {
 			t.Errorf("ParseStage(%s) = %s, %v", s, got, err)
 		}
 	}
-	_, err := ParseStage("preflight")
+	_, err := events.ParseStage("preflight")
 	if err == nil || !strings.Contains(err.Error(), "PreFlight, PreMaintenance, Maintenance, PostMaintenance") {
 		t.Fatalf("ParseStage(preflight) = %v, want the list of stages", err)
 	}
@@ -70,7 +72,7 @@ func TestRefusals(t *testing.T) {
 			f := newFixture(t)
 			counter := filepath.Join(f.tmp, "count")
 			c.setup(t, f)
-			_, err := Resolve(f.hooks, PreFlight)
+			_, err := Resolve(f.hooks, events.PreFlight)
 			var refused *RefusedError
 			if !errors.As(err, &refused) || !strings.Contains(refused.Reason, c.reason) {
 				t.Fatalf("Resolve = %v, want a refusal containing %q", err, c.reason)
@@ -84,7 +86,7 @@ func TestRefusals(t *testing.T) {
 			}
 			for _, k := range kinds {
 				e := f.executor(t, k)
-				if _, err := e.Start(context.Background(), req("r-"+k.name, PreFlight)); !errors.As(err, &refused) {
+				if _, err := e.Start(context.Background(), req("r-"+k.name, events.PreFlight)); !errors.As(err, &refused) {
 					t.Errorf("%s Start = %v, want a refusal", k.name, err)
 				}
 			}
@@ -114,17 +116,17 @@ func TestDiscoverAccepts(t *testing.T) {
 	}
 	real, _ := filepath.EvalSymlinks(f.hooks)
 	want := []ScriptInfo{
-		{Stage: PreFlight, Present: true, Path: filepath.Join(real, "PreFlight.sh")},
-		{Stage: PreMaintenance},
-		{Stage: Maintenance, Present: true, Path: filepath.Join(real, "real-maintenance")},
-		{Stage: PostMaintenance},
+		{Stage: events.PreFlight, Present: true, Path: filepath.Join(real, "PreFlight.sh")},
+		{Stage: events.PreMaintenance},
+		{Stage: events.Maintenance, Present: true, Path: filepath.Join(real, "real-maintenance")},
+		{Stage: events.PostMaintenance},
 	}
 	for i := range want {
 		if infos[i] != want[i] {
 			t.Errorf("stage %d: got %+v, want %+v", i, infos[i], want[i])
 		}
 	}
-	if _, err := Resolve(f.hooks, PreMaintenance); !errors.Is(err, ErrNoScript) {
+	if _, err := Resolve(f.hooks, events.PreMaintenance); !errors.Is(err, ErrNoScript) {
 		t.Errorf("missing script: %v", err)
 	}
 	if _, err := Discover(filepath.Join(f.tmp, "missing")); err == nil {

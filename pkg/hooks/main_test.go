@@ -10,12 +10,20 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/kvmctl/kvmctl/pkg/events"
 )
 
 // envStageExec marks a re-executed test binary as the agent's stage-exec subcommand, so the
 // service executor's detached path runs for real.
 const envStageExec = "KVMCTL_HOOKS_TEST_STAGE_EXEC"
 
+// TestMain also makes the test binary the stage runner: testscript.Main puts a copy of it named
+// kvmagent-stage on PATH (see stageRunnerOnPath), which runs StageExecMain as cmd/kvmagent-stage
+// does. The executor's default, this binary without a kvmagent-stage beside it, falls back to
+// the stage-exec subcommand.
 func TestMain(m *testing.M) {
 	if os.Getenv(envStageExec) == "1" && len(os.Args) > 1 && os.Args[1] == StageExecCommand {
 		os.Exit(StageExecMain(os.Args[2:]))
@@ -23,7 +31,9 @@ func TestMain(m *testing.M) {
 	os.Setenv(envStageExec, "1")
 	// Under -race a binary sleeps 1 s at exit by default; stage-exec children must not.
 	os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-	os.Exit(m.Run())
+	testscript.Main(m, map[string]func(){
+		StageRunnerName: func() { os.Exit(StageExecMain(os.Args[1:])) },
+	})
 }
 
 // fixture is a hooks dir, a state dir and a config for one test.
@@ -121,7 +131,7 @@ func run(t testing.TB, e Executor, req Request) Status {
 	return st
 }
 
-func req(runID string, stage Stage) Request {
+func req(runID string, stage events.Stage) Request {
 	return Request{RunID: runID, Stage: stage, Timeout: 10 * time.Second}
 }
 
@@ -188,3 +198,10 @@ func readRec(t testing.TB, state, id string) record {
 }
 
 func kill(pid int, sig syscall.Signal) { _ = syscall.Kill(pid, sig) }
+
+// runnerOf returns the pid of the runner of service stage id from its <id>.pid, 0 when there is
+// none.
+func runnerOf(f *fixture, id string) int {
+	p, _ := store{dir: filepath.Join(f.state, "stages")}.runner(id)
+	return p.PID
+}

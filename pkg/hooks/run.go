@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/mattn/go-shellwords"
+
+	"github.com/kvmctl/kvmctl/pkg/events"
 )
 
 // SplitPayload splits a payload into words by shell quoting rules, without expanding variables
@@ -46,7 +48,7 @@ type runSpec struct {
 
 // runResult is how one script execution ended.
 type runResult struct {
-	Outcome   Outcome
+	Outcome   events.Outcome
 	ExitCode  int
 	Output    string
 	Note      string
@@ -66,7 +68,7 @@ const groupPoll = 5 * time.Millisecond
 func runScript(ctx context.Context, s runSpec, now func() time.Time) runResult {
 	res := runResult{StartedAt: now()}
 	fail := func(err error) runResult {
-		res.Outcome, res.ExitCode, res.Note, res.EndedAt = Failed, -1, err.Error(), now()
+		res.Outcome, res.ExitCode, res.Note, res.EndedAt = events.OutcomeFailed, -1, err.Error(), now()
 		return res
 	}
 	r, w, err := os.Pipe()
@@ -103,11 +105,11 @@ func runScript(ctx context.Context, s runSpec, now func() time.Time) runResult {
 	select {
 	case <-waited:
 	case <-timer.C:
-		res.Outcome, res.Note = TimedOut, fmt.Sprintf("timed out after %s", s.Timeout)
+		res.Outcome, res.Note = events.OutcomeTimedOut, fmt.Sprintf("timed out after %s", s.Timeout)
 		stopGroup(pgid, s.Grace, waited)
 	case <-ctx.Done():
 		// A stopped stage did not finish, whatever the script exits with.
-		res.Outcome, res.Note = Terminated, "stopped: "+context.Cause(ctx).Error()
+		res.Outcome, res.Note = events.OutcomeTerminated, "stopped: "+context.Cause(ctx).Error()
 		stopGroup(pgid, s.Grace, waited)
 	}
 	select {
@@ -124,7 +126,7 @@ func runScript(ctx context.Context, s runSpec, now func() time.Time) runResult {
 	case ws.Signaled():
 		res.ExitCode = 128 + int(ws.Signal())
 		if res.Outcome == "" {
-			res.Outcome = Terminated
+			res.Outcome = events.OutcomeTerminated
 			res.Note = joinNote(res.Note, "killed by signal "+ws.Signal().String())
 		}
 	default:
@@ -139,7 +141,7 @@ func runScript(ctx context.Context, s runSpec, now func() time.Time) runResult {
 // refusedResult is the result of a stage whose script failed its checks right before it would
 // have run.
 func refusedResult(err error, now time.Time) runResult {
-	return runResult{Outcome: Failed, ExitCode: -1, Note: err.Error(), StartedAt: now, EndedAt: now}
+	return runResult{Outcome: events.OutcomeFailed, ExitCode: -1, Note: err.Error(), StartedAt: now, EndedAt: now}
 }
 
 func joinNote(a, b string) string {
@@ -150,16 +152,16 @@ func joinNote(a, b string) string {
 }
 
 // outcomeOf maps an exit code to its outcome.
-func outcomeOf(code int) Outcome {
+func outcomeOf(code int) events.Outcome {
 	switch code {
 	case 0:
-		return Succeeded
-	case ExitNoMaintenance:
-		return Skipped
-	case ExitTerminated:
-		return Terminated
+		return events.OutcomeSucceeded
+	case events.ExitNoMaintenance:
+		return events.OutcomeSkipped
+	case events.ExitTerminated:
+		return events.OutcomeTerminated
 	default:
-		return Failed
+		return events.OutcomeFailed
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/kvmctl/kvmctl/pkg/events"
 )
 
 // An untrusted hooks dir, or an untrusted directory above it, refuses every stage, script or not.
@@ -80,7 +82,7 @@ func TestUntrustedHooksDirRefusesEveryStage(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := c.reason(real)
-			for _, st := range Stages() {
+			for _, st := range events.Stages() {
 				_, err := Resolve(dir, st)
 				var refused *RefusedError
 				if !errors.As(err, &refused) || !strings.Contains(refused.Reason, want) {
@@ -102,7 +104,7 @@ func TestUntrustedHooksDirRefusesEveryStage(t *testing.T) {
 			f.cfg.HooksDir = dir
 			for _, k := range kinds {
 				e := f.executor(t, k)
-				for _, st := range []Stage{PreFlight, PreMaintenance} {
+				for _, st := range []events.Stage{events.PreFlight, events.PreMaintenance} {
 					var refused *RefusedError
 					if _, err := e.Start(context.Background(), req("r-"+k.name, st)); !errors.As(err, &refused) {
 						t.Errorf("%s Start(%s) = %v, want a refusal", k.name, st, err)
@@ -137,7 +139,7 @@ func TestTrustedHooksDirAccepted(t *testing.T) {
 	if err := CheckTrustedPath(inner); err != nil {
 		t.Errorf("hooks dir under a sticky dir: %v", err)
 	}
-	if _, err := Resolve(f.hooks, PreFlight); err != nil {
+	if _, err := Resolve(f.hooks, events.PreFlight); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -180,7 +182,7 @@ func TestStageExecRechecksScript(t *testing.T) {
 				t.Fatal(err)
 			}
 			// What ServiceExecutor.Start leaves for stage-exec, checks passed.
-			p, err := validate(req("r1", Maintenance))
+			p, err := validate(req("r1", events.Maintenance))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -188,12 +190,12 @@ func TestStageExecRechecksScript(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			rec := record{Status: Status{ID: p.id, RunID: "r1", Stage: Maintenance, State: Running, StartedAt: time.Now()},
+			rec := record{Status: Status{ID: p.id, RunID: "r1", Stage: events.Maintenance, State: events.StageRunning, StartedAt: time.Now()},
 				Executor: kindService, Script: spec.Script, BootID: "boot-1"}
 			if err := s.create(rec); err != nil {
 				t.Fatal(err)
 			}
-			es := execSpec{ID: p.id, RunID: "r1", Stage: Maintenance, BootID: "boot-1", Run: spec}
+			es := execSpec{ID: p.id, RunID: "r1", Stage: events.Maintenance, BootID: "boot-1", Run: spec}
 			if err := writeJSONAtomic(s.specPath(p.id), es); err != nil {
 				t.Fatal(err)
 			}
@@ -203,7 +205,7 @@ func TestStageExecRechecksScript(t *testing.T) {
 				t.Fatalf("stage-exec exit %d", code)
 			}
 			got := readRec(t, f.state, p.id)
-			if got.State != Completed || got.Outcome != Failed || !strings.Contains(got.Note, tc.reason) {
+			if got.State != events.StageCompleted || got.Outcome != events.OutcomeFailed || !strings.Contains(got.Note, tc.reason) {
 				t.Errorf("record %+v, want completed, failed, note containing %q", got.Status, tc.reason)
 			}
 			if exists(counter) {
@@ -225,19 +227,19 @@ func TestCorruptRecordIsSetAside(t *testing.T) {
 			if err := os.MkdirAll(dir, 0o700); err != nil {
 				t.Fatal(err)
 			}
-			id := ExecID("r1", Maintenance)
+			id := ExecID("r1", events.Maintenance)
 			if err := os.WriteFile(filepath.Join(dir, id+".json"), []byte(`{"id":"`+id+`","state":"runn`), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			e := f.executor(t, k) // recovers: must not fail
 			st, err := e.Get(id)
-			if err != nil || st.State != Completed || st.Outcome != Failed || st.Note != NoteRecordUnreadable {
+			if err != nil || st.State != events.StageCompleted || st.Outcome != events.OutcomeFailed || st.Note != NoteRecordUnreadable {
 				t.Fatalf("Get = %+v, %v; want completed, failed, %q", st, err, NoteRecordUnreadable)
 			}
 			if !exists(filepath.Join(dir, id+".json.corrupt")) {
 				t.Error("the unreadable record was not kept as .corrupt")
 			}
-			if got, err := e.Start(context.Background(), req("r1", Maintenance)); err != nil || got != id {
+			if got, err := e.Start(context.Background(), req("r1", events.Maintenance)); err != nil || got != id {
 				t.Fatalf("Start = %s, %v", got, err)
 			}
 			if st, err := e.Wait(context.Background(), id); err != nil || st.Note != NoteRecordUnreadable {
@@ -267,14 +269,14 @@ func TestRecordWritesSyncTheDir(t *testing.T) {
 		return old(dir)
 	}
 	t.Cleanup(func() { syncDir = old })
-	rec := record{Status: Status{ID: ExecID("r1", PreFlight), State: Running}}
+	rec := record{Status: Status{ID: ExecID("r1", events.PreFlight), State: events.StageRunning}}
 	if err := s.create(rec); err != nil {
 		t.Fatal(err)
 	}
 	if len(synced) != 1 || synced[0] != s.dir {
 		t.Fatalf("after create, synced %v; want [%s]", synced, s.dir)
 	}
-	rec.State = Completed
+	rec.State = events.StageCompleted
 	if err := s.write(rec); err != nil {
 		t.Fatal(err)
 	}
@@ -303,7 +305,7 @@ func TestSystemdRunLaunchDeadline(t *testing.T) {
 	f.cfg.LaunchTimeout = 200 * time.Millisecond
 	e := f.executor(t, kinds[0])
 	start := time.Now()
-	_, err := e.Start(context.Background(), req("r1", PreFlight))
+	_, err := e.Start(context.Background(), req("r1", events.PreFlight))
 	if err == nil || !strings.Contains(err.Error(), "did not answer within 200ms") {
 		t.Fatalf("Start = %v, want a launch timeout", err)
 	}
@@ -329,8 +331,8 @@ func TestPollBackoffAndCleanup(t *testing.T) {
 	svc := f.executor(t, kinds[0]).(*ServiceExecutor)
 	ag := f.executor(t, kinds[1]).(*AgentExecutor)
 	for i := range 5 {
-		run(t, svc, req("s"+string(rune('0'+i)), PreFlight))
-		run(t, ag, req("a"+string(rune('0'+i)), PreFlight))
+		run(t, svc, req("s"+string(rune('0'+i)), events.PreFlight))
+		run(t, ag, req("a"+string(rune('0'+i)), events.PreFlight))
 	}
 	eventually(t, "service executor forgets exited stage-execs", func() bool {
 		svc.mu.Lock()
@@ -343,7 +345,7 @@ func TestPollBackoffAndCleanup(t *testing.T) {
 	if n != 0 {
 		t.Errorf("agent executor keeps %d finished runs", n)
 	}
-	if st, err := ag.Get(ExecID("a0", PreFlight)); err != nil || st.Outcome != Succeeded {
+	if st, err := ag.Get(ExecID("a0", events.PreFlight)); err != nil || st.Outcome != events.OutcomeSucceeded {
 		t.Errorf("finished run after cleanup: %+v, %v", st, err)
 	}
 }

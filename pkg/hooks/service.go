@@ -6,28 +6,35 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/kvmctl/kvmctl/pkg/events"
 )
 
-// ServiceExecutor runs each stage detached from the agent, through the agent binary's hidden
-// stage-exec subcommand: as a transient systemd unit where systemd runs the host, otherwise as a
-// child in a new session. stage-exec writes the stage record itself, so a restarted agent still
-// reports the stage, first as running and then with its real result.
+// ServiceExecutor runs each stage detached from the agent, through the stage runner
+// (kvmagent-stage, or the agent's own hidden stage-exec subcommand where the runner is missing):
+// as a transient systemd unit where systemd runs the host, otherwise as a child in a new
+// session. The runner writes the stage record itself, so a restarted agent still reports the
+// stage, first as running and then with its real result.
 type ServiceExecutor struct {
 	cfg   Config
 	store store
+	// runner is the command that runs one stage given its spec file: [kvmagent-stage] or
+	// [kvmagent stage-exec] (see Config.stageRunner).
+	runner []string
 
 	mu sync.Mutex
-	// exited holds, for every stage-exec this executor started itself, a channel closed when
+	// exited holds, for every runner this executor started itself, a channel closed when
 	// that process has exited: Wait then returns without polling.
 	exited map[string]chan struct{}
 }
 
 var _ Executor = (*ServiceExecutor)(nil)
 
-// Wait reads the record of a stage-exec that is not our child every pollFast during its first
+// Wait reads the record of a runner that is not our child every pollFast during its first
 // pollFastFor, then every pollSlow: a short stage is seen at once, and a stage of an hour does
 // not cost a stat every 2 ms. checkEvery is how often it also checks the process and boot id.
 const (
@@ -46,36 +53,36 @@ func pollDelay(elapsed time.Duration) time.Duration {
 }
 
 // NewServiceExecutor returns a ServiceExecutor on cfg.StateDir, after settling the stages whose
-// stage-exec died or whose host rebooted.
+// runner died or whose host rebooted. It fails when cfg.Runner is set but fails
+// CheckStageRunner, and logs a warning when it falls back to the agent's stage-exec.
 func NewServiceExecutor(cfg Config) (*ServiceExecutor, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	if cfg.Binary == "" {
-		if cfg.Binary, err = os.Executable(); err != nil {
-			return nil, fmt.Errorf("find agent binary: %w", err)
-		}
+	runner, err := cfg.stageRunner()
+	if err != nil {
+		return nil, err
 	}
 	s, err := openStore(cfg.StateDir)
 	if err != nil {
 		return nil, err
 	}
-	e := &ServiceExecutor{cfg: cfg, store: s, exited: map[string]chan struct{}{}}
+	e := &ServiceExecutor{cfg: cfg, store: s, runner: runner, exited: map[string]chan struct{}{}}
 	if _, err := e.Recover(); err != nil {
 		return nil, err
 	}
 	return e, nil
 }
 
-// execSpec is the file <id>.spec: everything stage-exec needs, so that its command line stays
+// execSpec is the file <id>.spec: everything the runner needs, so that its command line stays
 // short and the script's environment survives systemd-run, which does not pass ours on.
 type execSpec struct {
-	ID     string  `json:"id"`
-	RunID  string  `json:"run_id"`
-	Stage  Stage   `json:"stage"`
-	BootID string  `json:"boot_id"`
-	Run    runSpec `json:"run"`
+	ID     string       `json:"id"`
+	RunID  string       `json:"run_id"`
+	Stage  events.Stage `json:"stage"`
+	BootID string       `json:"boot_id"`
+	Run    runSpec      `json:"run"`
 }
 
 // Start implements Executor.
@@ -89,7 +96,7 @@ func (e *ServiceExecutor) Start(ctx context.Context, req Request) (string, error
 	if e.store.exists(p.id) {
 		return p.id, nil
 	}
-	// The launch record (pid 0) claims the id before anything runs; stage-exec replaces it.
+	// The launch record (pid 0) claims the id before anything runs; the runner replaces it.
 	spec, rec, err := e.cfg.newRun(p, kindService)
 	if err != nil {
 		return "", err
@@ -101,7 +108,7 @@ func (e *ServiceExecutor) Start(ctx context.Context, req Request) (string, error
 		return "", err
 	}
 	es := execSpec{ID: p.id, RunID: req.RunID, Stage: req.Stage, BootID: rec.BootID, Run: spec}
-	if err := writeJSONAtomic(e.store.specPath(p.id), es); err != nil {
+	if err := e.store.writeSpec(es); err != nil {
 		e.store.remove(p.id)
 		return "", err
 	}
@@ -122,10 +129,12 @@ var systemdRunning = func() bool {
 	return err == nil
 }
 
-// systemdRunArgs is the systemd-run command line that runs stage-exec as a transient unit.
-func systemdRunArgs(id, binary, specPath string) []string {
-	return []string{"systemd-run", "--unit", "kvmagent-stage-" + id, "--collect", "--quiet",
-		"--service-type=exec", "--", binary, StageExecCommand, specPath}
+// systemdRunArgs is the systemd-run command line that runs the stage runner (runner, then the
+// spec file) as a transient unit.
+func systemdRunArgs(id string, runner []string, specPath string) []string {
+	args := []string{"systemd-run", "--unit", "kvmagent-stage-" + id, "--collect", "--quiet",
+		"--service-type=exec", "--"}
+	return append(append(args, runner...), specPath)
 }
 
 func (e *ServiceExecutor) launch(ctx context.Context, id string) error {
@@ -134,7 +143,7 @@ func (e *ServiceExecutor) launch(ctx context.Context, id string) error {
 		// Start holds e.mu: a systemd-run that hangs must not block every other Start for good.
 		ctx, cancel := context.WithTimeout(ctx, e.cfg.LaunchTimeout)
 		defer cancel()
-		args := systemdRunArgs(id, e.cfg.Binary, specPath)
+		args := systemdRunArgs(id, e.runner, specPath)
 		cmd := exec.CommandContext(ctx, args[0], args[1:]...)
 		// Output pipes held open by a child of a killed systemd-run must not hold us either.
 		cmd.WaitDelay = time.Second
@@ -149,10 +158,11 @@ func (e *ServiceExecutor) launch(ctx context.Context, id string) error {
 	}
 	logf, err := os.OpenFile(e.store.logPath(id), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return fmt.Errorf("stage-exec log: %w", err)
+		return fmt.Errorf("stage runner log: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(e.cfg.Binary, StageExecCommand, specPath)
+	argv := append(slices.Clip(e.runner), specPath)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// A new session: neither the agent's death nor a signal to its process group reaches it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -164,15 +174,15 @@ func (e *ServiceExecutor) launch(ctx context.Context, id string) error {
 	go func() {
 		_ = cmd.Wait()
 		close(done)
-		// Usually stage-exec wrote its result before it exited: nothing is left to track.
-		if rec, err := e.store.read(id); err == nil && rec.State == Completed {
+		// Usually the runner wrote its result before it exited: nothing is left to track.
+		if rec, err := e.store.read(id); err == nil && rec.State == events.StageCompleted {
 			e.forget(id)
 		}
 	}()
 	return nil
 }
 
-// forget drops the exit channel of id once its stage-exec has exited: the record then says all
+// forget drops the exit channel of id once its runner has exited: the record then says all
 // there is to know, and the map does not grow with every stage the agent ever ran.
 func (e *ServiceExecutor) forget(id string) {
 	e.mu.Lock()
@@ -184,24 +194,29 @@ func (e *ServiceExecutor) forget(id string) {
 
 // Get implements Executor. A running record is checked against the host and the process: a
 // stage that started in an earlier boot is completed (succeeded, "host rebooted during stage"),
-// one whose stage-exec died without a result is completed (failed, "stage runner died").
+// one whose runner died without a result is completed (failed, "stage runner died").
 func (e *ServiceExecutor) Get(id string) (Status, error) {
 	if !validID(id) {
 		return Status{}, ErrUnknownID
 	}
 	rec, err := e.cfg.readRecord(e.store, id)
-	if err != nil || rec.State == Completed {
+	if err != nil || rec.State == events.StageCompleted {
 		if err == nil {
 			e.forget(id)
 		}
 		return rec.Status, err
 	}
 	if e.cfg.rebooted(rec) {
-		return complete(e.store, rec, Succeeded, 0, NoteRebooted, e.cfg.Now())
+		return complete(e.store, rec, events.OutcomeSucceeded, 0, NoteRebooted, e.cfg.Now())
+	}
+	if rec.PID == 0 {
+		if p, ok := e.store.runner(id); ok {
+			rec.PID, rec.PIDStart = p.PID, p.PIDStart
+		}
 	}
 	if rec.PID == 0 {
 		// Still launching. Ours: it is dead once its process exited. Not ours (an earlier agent
-		// started it): give it LaunchTimeout to write its first record.
+		// started it): give it LaunchTimeout to write its pid.
 		e.mu.Lock()
 		done, ours := e.exited[id]
 		e.mu.Unlock()
@@ -219,22 +234,23 @@ func (e *ServiceExecutor) Get(id string) (Status, error) {
 	return e.runnerGone(id, true)
 }
 
-// runnerGone settles a record whose stage-exec is gone: it may have written its result just
+// runnerGone settles a record whose runner is gone: it may have written its result just
 // before exiting, so the record is read again first.
 func (e *ServiceExecutor) runnerGone(id string, started bool) (Status, error) {
 	rec, err := e.cfg.readRecord(e.store, id)
-	if err != nil || rec.State == Completed {
+	if err != nil || rec.State == events.StageCompleted {
 		return rec.Status, err
 	}
 	note := NoteRunnerDied
-	if rec.PID == 0 && !started {
+	if _, claimed := e.store.runner(id); rec.PID == 0 && !claimed && !started {
 		note = NoteRunnerMissing
 	}
 	if b, err := os.ReadFile(e.store.logPath(id)); err == nil && len(b) > 0 {
 		rec.Output = string(b)
 	}
 	_ = os.Remove(e.store.specPath(id))
-	st, err := complete(e.store, rec, Failed, -1, note, e.cfg.Now())
+	_ = os.Remove(e.store.pidPath(id))
+	st, err := complete(e.store, rec, events.OutcomeFailed, -1, note, e.cfg.Now())
 	if err == nil {
 		e.forget(id)
 	}
@@ -250,12 +266,12 @@ func isClosed(c chan struct{}) bool {
 	}
 }
 
-// Wait implements Executor. For a stage-exec this executor started, it wakes on the process's
+// Wait implements Executor. For a runner this executor started, it wakes on the process's
 // exit; otherwise (systemd, or started before an agent restart) it polls the record, every 2 ms
 // at first and every 50 ms once the stage has run for a while (see pollDelay).
 func (e *ServiceExecutor) Wait(ctx context.Context, id string) (Status, error) {
 	st, err := e.Get(id)
-	if err != nil || st.State == Completed {
+	if err != nil || st.State == events.StageCompleted {
 		return st, err
 	}
 	e.mu.Lock()
@@ -291,7 +307,7 @@ func (e *ServiceExecutor) Wait(ctx context.Context, id string) (Status, error) {
 		if changed || now.Sub(lastCheck) >= checkEvery {
 			lastCheck = now
 			st, err := e.Get(id)
-			if err != nil || st.State == Completed {
+			if err != nil || st.State == events.StageCompleted {
 				return st, err
 			}
 		}

@@ -11,27 +11,38 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/kvmctl/kvmctl/pkg/events"
 )
 
-// StageExecMain is the body of the agent's hidden "stage-exec <spec file>" subcommand, which the
-// ServiceExecutor starts detached from the agent: it runs the stage script described by the spec
-// file, recording "running" (with its pid and the boot id) before and the result after, and
-// returns the process exit code. SIGTERM or SIGINT stop the script (SIGTERM, grace, SIGKILL).
+// StageExecMain is the main of the stage runner (kvmagent-stage SPEC) and of the agent's hidden
+// "stage-exec SPEC" subcommand, which the ServiceExecutor starts detached from the agent: it
+// runs the stage script described by the spec file, writing its pid (<id>.pid) before and the
+// result (the record) after, and returns the process exit code. SIGTERM or SIGINT stop the
+// script (SIGTERM, grace, SIGKILL).
 //
-// The kvmagent CLI wires it as:
+// cmd/kvmagent-stage is
 //
-//	case hooks.StageExecCommand: os.Exit(hooks.StageExecMain(os.Args[2:]))
+//	func main() { os.Exit(hooks.StageExecMain(os.Args[1:])) }
 func StageExecMain(args []string) int {
 	if err := stageExec(args); err != nil {
-		fmt.Fprintf(os.Stderr, "%s: %v\n", StageExecCommand, err)
+		fmt.Fprintf(os.Stderr, "%s: %v\n", runnerName(), err)
 		return 1
 	}
 	return 0
 }
 
+// runnerName names this process in its messages: kvmagent-stage, or the agent's stage-exec.
+func runnerName() string {
+	if filepath.Base(os.Args[0]) == StageRunnerName {
+		return StageRunnerName
+	}
+	return StageExecCommand
+}
+
 func stageExec(args []string) error {
 	if len(args) != 1 || !strings.HasSuffix(args[0], ".spec") {
-		return errors.New("usage: stage-exec <stages dir>/<id>.spec")
+		return fmt.Errorf("usage: %s <stages dir>/<id>.spec (the agent starts it for each stage)", runnerName())
 	}
 	specPath := args[0]
 	b, err := os.ReadFile(specPath)
@@ -50,7 +61,7 @@ func stageExec(args []string) error {
 	if err != nil {
 		return err
 	}
-	if rec.State == Completed || rec.PID != 0 {
+	if rec.State == events.StageCompleted || rec.PID != 0 {
 		// Started twice (e.g. a unit restarted): never run the script a second time.
 		return fmt.Errorf("stage %s already %s by pid %d", es.ID, rec.State, rec.PID)
 	}
@@ -58,13 +69,15 @@ func stageExec(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	rec.PID = os.Getpid()
-	rec.PIDStart, _ = procStart(rec.PID)
-	rec.BootID = es.BootID
-	rec.StartedAt = time.Now()
-	if err := s.write(rec); err != nil {
+	me := runnerPID{PID: os.Getpid()}
+	me.PIDStart, _ = procStart(me.PID)
+	if err := s.claim(es.ID, me); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("stage %s already started by another runner (%s)", es.ID, s.pidPath(es.ID))
+		}
 		return err
 	}
+	rec.PID, rec.PIDStart, rec.BootID = me.PID, me.PIDStart, es.BootID
 	var res runResult
 	if err := Verify(es.Run.Dir, es.Stage, es.Run.Script); err != nil {
 		// The script or its directory changed since Start checked them: it must not run.
@@ -72,12 +85,13 @@ func stageExec(args []string) error {
 	} else {
 		res = runScript(ctx, es.Run, time.Now)
 	}
-	rec.State, rec.Outcome, rec.ExitCode, rec.Output, rec.Note = Completed, res.Outcome, res.ExitCode, res.Output, res.Note
+	rec.State, rec.Outcome, rec.ExitCode, rec.Output, rec.Note = events.StageCompleted, res.Outcome, res.ExitCode, res.Output, res.Note
 	rec.StartedAt, rec.EndedAt = res.StartedAt, res.EndedAt
 	if err := s.write(rec); err != nil {
 		return err
 	}
 	_ = os.Remove(specPath)
+	_ = os.Remove(s.pidPath(es.ID))
 	if fi, err := os.Stat(s.logPath(es.ID)); err == nil && fi.Size() == 0 {
 		_ = os.Remove(s.logPath(es.ID))
 	}

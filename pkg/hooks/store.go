@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/kvmctl/kvmctl/pkg/events"
 )
 
 // ErrUnknownID reports an execution id that no Start produced.
@@ -21,7 +23,7 @@ var errCorruptRecord = errors.New("record unreadable")
 
 // ExecID returns the execution id of (runID, stage): the same pair always gives the same id,
 // which is what makes Start idempotent across agent restarts.
-func ExecID(runID string, stage Stage) string {
+func ExecID(runID string, stage events.Stage) string {
 	sum := sha256.Sum256([]byte(runID + "/" + string(stage)))
 	return hex.EncodeToString(sum[:8])
 }
@@ -48,8 +50,9 @@ type record struct {
 	// BootID is the host's boot id when the stage started; a different one now means the host
 	// rebooted during the stage.
 	BootID string `json:"boot_id,omitempty"`
-	// PID is the process that owns the stage: stage-exec (service) or the agent (agent executor).
-	// Zero while the service executor is still launching stage-exec.
+	// PID is the process that owns the stage: the runner (service) or the agent (agent
+	// executor). Zero in a service stage's record until it completes: while the runner runs,
+	// its pid is in <id>.pid (an older runner wrote it here instead).
 	PID int `json:"pid,omitempty"`
 	// PIDStart is PID's start time in clock ticks since boot, to tell it from a reused pid.
 	PIDStart uint64 `json:"pid_start,omitempty"`
@@ -72,6 +75,7 @@ func openStore(stateDir string) (store, error) {
 func (s store) recordPath(id string) string { return filepath.Join(s.dir, id+".json") }
 func (s store) specPath(id string) string   { return filepath.Join(s.dir, id+".spec") }
 func (s store) logPath(id string) string    { return filepath.Join(s.dir, id+".log") }
+func (s store) pidPath(id string) string    { return filepath.Join(s.dir, id+".pid") }
 
 func (s store) exists(id string) bool {
 	_, err := os.Lstat(s.recordPath(id))
@@ -97,15 +101,58 @@ func readRecord(path string) (record, error) {
 	return rec, nil
 }
 
-// write replaces the record atomically.
+// write replaces the record atomically and durably.
 func (s store) write(rec record) error {
 	return writeJSONAtomic(s.recordPath(rec.ID), rec)
+}
+
+// writeSpec writes the spec file of a stage without syncing it: no one needs it once the host
+// has restarted (the reboot rule settles the stage), and the runner reads it from the page
+// cache. That saves two fsyncs per stage.
+func (s store) writeSpec(es execSpec) error {
+	return replaceJSON(s.specPath(es.ID), es, false)
+}
+
+// runnerPID is the file <id>.pid: the process that runs a service stage, which the runner
+// writes before it starts the script.
+type runnerPID struct {
+	PID      int    `json:"pid"`
+	PIDStart uint64 `json:"pid_start,omitempty"`
+}
+
+// claim writes the runner's <id>.pid, failing with os.ErrExist if there is one already: the
+// hard link is atomic and exclusive, so a stage started twice (a unit restarted) runs once.
+//
+// A file of its own rather than a rewrite of the record, and not synced: losing it in a power
+// cut loses nothing, since the record it leaves (the launch record, pid 0, with the boot id of
+// the stage) is settled by the reboot rule just as one with the pid would be, and without a
+// reboot the page cache has it. That saves the two fsyncs of a record rewrite per stage.
+func (s store) claim(id string, p runnerPID) error {
+	tmp, err := writeTemp(s.dir, p, false)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp)
+	if err := os.Link(tmp, s.pidPath(id)); err != nil {
+		return fmt.Errorf("claim stage: %w", err)
+	}
+	return nil
+}
+
+// runner returns the runner of id from its <id>.pid; ok is false when there is none yet (or any
+// more) or it cannot be read.
+func (s store) runner(id string) (p runnerPID, ok bool) {
+	b, err := os.ReadFile(s.pidPath(id))
+	if err != nil || json.Unmarshal(b, &p) != nil || p.PID <= 0 {
+		return runnerPID{}, false
+	}
+	return p, true
 }
 
 // create writes the first record of an execution, failing with os.ErrExist if there is one
 // already: the hard link is both atomic and exclusive, so two starts cannot both win.
 func (s store) create(rec record) error {
-	tmp, err := writeTemp(s.dir, rec)
+	tmp, err := writeTemp(s.dir, rec, true)
 	if err != nil {
 		return err
 	}
@@ -123,6 +170,7 @@ func (s store) create(rec record) error {
 func (s store) remove(id string) {
 	_ = os.Remove(s.recordPath(id))
 	_ = os.Remove(s.specPath(id))
+	_ = os.Remove(s.pidPath(id))
 }
 
 // ids lists the executions that have a record.
@@ -141,7 +189,8 @@ func (s store) ids() ([]string, error) {
 	return ids, nil
 }
 
-func writeTemp(dir string, v any) (string, error) {
+// writeTemp writes v as JSON to a new temporary file in dir, synced when durable.
+func writeTemp(dir string, v any, durable bool) (string, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return "", fmt.Errorf("encode: %w", err)
@@ -153,7 +202,7 @@ func writeTemp(dir string, v any) (string, error) {
 	name := f.Name()
 	// Sync: the record must survive the reboot that a Maintenance script may trigger.
 	_, err = f.Write(b)
-	if err == nil {
+	if err == nil && durable {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -166,14 +215,22 @@ func writeTemp(dir string, v any) (string, error) {
 	return name, nil
 }
 
-func writeJSONAtomic(path string, v any) error {
-	tmp, err := writeTemp(filepath.Dir(path), v)
+// writeJSONAtomic replaces path with v as JSON atomically and durably: once it returns, the new
+// content survives a power cut.
+func writeJSONAtomic(path string, v any) error { return replaceJSON(path, v, true) }
+
+// replaceJSON replaces path with v as JSON atomically; durable syncs the data and the new name.
+func replaceJSON(path string, v any, durable bool) error {
+	tmp, err := writeTemp(filepath.Dir(path), v, durable)
 	if err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("write state: %w", err)
+	}
+	if !durable {
+		return nil
 	}
 	if err := syncDir(filepath.Dir(path)); err != nil {
 		return fmt.Errorf("write state: %w", err)

@@ -9,6 +9,7 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/orchestrate"
 	"github.com/kvmctl/kvmctl/pkg/state"
 	"github.com/kvmctl/kvmctl/pkg/virt"
+	"github.com/kvmctl/kvmctl/pkg/virt/libvirtdrv"
 )
 
 func TestClusterBlocks(t *testing.T) {
@@ -71,7 +72,7 @@ func TestBuildWritesAFleet(t *testing.T) {
 			t.Errorf("agent.properties lacks %q:\n%s", want, props)
 		}
 	}
-	hv, err := virt.Open("test://" + filepath.Join(h.Dir, "node.xml"))
+	hv, err := libvirtdrv.Open("test://" + filepath.Join(h.Dir, "node.xml"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -603,7 +603,7 @@ func (m *RollingModel) headerLine() string {
 	done, skipped, remaining := m.counts()
 	state := m.state
 	switch {
-	case m.finished && state == "succeeded":
+	case m.finished && state == string(events.RunSucceeded):
 		state = st.Succeeded.Render(state)
 	case m.finished:
 		state = st.Unfinished.Render(state)
@@ -621,7 +621,7 @@ func (m *RollingModel) summaryLine() string {
 	if m.details != "" {
 		s += ": " + m.details
 	}
-	if m.state == "succeeded" {
+	if m.state == string(events.RunSucceeded) {
 		return st.Succeeded.Render(s)
 	}
 	return st.Unfinished.Render(s)

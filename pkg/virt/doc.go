@@ -1,10 +1,8 @@
-// Package virt is the agent's view of its hypervisor: a small Hypervisor
-// interface, its libvirt implementation, the kvmctl placement metadata kept in
-// each domain's XML, and the lab helpers that build libvirt test-driver node
-// files.
+// Package virt is the agent's view of its hypervisor: a small Hypervisor interface and a fake
+// of it, the kvmctl placement metadata kept in each domain's XML, and the lab helpers that build
+// and rewrite libvirt test-driver node files. It is pure Go.
 //
-// In production the agent opens a qemu URI (qemu:///system). In the lab each
-// simulated host opens its own test-driver node file (test:///abs/node.xml);
-// because the test driver keeps its state in memory only, Libvirt rewrites
-// that file after every change so that an agent restart sees the same VMs.
+// The libvirt implementation of Hypervisor is in virt/libvirtdrv, the only package that links
+// libvirt (cgo); only the kvmagent command imports it, so that kvmctl, which uses this package
+// through the lab, builds with CGO_ENABLED=0.
 package virt

@@ -6,10 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
-
-	"github.com/kvmctl/kvmctl/pkg/fsutil"
 )
 
 // The test driver reads a domain's run state from its own namespace in the
@@ -62,7 +59,7 @@ func NodeXML(spec NodeSpec) ([]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("node xml %q: %w", spec.HostName, err)
 		}
-		dom, err = withTestState(dom, state, false)
+		dom, err = WithTestState(dom, state, false)
 		if err != nil {
 			return nil, fmt.Errorf("node xml %q: %w", spec.HostName, err)
 		}
@@ -72,9 +69,11 @@ func NodeXML(spec NodeSpec) ([]byte, error) {
 	return b.Bytes(), nil
 }
 
-// withTestState adds the test driver's run-state elements to a domain XML so
-// that loading the node file restores the domain in that state.
-func withTestState(dom string, state int, transient bool) (string, error) {
+// WithTestState adds the test driver's run-state elements to a domain XML so
+// that loading the node file restores the domain in that state: state is a
+// virDomainState number (1 running, 5 shut off), transient marks a domain
+// without a persistent definition.
+func WithTestState(dom string, state int, transient bool) (string, error) {
 	open := strings.Index(dom, "<domain")
 	end := strings.LastIndex(dom, "</domain>")
 	if open < 0 || end < open {
@@ -98,10 +97,10 @@ func indent(s string) string {
 	return "  " + strings.Join(lines, "  ") + "\n"
 }
 
-// nodeDescription returns the children of a node file's <node> other than
+// NodeDescription returns the children of a node file's <node> other than
 // <domain> (cpu, memory, networks, pools, lab annotations, comments) as raw
-// XML, so that a rewrite keeps them as they were.
-func nodeDescription(data []byte) ([][]byte, error) {
+// XML, so that a rewrite with RenderNodeFile keeps them as they were.
+func NodeDescription(data []byte) ([][]byte, error) {
 	d := xml.NewDecoder(bytes.NewReader(data))
 	var (
 		parts    [][]byte
@@ -149,9 +148,9 @@ func nodeDescription(data []byte) ([][]byte, error) {
 	return parts, nil
 }
 
-// renderNodeFile joins a node description and domain XMLs (already carrying
-// their test state) into a node file.
-func renderNodeFile(desc [][]byte, domains []string) []byte {
+// RenderNodeFile joins a node description (from NodeDescription) and domain
+// XMLs, each already carrying its test state (WithTestState), into a node file.
+func RenderNodeFile(desc [][]byte, domains []string) []byte {
 	var b bytes.Buffer
 	b.WriteString("<?xml version=\"1.0\"?>\n<node>\n")
 	for _, p := range desc {
@@ -164,9 +163,4 @@ func renderNodeFile(desc [][]byte, domains []string) []byte {
 	}
 	b.WriteString("</node>\n")
 	return b.Bytes()
-}
-
-// writeFileAtomic replaces path with data so that a crash leaves either the old or the new content.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	return fsutil.WriteFileAtomic(path, data, perm)
 }

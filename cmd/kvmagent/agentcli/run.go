@@ -12,6 +12,7 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/agent"
 	"github.com/kvmctl/kvmctl/pkg/errs"
 	"github.com/kvmctl/kvmctl/pkg/virt"
+	"github.com/kvmctl/kvmctl/pkg/virt/libvirtdrv"
 )
 
 // RunOptions are the flags of `kvmagent run`.
@@ -45,7 +46,7 @@ connects to libvirt and serves HTTPS with mutual TLS on the listen address. Logs
 }
 
 func openLibvirt(uri string) (virt.Hypervisor, error) {
-	l, err := virt.Open(uri)
+	l, err := libvirtdrv.Open(uri)
 	if err != nil {
 		return nil, err
 	}

@@ -6,8 +6,10 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/hooks"
 )
 
-// newStageExecCmd is the hidden subcommand the hooks service executor starts, detached from the
-// agent, to run one stage script (see hooks.StageExecMain).
+// newStageExecCmd is the hidden subcommand that runs one stage script detached from the agent
+// (hooks.StageExecMain), as kvmagent-stage does: the service executor starts it where
+// kvmagent-stage is missing, and an agent upgraded in place may find stages that its older
+// binary started this way.
 func newStageExecCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:                hooks.StageExecCommand + " SPEC",

@@ -1,9 +1,11 @@
 package agentcli
 
 // End-to-end tests of the stage endpoints through real kvmagent processes: the test binary
-// re-executes itself as kvmagent (envAsAgent), serves HTTPS with mutual TLS on 127.0.0.1 with a
-// libvirt test node, and runs stage scripts the tests write. The service executor's detached
-// stage-exec is that same binary again, so every process boundary of production is crossed.
+// re-executes itself as kvmagent, serves HTTPS with mutual TLS on 127.0.0.1 with a libvirt test
+// node, and runs stage scripts the tests write. The service executor's detached stage runner,
+// kvmagent-stage beside kvmagent, is that same binary again, so every process boundary of
+// production is crossed. With BENCH_BIN set, the benchmarks run the real kvmagent and
+// kvmagent-stage of that directory instead (make bench).
 
 import (
 	"bytes"
@@ -22,6 +24,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rogpeppe/go-internal/testscript"
+
 	"github.com/kvmctl/kvmctl/pkg/api"
 	"github.com/kvmctl/kvmctl/pkg/events"
 	"github.com/kvmctl/kvmctl/pkg/hooks"
@@ -29,14 +33,52 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/virt"
 )
 
-// envAsAgent makes the test binary run as kvmagent with its arguments.
+// envAsAgent makes the test binary run as kvmagent with its arguments, under its own name: an
+// agent with no kvmagent-stage beside it (e2eOptions.bare).
 const envAsAgent = "KVMCTL_AGENTCLI_TEST_AS_KVMAGENT"
 
+// TestMain registers kvmagent and kvmagent-stage as testscript does for kvmctl's tests: copies of
+// this test binary under those names, side by side in a directory on PATH, so that an agent
+// started from there finds its stage runner beside it as an installed one does.
 func TestMain(m *testing.M) {
-	if os.Getenv(envAsAgent) == "1" {
+	if os.Getenv(envAsAgent) == "1" && filepath.Base(os.Args[0]) != hooks.StageRunnerName {
 		os.Exit(Run(os.Args[1:], os.Stdout, os.Stderr))
 	}
-	os.Exit(m.Run())
+	testscript.Main(m, map[string]func(){
+		"kvmagent":            func() { os.Exit(Run(os.Args[1:], os.Stdout, os.Stderr)) },
+		hooks.StageRunnerName: func() { os.Exit(hooks.StageExecMain(os.Args[1:])) },
+	})
+}
+
+// e2eOptions choose how an e2eAgent runs.
+type e2eOptions struct {
+	// agentExecutor sets rolling.maintenance.service.executor.disabled.
+	agentExecutor bool
+	// agent is the kvmagent to start; "" for the one TestMain put on PATH, beside its
+	// kvmagent-stage.
+	agent string
+	// bare runs this test binary under its own name as the agent: no kvmagent-stage beside it.
+	bare bool
+	// runner sets rolling.maintenance.stage.runner.
+	runner string
+}
+
+// onPath returns the absolute path of the program name that TestMain put on PATH, its directory
+// closed to group and others so that a stage runner there passes the agent's trust check
+// whatever the umask.
+func onPath(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s is not on PATH (TestMain puts it there): %v", name, err)
+	}
+	if p, err = filepath.Abs(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // e2eAgent is one kvmagent process for host kvm1 with its own dirs, and a client for it.
@@ -45,6 +87,7 @@ type e2eAgent struct {
 	dir, hooks, state, pki string
 	conf, addr             string
 	client                 *api.Client
+	opts                   e2eOptions
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -56,8 +99,17 @@ type e2eAgent struct {
 // agentExecutor sets rolling.maintenance.service.executor.disabled.
 func newE2EAgent(t testing.TB, agentExecutor bool) *e2eAgent {
 	t.Helper()
+	return newE2EAgentWith(t, e2eOptions{agentExecutor: agentExecutor})
+}
+
+// newE2EAgentWith is newE2EAgent with every option.
+func newE2EAgentWith(t testing.TB, opts e2eOptions) *e2eAgent {
+	t.Helper()
 	dir := t.TempDir()
-	a := &e2eAgent{t: t, dir: dir, hooks: filepath.Join(dir, "hooks"), state: filepath.Join(dir, "state"), pki: filepath.Join(dir, "pki")}
+	a := &e2eAgent{t: t, dir: dir, hooks: filepath.Join(dir, "hooks"), state: filepath.Join(dir, "state"), pki: filepath.Join(dir, "pki"), opts: opts}
+	if opts.agent == "" && !opts.bare {
+		a.opts.agent = onPath(t, "kvmagent")
+	}
 	now := time.Now()
 	kp, err := pki.GenerateCA(now)
 	if err != nil {
@@ -108,7 +160,8 @@ func newE2EAgent(t testing.TB, agentExecutor bool) *e2eAgent {
 		"libvirt.uri=test://" + filepath.Join(dir, "node.xml"),
 		"state.dir=" + a.state,
 		"rolling.maintenance.hooks.dir=" + a.hooks,
-		"rolling.maintenance.service.executor.disabled=" + strconv.FormatBool(agentExecutor),
+		"rolling.maintenance.service.executor.disabled=" + strconv.FormatBool(opts.agentExecutor),
+		"rolling.maintenance.stage.runner=" + opts.runner,
 		"boot.id.file=" + filepath.Join(dir, "boot_id"),
 	}, "\n") + "\n"
 	if err := os.WriteFile(a.conf, []byte(props), 0o600); err != nil {
@@ -139,13 +192,18 @@ func e2eFreeAddr(t testing.TB) string {
 // start runs the agent process and returns once it answers health checks.
 func (a *e2eAgent) start() {
 	a.t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		a.t.Fatal(err)
+	exe := a.opts.agent
+	// GORACE: a race-enabled binary otherwise sleeps 1 s at exit, the stage runner included.
+	env := append(os.Environ(), "GORACE=atexit_sleep_ms=0")
+	if a.opts.bare {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			a.t.Fatal(err)
+		}
+		env = append(env, envAsAgent+"=1")
 	}
 	cmd := exec.Command(exe, "run", "--config", a.conf, "--log-level", "debug")
-	// GORACE: a race-enabled binary otherwise sleeps 1 s at exit, stage-exec included.
-	cmd.Env = append(os.Environ(), envAsAgent+"=1", "GORACE=atexit_sleep_ms=0")
+	cmd.Env = env
 	log := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
@@ -348,7 +406,7 @@ func TestE2EStageIdempotent(t *testing.T) {
 	if ids[0] == "" || len(slices.Compact(slices.Clone(ids))) != 1 {
 		t.Fatalf("concurrent POSTs gave ids %q, want one", ids)
 	}
-	if ids[0] != hooks.ExecID("idem", hooks.Maintenance) {
+	if ids[0] != hooks.ExecID("idem", events.Maintenance) {
 		t.Errorf("exec id %s, want hooks.ExecID", ids[0])
 	}
 	st := a.wait(t, ids[0], 20*time.Second)
@@ -423,6 +481,53 @@ func waitFile(t *testing.T, path string, limit time.Duration) {
 	}
 }
 
+// TestE2EStageRunner: the service executor runs a stage through kvmagent-stage, the one beside
+// the agent or the one agent.properties names, and through the agent's own stage-exec, with one
+// warning at start, where there is none. The script prints how its parent, the process that ran
+// the stage, was started.
+func TestE2EStageRunner(t *testing.T) {
+	t.Parallel()
+	runner := onPath(t, hooks.StageRunnerName)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name       string
+		opts       e2eOptions
+		argv0, exe string // how the stage's runner was started
+		argv1      string // "" for the spec file
+		warned     bool
+	}{
+		{"beside the agent", e2eOptions{}, runner, runner, "", false},
+		{"configured", e2eOptions{bare: true, runner: runner}, runner, runner, "", false},
+		{"missing", e2eOptions{bare: true}, self, self, hooks.StageExecCommand, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			a := newE2EAgentWith(t, tc.opts)
+			a.script(t, "PreFlight", `tr '\0' '\n' < /proc/$PPID/cmdline; readlink /proc/$PPID/exe`, 0o755)
+			for _, runID := range []string{"r1", "r2"} {
+				st := a.run(t, api.StageRequest{RunID: runID, Stage: "PreFlight", TimeoutS: 10})
+				want := []string{tc.argv0, tc.argv1, filepath.Join(a.state, "stages", hooks.ExecID(runID, events.PreFlight)+".spec"), tc.exe}
+				if tc.argv1 == "" {
+					want = slices.Delete(want, 1, 2)
+				}
+				if got := strings.Split(strings.TrimSpace(st.Output), "\n"); st.Outcome != events.OutcomeSucceeded || !slices.Equal(got, want) {
+					t.Errorf("stage %s ran under %q (status %+v), want argv and executable %q", runID, got, st, want)
+				}
+			}
+			want := 0
+			if tc.warned {
+				want = 1
+			}
+			if n := strings.Count(a.logs(), "stage runner is missing"); n != want {
+				t.Errorf("the agent warned %d times that the stage runner is missing, want %d:\n%s", n, want, a.logs())
+			}
+		})
+	}
+}
+
 func TestE2EHooksListAndRefusals(t *testing.T) {
 	t.Parallel()
 	a := newE2EAgent(t, false)
@@ -466,44 +571,92 @@ func TestE2EHooksListAndRefusals(t *testing.T) {
 		t.Errorf("missing script: %v, want 404 %s", err, api.CodeNoScript)
 	}
 	// A refused stage leaves no execution behind.
-	if _, err := a.client.Stage(context.Background(), hooks.ExecID("r1", hooks.PostMaintenance)); !api.IsCode(err, api.CodeNotFound) {
+	if _, err := a.client.Stage(context.Background(), hooks.ExecID("r1", events.PostMaintenance)); !api.IsCode(err, api.CodeNotFound) {
 		t.Errorf("Stage of a refused start: %v, want %s", err, api.CodeNotFound)
 	}
 }
 
-// BenchmarkStageNoop measures a no-op stage through the API on loopback: POST, then long-poll
-// until completed. ns/op is the mean; median_ms and p90_ms come from every iteration.
+// envBenchBin names a directory with a kvmagent and its kvmagent-stage (make bench sets it to
+// bin/): the benchmarks then start that kvmagent, so that they measure the real programs and not
+// this test binary, which links libvirt and everything else.
+const envBenchBin = "BENCH_BIN"
+
+// benchAgents are the agents the benchmarks compare: the service executor (through
+// kvmagent-stage) and the agent executor, and with BENCH_BIN also the service executor of an
+// agent without kvmagent-stage beside it, which runs each stage through kvmagent stage-exec as
+// agents did before there was a runner.
+func benchAgents(b *testing.B) []struct {
+	name string
+	opts e2eOptions
+} {
+	b.Helper()
+	agents := []struct {
+		name string
+		opts e2eOptions
+	}{{"service", e2eOptions{}}, {"agent", e2eOptions{agentExecutor: true}}}
+	dir := os.Getenv(envBenchBin)
+	if dir == "" {
+		return agents
+	}
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	agent := filepath.Join(dir, "kvmagent")
+	for i := range agents {
+		agents[i].opts.agent = agent
+	}
+	// A copy of the agent alone in a directory: no kvmagent-stage beside it.
+	alone := filepath.Join(b.TempDir(), "kvmagent")
+	data, err := os.ReadFile(agent)
+	if err != nil {
+		b.Fatalf("%s=%s: %v", envBenchBin, dir, err)
+	}
+	if err := os.WriteFile(alone, data, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	return append(agents, struct {
+		name string
+		opts e2eOptions
+	}{"service-stage-exec", e2eOptions{agent: alone}})
+}
+
+// BenchmarkStageNoop measures a no-op stage through the API on loopback (POST, then long-poll
+// until completed) with each executor. Every iteration runs one stage on each agent in turn, the
+// first one rotating, so that the agents share the machine's slow and fast moments (and none
+// always follows the slowest) and their ratio is the executors' own: ns/op is the sum,
+// NAME_median_ms and NAME_p90_ms come from every iteration of agent NAME.
 func BenchmarkStageNoop(b *testing.B) {
-	for _, k := range []struct {
-		name          string
-		agentExecutor bool
-	}{{"service", false}, {"agent", true}} {
-		b.Run(k.name, func(b *testing.B) {
-			a := newE2EAgent(b, k.agentExecutor)
-			a.script(b, "PreFlight", "exit 0", 0o755)
-			lat := make([]time.Duration, 0, b.N)
-			for i := 0; b.Loop(); i++ {
-				start := time.Now()
-				st := a.run(b, api.StageRequest{RunID: fmt.Sprintf("bench-%d", i), Stage: "PreFlight", TimeoutS: 10})
-				lat = append(lat, time.Since(start))
-				if st.Outcome != events.OutcomeSucceeded {
-					b.Fatalf("status %+v", st)
-				}
+	agents := benchAgents(b)
+	running := make([]*e2eAgent, len(agents))
+	lat := make([][]time.Duration, len(agents))
+	for j, k := range agents {
+		running[j] = newE2EAgentWith(b, k.opts)
+		running[j].script(b, "PreFlight", "exit 0", 0o755)
+	}
+	for i := 0; b.Loop(); i++ {
+		for n := range running {
+			j := (i + n) % len(running)
+			a := running[j]
+			start := time.Now()
+			st := a.run(b, api.StageRequest{RunID: fmt.Sprintf("bench-%d", i), Stage: "PreFlight", TimeoutS: 10})
+			lat[j] = append(lat[j], time.Since(start))
+			if st.Outcome != events.OutcomeSucceeded {
+				b.Fatalf("%s: status %+v", agents[j].name, st)
 			}
-			reportQuantiles(b, lat)
-		})
+		}
+	}
+	for j, k := range agents {
+		reportQuantiles(b, k.name+"_", lat[j])
 	}
 }
 
 // BenchmarkExitToSeen measures the time from a script's last action (it writes the time in
 // nanoseconds to a file and exits) to the long poll returning it to the client.
 func BenchmarkExitToSeen(b *testing.B) {
-	for _, k := range []struct {
-		name          string
-		agentExecutor bool
-	}{{"service", false}, {"agent", true}} {
+	for _, k := range benchAgents(b) {
 		b.Run(k.name, func(b *testing.B) {
-			a := newE2EAgent(b, k.agentExecutor)
+			a := newE2EAgentWith(b, k.opts)
 			stamp := filepath.Join(a.dir, "exit-ns")
 			a.script(b, "PostMaintenance", "date +%s%N > "+stamp, 0o755)
 			lat := make([]time.Duration, 0, b.N)
@@ -524,17 +677,19 @@ func BenchmarkExitToSeen(b *testing.B) {
 				}
 				lat = append(lat, seen.Sub(time.Unix(0, ns)))
 			}
-			reportQuantiles(b, lat)
+			reportQuantiles(b, "", lat)
 		})
 	}
 }
 
-func reportQuantiles(b *testing.B, lat []time.Duration) {
+// reportQuantiles reports the median and 90th percentile of lat as PREFIXmedian_ms and
+// PREFIXp90_ms.
+func reportQuantiles(b *testing.B, prefix string, lat []time.Duration) {
 	if len(lat) == 0 {
 		return
 	}
 	slices.Sort(lat)
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-	b.ReportMetric(ms(lat[len(lat)/2]), "median_ms")
-	b.ReportMetric(ms(lat[len(lat)*9/10]), "p90_ms")
+	b.ReportMetric(ms(lat[len(lat)/2]), prefix+"median_ms")
+	b.ReportMetric(ms(lat[len(lat)*9/10]), prefix+"p90_ms")
 }

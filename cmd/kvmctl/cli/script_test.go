@@ -17,14 +17,18 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/kvmctl/kvmctl/cmd/kvmagent/agentcli"
+	"github.com/kvmctl/kvmctl/pkg/hooks"
 	"github.com/kvmctl/kvmctl/pkg/iostreams"
 )
 
 // scriptCommands are the programs the scripts in testdata/script run with `exec NAME`: the test
-// binary re-executes itself as each of them. Add a program here to make it available.
+// binary re-executes itself as each of them. Add a program here to make it available. They lie
+// side by side in one directory on PATH, as installed: a lab's kvmagent (the e2e tests') finds
+// its stage runner, kvmagent-stage, beside it.
 var scriptCommands = map[string]func(){
-	"kvmctl":   func() { os.Exit(Run(os.Args[1:], iostreams.System())) },
-	"kvmagent": func() { os.Exit(agentcli.Run(os.Args[1:], os.Stdout, os.Stderr)) },
+	"kvmctl":              func() { os.Exit(Run(os.Args[1:], iostreams.System())) },
+	"kvmagent":            func() { os.Exit(agentcli.Run(os.Args[1:], os.Stdout, os.Stderr)) },
+	hooks.StageRunnerName: func() { os.Exit(hooks.StageExecMain(os.Args[1:])) },
 }
 
 func TestMain(m *testing.M) {

@@ -1,4 +1,4 @@
-package virt
+package libvirtdrv
 
 import (
 	"errors"
@@ -11,9 +11,12 @@ import (
 	"time"
 
 	"libvirt.org/go/libvirt"
+
+	"github.com/kvmctl/kvmctl/pkg/fsutil"
+	"github.com/kvmctl/kvmctl/pkg/virt"
 )
 
-// Libvirt is the Hypervisor on one libvirt connection, held for the life of
+// Libvirt is the virt.Hypervisor on one libvirt connection, held for the life of
 // the process.
 //
 // For a test-driver node file (test:///abs/path.xml) it also persists: the
@@ -33,7 +36,7 @@ type Libvirt struct {
 	nodeDesc [][]byte // the node file's non-domain children
 }
 
-var _ Hypervisor = (*Libvirt)(nil)
+var _ virt.Hypervisor = (*Libvirt)(nil)
 
 // Open connects to the libvirt URI, e.g. qemu:///system or
 // test:///abs/path/node.xml.
@@ -53,7 +56,7 @@ func Open(uri string) (*Libvirt, error) {
 		if err != nil {
 			return nil, fmt.Errorf("open libvirt %q: %w", uri, err)
 		}
-		if l.nodeDesc, err = nodeDescription(data); err != nil {
+		if l.nodeDesc, err = virt.NodeDescription(data); err != nil {
 			return nil, fmt.Errorf("open libvirt %q: %w", uri, err)
 		}
 		l.nodeFile, l.nodePerm = u.Path, fi.Mode().Perm()
@@ -84,21 +87,21 @@ func (l *Libvirt) Close() error {
 }
 
 // NodeInfo reports the host's CPUs and memory as libvirt sees them.
-func (l *Libvirt) NodeInfo() (Capacity, error) {
+func (l *Libvirt) NodeInfo() (virt.Capacity, error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	if l.conn == nil {
-		return Capacity{}, fmt.Errorf("node info: %w", errClosed)
+		return virt.Capacity{}, fmt.Errorf("node info: %w", errClosed)
 	}
 	info, err := l.conn.GetNodeInfo()
 	if err != nil {
-		return Capacity{}, fmt.Errorf("node info: %w", err)
+		return virt.Capacity{}, fmt.Errorf("node info: %w", err)
 	}
-	return Capacity{CPUs: int(info.Cpus), MemoryMiB: info.Memory / 1024}, nil
+	return virt.Capacity{CPUs: int(info.Cpus), MemoryMiB: info.Memory / 1024}, nil
 }
 
 // ListVMs lists all defined and running domains, sorted by name.
-func (l *Libvirt) ListVMs() ([]VM, error) {
+func (l *Libvirt) ListVMs() ([]virt.VM, error) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	if l.conn == nil {
@@ -109,7 +112,7 @@ func (l *Libvirt) ListVMs() ([]VM, error) {
 		return nil, fmt.Errorf("list vms: %w", err)
 	}
 	defer freeAll(doms)
-	vms := make([]VM, 0, len(doms))
+	vms := make([]virt.VM, 0, len(doms))
 	for i := range doms {
 		vm, err := readVM(&doms[i])
 		if isNoDomain(err) {
@@ -120,45 +123,45 @@ func (l *Libvirt) ListVMs() ([]VM, error) {
 		}
 		vms = append(vms, vm)
 	}
-	slices.SortFunc(vms, func(a, b VM) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(vms, func(a, b virt.VM) int { return strings.Compare(a.Name, b.Name) })
 	return vms, nil
 }
 
-func readVM(d *libvirt.Domain) (VM, error) {
+func readVM(d *libvirt.Domain) (virt.VM, error) {
 	x, err := d.GetXMLDesc(0)
 	if err != nil {
-		return VM{}, err
+		return virt.VM{}, err
 	}
-	vm, err := ParseDomainXML(x)
+	vm, err := virt.ParseDomainXML(x)
 	if err != nil {
-		return VM{}, err
+		return virt.VM{}, err
 	}
 	st, _, err := d.GetState()
 	if err != nil {
-		return VM{}, fmt.Errorf("vm %q: state: %w", vm.Name, err)
+		return virt.VM{}, fmt.Errorf("vm %q: state: %w", vm.Name, err)
 	}
 	vm.State = stateName(st)
 	return vm, nil
 }
 
-func stateName(s libvirt.DomainState) State {
+func stateName(s libvirt.DomainState) virt.State {
 	switch s {
 	case libvirt.DOMAIN_RUNNING:
-		return StateRunning
+		return virt.StateRunning
 	case libvirt.DOMAIN_BLOCKED:
-		return StateBlocked
+		return virt.StateBlocked
 	case libvirt.DOMAIN_PAUSED:
-		return StatePaused
+		return virt.StatePaused
 	case libvirt.DOMAIN_SHUTDOWN:
-		return StateShutdown
+		return virt.StateShutdown
 	case libvirt.DOMAIN_SHUTOFF:
-		return StateShutoff
+		return virt.StateShutoff
 	case libvirt.DOMAIN_CRASHED:
-		return StateCrashed
+		return virt.StateCrashed
 	case libvirt.DOMAIN_PMSUSPENDED:
-		return StatePMSuspended
+		return virt.StatePMSuspended
 	}
-	return StateNoState
+	return virt.StateNoState
 }
 
 // DomainXML returns the VM's persistent definition.
@@ -178,10 +181,10 @@ func (l *Libvirt) DomainXML(name string) (string, error) {
 }
 
 // DefineAndStart defines the VM and starts it. It refuses to redefine a VM
-// that is running (ErrVMRunning); a VM it newly defined is undefined again
+// that is running (virt.ErrVMRunning); a VM it newly defined is undefined again
 // if it fails to start, so a failure leaves the host as it was.
 func (l *Libvirt) DefineAndStart(domainXML string) error {
-	vm, err := ParseDomainXML(domainXML)
+	vm, err := virt.ParseDomainXML(domainXML)
 	if err != nil {
 		return fmt.Errorf("define vm: %w", err)
 	}
@@ -197,10 +200,10 @@ func (l *Libvirt) DefineAndStart(domainXML string) error {
 			return fmt.Errorf("define vm %q: %w", vm.Name, err)
 		}
 		if active {
-			return fmt.Errorf("define vm %q: %w", vm.Name, ErrVMRunning)
+			return fmt.Errorf("define vm %q: %w", vm.Name, virt.ErrVMRunning)
 		}
 		existed = true
-	} else if !errors.Is(err, ErrVMNotFound) {
+	} else if !errors.Is(err, virt.ErrVMNotFound) {
 		return fmt.Errorf("define vm: %w", err)
 	}
 	d, err := l.conn.DomainDefineXML(domainXML)
@@ -238,7 +241,7 @@ func (l *Libvirt) Destroy(name string) error {
 }
 
 // Undefine removes the VM's definition, with its managed-save image and
-// snapshot metadata. It refuses a running VM (ErrVMRunning): libvirt would
+// snapshot metadata. It refuses a running VM (virt.ErrVMRunning): libvirt would
 // keep it running as a transient domain nobody tracks.
 func (l *Libvirt) Undefine(name string) error {
 	return l.mutate("undefine vm", name, func(d *libvirt.Domain) error {
@@ -247,7 +250,7 @@ func (l *Libvirt) Undefine(name string) error {
 			return err
 		}
 		if active {
-			return fmt.Errorf("%w: destroy it first", ErrVMRunning)
+			return fmt.Errorf("%w: destroy it first", virt.ErrVMRunning)
 		}
 		return d.UndefineFlags(libvirt.DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
 	})
@@ -269,10 +272,10 @@ func (l *Libvirt) mutate(what, name string, op func(*libvirt.Domain) error) erro
 
 // Migrate live-migrates the VM peer-to-peer to destURI (the destination's
 // libvirt URI, e.g. qemu+tls://host2/system), makes it persistent there and
-// undefines it here. On the test driver it returns ErrMigrationUnsupported.
-func (l *Libvirt) Migrate(name, destURI string, opts MigrateOptions) error {
+// undefines it here. On the test driver it returns virt.ErrMigrationUnsupported.
+func (l *Libvirt) Migrate(name, destURI string, opts virt.MigrateOptions) error {
 	if l.test {
-		return fmt.Errorf("migrate vm %q: %w", name, ErrMigrationUnsupported)
+		return fmt.Errorf("migrate vm %q: %w", name, virt.ErrMigrationUnsupported)
 	}
 	// A migration can run for minutes: hold the lock only for the lookup. The
 	// domain keeps its own reference to the connection, so a concurrent
@@ -308,7 +311,7 @@ func (l *Libvirt) Migrate(name, destURI string, opts MigrateOptions) error {
 	tmu.Lock()
 	defer tmu.Unlock()
 	if err != nil && timedOut {
-		return fmt.Errorf("migrate vm %q to %s: %w after %s: %w", name, destURI, ErrMigrationTimeout, opts.Timeout, err)
+		return fmt.Errorf("migrate vm %q to %s: %w after %s: %w", name, destURI, virt.ErrMigrationTimeout, opts.Timeout, err)
 	}
 	if err != nil {
 		return fmt.Errorf("migrate vm %q to %s: %w", name, destURI, err)
@@ -336,7 +339,7 @@ func (l *Libvirt) lookup(name string) (*libvirt.Domain, error) {
 	}
 	d, err := l.conn.LookupDomainByName(name)
 	if isNoDomain(err) {
-		return nil, fmt.Errorf("vm %q: %w", name, ErrVMNotFound)
+		return nil, fmt.Errorf("vm %q: %w", name, virt.ErrVMNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("vm %q: %w", name, err)
@@ -380,7 +383,7 @@ func (l *Libvirt) persist() error {
 		if err != nil {
 			return fmt.Errorf("persist node file: vm %q: %w", name, err)
 		}
-		if x, err = withTestState(x, int(st), !persistent); err != nil {
+		if x, err = virt.WithTestState(x, int(st), !persistent); err != nil {
 			return fmt.Errorf("persist node file: vm %q: %w", name, err)
 		}
 		entries = append(entries, entry{name, x})
@@ -390,7 +393,7 @@ func (l *Libvirt) persist() error {
 	for i, e := range entries {
 		xmls[i] = e.xml
 	}
-	if err := writeFileAtomic(l.nodeFile, renderNodeFile(l.nodeDesc, xmls), l.nodePerm); err != nil {
+	if err := fsutil.WriteFileAtomic(l.nodeFile, virt.RenderNodeFile(l.nodeDesc, xmls), l.nodePerm); err != nil {
 		return fmt.Errorf("persist node file: %w", err)
 	}
 	return nil

@@ -1,4 +1,4 @@
-package virt
+package libvirtdrv
 
 import (
 	"errors"
@@ -8,12 +8,14 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/kvmctl/kvmctl/pkg/virt"
 )
 
 // writeNode writes a node file for spec into a temp dir and returns its test:// URI.
-func writeNode(t *testing.T, dir string, spec NodeSpec) (uri, path string) {
+func writeNode(t *testing.T, dir string, spec virt.NodeSpec) (uri, path string) {
 	t.Helper()
-	data, err := NodeXML(spec)
+	data, err := virt.NodeXML(spec)
 	if err != nil {
 		t.Fatalf("NodeXML: %v", err)
 	}
@@ -34,7 +36,7 @@ func open(t *testing.T, uri string) *Libvirt {
 	return h
 }
 
-func listVMs(t *testing.T, h Hypervisor) []VM {
+func listVMs(t *testing.T, h virt.Hypervisor) []virt.VM {
 	t.Helper()
 	vms, err := h.ListVMs()
 	if err != nil {
@@ -43,8 +45,8 @@ func listVMs(t *testing.T, h Hypervisor) []VM {
 	return vms
 }
 
-func vmNames(vms []VM) map[string]State {
-	m := map[string]State{}
+func vmNames(vms []virt.VM) map[string]virt.State {
+	m := map[string]virt.State{}
 	for _, vm := range vms {
 		m[vm.Name] = vm.State
 	}
@@ -54,11 +56,11 @@ func vmNames(vms []VM) map[string]State {
 func TestNodeXMLLoadsInTestDriver(t *testing.T) {
 	dir := t.TempDir()
 	disk := func(n string) string { return filepath.Join(dir, n+".img") }
-	spec := NodeSpec{HostName: "kvm1", CPUs: 8, MemoryMiB: 16384, VMs: []VMSpec{
+	spec := virt.NodeSpec{HostName: "kvm1", CPUs: 8, MemoryMiB: 16384, VMs: []virt.VMSpec{
 		{Name: "db1", VCPUs: 1, MemoryMiB: 1024, Disks: []string{disk("db1-root"), disk("db1-data")},
-			Tags: []string{"ssd"}, Groups: []AffinityGroup{{Name: "db", Type: GroupHostAntiAffinity}}, Running: true},
+			Tags: []string{"ssd"}, Groups: []virt.AffinityGroup{{Name: "db", Type: virt.GroupHostAntiAffinity}}, Running: true},
 		{Name: "web1", VCPUs: 1, MemoryMiB: 1024, Disks: []string{disk("web1")},
-			Groups: []AffinityGroup{{Name: "web", Type: GroupHostAntiAffinity}, {Name: "front", Type: GroupHostAffinity}}, Running: true},
+			Groups: []virt.AffinityGroup{{Name: "web", Type: virt.GroupHostAntiAffinity}, {Name: "front", Type: virt.GroupHostAffinity}}, Running: true},
 		{Name: "web2", UUID: "0b8c1f0e-5f7c-4c1e-9a57-2f1d0c6c8a11", VCPUs: 1, MemoryMiB: 1024, Disks: []string{disk("web2")},
 			Tags: []string{"ssd", "gpu"}, Running: true},
 	}}
@@ -69,60 +71,60 @@ func TestNodeXMLLoadsInTestDriver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (Capacity{CPUs: 8, MemoryMiB: 16384}); got != want {
+	if want := (virt.Capacity{CPUs: 8, MemoryMiB: 16384}); got != want {
 		t.Errorf("NodeInfo = %+v, want %+v", got, want)
 	}
 
-	want := []VM{
-		{Name: "db1", UUID: NameUUID("db1"), State: StateRunning, VCPUs: 1, MemoryMiB: 1024,
+	want := []virt.VM{
+		{Name: "db1", UUID: virt.NameUUID("db1"), State: virt.StateRunning, VCPUs: 1, MemoryMiB: 1024,
 			Disks: []string{disk("db1-root"), disk("db1-data")}, RequiredTags: []string{"ssd"},
-			AffinityGroups: []AffinityGroup{{Name: "db", Type: GroupHostAntiAffinity}}},
-		{Name: "web1", UUID: NameUUID("web1"), State: StateRunning, VCPUs: 1, MemoryMiB: 1024,
+			AffinityGroups: []virt.AffinityGroup{{Name: "db", Type: virt.GroupHostAntiAffinity}}},
+		{Name: "web1", UUID: virt.NameUUID("web1"), State: virt.StateRunning, VCPUs: 1, MemoryMiB: 1024,
 			Disks:          []string{disk("web1")},
-			AffinityGroups: []AffinityGroup{{Name: "web", Type: GroupHostAntiAffinity}, {Name: "front", Type: GroupHostAffinity}}},
-		{Name: "web2", UUID: "0b8c1f0e-5f7c-4c1e-9a57-2f1d0c6c8a11", State: StateRunning, VCPUs: 1, MemoryMiB: 1024,
+			AffinityGroups: []virt.AffinityGroup{{Name: "web", Type: virt.GroupHostAntiAffinity}, {Name: "front", Type: virt.GroupHostAffinity}}},
+		{Name: "web2", UUID: "0b8c1f0e-5f7c-4c1e-9a57-2f1d0c6c8a11", State: virt.StateRunning, VCPUs: 1, MemoryMiB: 1024,
 			Disks: []string{disk("web2")}, RequiredTags: []string{"ssd", "gpu"}},
 	}
 	if vms := listVMs(t, h); !reflect.DeepEqual(vms, want) {
 		t.Errorf("ListVMs =\n%+v\nwant\n%+v", vms, want)
 	}
-	if a := Allocation(want); a != (Capacity{CPUs: 3, MemoryMiB: 3072}) {
+	if a := virt.Allocation(want); a != (virt.Capacity{CPUs: 3, MemoryMiB: 3072}) {
 		t.Errorf("Allocation = %+v", a)
 	}
 }
 
 func TestNodeXMLStoppedVM(t *testing.T) {
-	uri, _ := writeNode(t, t.TempDir(), NodeSpec{HostName: "kvm1", CPUs: 2, MemoryMiB: 2048, VMs: []VMSpec{
+	uri, _ := writeNode(t, t.TempDir(), virt.NodeSpec{HostName: "kvm1", CPUs: 2, MemoryMiB: 2048, VMs: []virt.VMSpec{
 		{Name: "off", VCPUs: 1, MemoryMiB: 256},
 		{Name: "on", VCPUs: 1, MemoryMiB: 256, Running: true},
 	}})
 	h := open(t, uri)
-	if got, want := vmNames(listVMs(t, h)), map[string]State{"off": StateShutoff, "on": StateRunning}; !reflect.DeepEqual(got, want) {
+	if got, want := vmNames(listVMs(t, h)), map[string]virt.State{"off": virt.StateShutoff, "on": virt.StateRunning}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("states = %v, want %v", got, want)
 	}
 	if err := h.Start("off"); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
-	if got := vmNames(listVMs(t, h))["off"]; got != StateRunning {
+	if got := vmNames(listVMs(t, h))["off"]; got != virt.StateRunning {
 		t.Fatalf("after Start: %s", got)
 	}
 }
 
 func TestPersistAcrossReopen(t *testing.T) {
 	dir := t.TempDir()
-	uri, path := writeNode(t, dir, NodeSpec{HostName: "kvm1", CPUs: 4, MemoryMiB: 8192})
-	def, err := RenderDomainXML(VMSpec{Name: "app", VCPUs: 2, MemoryMiB: 512,
+	uri, path := writeNode(t, dir, virt.NodeSpec{HostName: "kvm1", CPUs: 4, MemoryMiB: 8192})
+	def, err := virt.RenderDomainXML(virt.VMSpec{Name: "app", VCPUs: 2, MemoryMiB: 512,
 		Disks: []string{filepath.Join(dir, "app.img")}, Tags: []string{"ssd"},
-		Groups: []AffinityGroup{{Name: "app", Type: GroupHostAffinity}}})
+		Groups: []virt.AffinityGroup{{Name: "app", Type: virt.GroupHostAffinity}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	reopen := func(step string, want map[string]State) []VM {
+	reopen := func(step string, want map[string]virt.State) []virt.VM {
 		t.Helper()
 		h := open(t, uri)
 		defer h.Close()
-		if c, err := h.NodeInfo(); err != nil || c != (Capacity{CPUs: 4, MemoryMiB: 8192}) {
+		if c, err := h.NodeInfo(); err != nil || c != (virt.Capacity{CPUs: 4, MemoryMiB: 8192}) {
 			t.Fatalf("%s: NodeInfo = %+v, %v", step, c, err)
 		}
 		vms := listVMs(t, h)
@@ -139,10 +141,10 @@ func TestPersistAcrossReopen(t *testing.T) {
 	if err := h.Close(); err != nil {
 		t.Fatal(err)
 	}
-	vms := reopen("define", map[string]State{"app": StateRunning})
-	want := VM{Name: "app", UUID: NameUUID("app"), State: StateRunning, VCPUs: 2, MemoryMiB: 512,
+	vms := reopen("define", map[string]virt.State{"app": virt.StateRunning})
+	want := virt.VM{Name: "app", UUID: virt.NameUUID("app"), State: virt.StateRunning, VCPUs: 2, MemoryMiB: 512,
 		Disks: []string{filepath.Join(dir, "app.img")}, RequiredTags: []string{"ssd"},
-		AffinityGroups: []AffinityGroup{{Name: "app", Type: GroupHostAffinity}}}
+		AffinityGroups: []virt.AffinityGroup{{Name: "app", Type: virt.GroupHostAffinity}}}
 	if !reflect.DeepEqual(vms[0], want) {
 		t.Errorf("reopened vm = %+v, want %+v", vms[0], want)
 	}
@@ -152,14 +154,14 @@ func TestPersistAcrossReopen(t *testing.T) {
 		t.Fatalf("Destroy: %v", err)
 	}
 	h.Close()
-	reopen("destroy", map[string]State{"app": StateShutoff})
+	reopen("destroy", map[string]virt.State{"app": virt.StateShutoff})
 
 	h = open(t, uri)
 	if err := h.Start("app"); err != nil {
 		t.Fatalf("Start: %v", err)
 	}
 	h.Close()
-	reopen("start", map[string]State{"app": StateRunning})
+	reopen("start", map[string]virt.State{"app": virt.StateRunning})
 
 	h = open(t, uri)
 	if err := h.Destroy("app"); err != nil {
@@ -169,7 +171,7 @@ func TestPersistAcrossReopen(t *testing.T) {
 		t.Fatalf("Undefine: %v", err)
 	}
 	h.Close()
-	reopen("undefine", map[string]State{})
+	reopen("undefine", map[string]virt.State{})
 
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -198,7 +200,7 @@ func TestDefaultURIDoesNotPersist(t *testing.T) {
 
 func TestErrors(t *testing.T) {
 	dir := t.TempDir()
-	uri, _ := writeNode(t, dir, NodeSpec{HostName: "kvm1", CPUs: 2, MemoryMiB: 2048, VMs: []VMSpec{
+	uri, _ := writeNode(t, dir, virt.NodeSpec{HostName: "kvm1", CPUs: 2, MemoryMiB: 2048, VMs: []virt.VMSpec{
 		{Name: "vm1", VCPUs: 1, MemoryMiB: 256, Running: true},
 	}})
 	h := open(t, uri)
@@ -209,21 +211,21 @@ func TestErrors(t *testing.T) {
 		"Undefine":  h.Undefine("nope"),
 		"DomainXML": func() error { _, err := h.DomainXML("nope"); return err }(),
 	} {
-		if !errors.Is(err, ErrVMNotFound) {
+		if !errors.Is(err, virt.ErrVMNotFound) {
 			t.Errorf("%s(nope) = %v, want ErrVMNotFound", name, err)
 		}
 	}
-	if err := h.Undefine("vm1"); !errors.Is(err, ErrVMRunning) {
+	if err := h.Undefine("vm1"); !errors.Is(err, virt.ErrVMRunning) {
 		t.Errorf("Undefine(running) = %v, want ErrVMRunning", err)
 	}
 	def, err := h.DomainXML("vm1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h.DefineAndStart(def); !errors.Is(err, ErrVMRunning) {
+	if err := h.DefineAndStart(def); !errors.Is(err, virt.ErrVMRunning) {
 		t.Errorf("DefineAndStart(running) = %v, want ErrVMRunning", err)
 	}
-	if err := h.Migrate("vm1", "qemu+tls://kvm2/system", MigrateOptions{}); !errors.Is(err, ErrMigrationUnsupported) {
+	if err := h.Migrate("vm1", "qemu+tls://kvm2/system", virt.MigrateOptions{}); !errors.Is(err, virt.ErrMigrationUnsupported) {
 		t.Errorf("Migrate = %v, want ErrMigrationUnsupported", err)
 	}
 	if err := h.DefineAndStart("<domain"); err == nil {
@@ -254,11 +256,11 @@ func TestErrors(t *testing.T) {
 
 func TestConcurrentUse(t *testing.T) {
 	dir := t.TempDir()
-	var vms []VMSpec
+	var vms []virt.VMSpec
 	for _, n := range []string{"a", "b", "c", "d"} {
-		vms = append(vms, VMSpec{Name: n, VCPUs: 1, MemoryMiB: 128, Running: true})
+		vms = append(vms, virt.VMSpec{Name: n, VCPUs: 1, MemoryMiB: 128, Running: true})
 	}
-	uri, _ := writeNode(t, dir, NodeSpec{HostName: "kvm1", CPUs: 8, MemoryMiB: 4096, VMs: vms})
+	uri, _ := writeNode(t, dir, virt.NodeSpec{HostName: "kvm1", CPUs: 8, MemoryMiB: 4096, VMs: vms})
 	h := open(t, uri)
 	var wg sync.WaitGroup
 	for _, vm := range vms {
@@ -283,7 +285,7 @@ func TestConcurrentUse(t *testing.T) {
 	wg.Wait()
 	h.Close()
 	h = open(t, uri)
-	if got := Allocation(listVMs(t, h)); got != (Capacity{CPUs: 4, MemoryMiB: 512}) {
+	if got := virt.Allocation(listVMs(t, h)); got != (virt.Capacity{CPUs: 4, MemoryMiB: 512}) {
 		t.Errorf("Allocation after reopen = %+v", got)
 	}
 }
