@@ -24,10 +24,12 @@ import (
 
 var errKilled = errors.New("killed")
 
-// killSwitch is one process that dies after its at-th committed write (never when at is 0).
+// killSwitch is one process that dies at its at-th write (never when at is 0): right after it
+// commits, or, with before, right before (what it did since its last write is then unrecorded).
 type killSwitch struct {
 	mu     sync.Mutex
 	at     int
+	before bool
 	writes int
 	dead   bool
 	cancel context.CancelFunc
@@ -59,6 +61,10 @@ func (s killStore) Update(fn func(state.Tx) error) error {
 		s.k.mu.Lock()
 		defer s.k.mu.Unlock()
 		if s.k.dead {
+			return errKilled
+		}
+		if s.k.before && s.k.writes+1 == s.k.at {
+			s.k.dead, killed = true, true
 			return errKilled
 		}
 		if err := fn(tx); err != nil {
@@ -201,6 +207,9 @@ func checkWhole(t *testing.T, what string, st Store, f *fleet, vms map[string]in
 		if a.inMaint {
 			t.Errorf("%s: %s's agent is still in maintenance", what, name)
 		}
+		for _, v := range a.violations {
+			t.Errorf("%s: %s: %s", what, name, v)
+		}
 		for s, n := range a.started {
 			if n > maxExec {
 				t.Errorf("%s: %s ran %s %d times", what, name, s, n)
@@ -242,27 +251,43 @@ func TestRollingCrashPoints(t *testing.T) {
 		if total < 40 {
 			t.Fatalf("a clean run made %d writes; the test would cover too little", total)
 		}
-		for _, then := range []string{"resume", "abort"} {
+		for _, mode := range []struct {
+			then   string
+			before bool
+		}{{"resume", false}, {"abort", false}, {"resume", true}, {"abort", true}} {
+			then := mode.then
 			resumed := 0
 			for at := 1; at <= total; at++ {
 				synctest.Test(t, func(t *testing.T) {
-					what := fmt.Sprintf("max-unavailable %d, killed after write %d of %d, then %s", mu, at, total, then)
+					when := "after"
+					if mode.before {
+						when = "before"
+					}
+					what := fmt.Sprintf("max-unavailable %d, killed %s write %d of %d, then %s", mu, when, at, total, then)
 					f, vms := crashFleet()
 					st := newStoreWithCluster(t, "h1", "h2", "h3")
 					p := newProcs()
 					ctx, cancel := context.WithCancel(context.Background())
 					defer cancel()
-					k := &killSwitch{at: at, cancel: cancel}
+					k := &killSwitch{at: at, before: mode.before, cancel: cancel}
 					dying := rollingOn(killStore{st, k}, f, p, 1)
 					dying.Dial = f.dialKillable(k)
 					_, err := dying.Start(ctx, req)
-					if at < total && err == nil {
+					if (at < total || mode.before) && err == nil {
 						t.Fatalf("%s: the killed run reported success", what)
 					}
 					p.kill(1)
 
 					var runs []*Run
 					_ = st.View(func(tx state.Tx) (err error) { runs, err = ListRuns(tx); return err })
+					if mode.before && at == 1 {
+						// Killed before the run's first record: there is no run, nothing changed.
+						if len(runs) != 0 {
+							t.Fatalf("%s: %d runs recorded", what, len(runs))
+						}
+						checkWhole(t, what, st, f, vms, 0)
+						return
+					}
 					if len(runs) != 1 {
 						t.Fatalf("%s: %d runs recorded", what, len(runs))
 					}
@@ -297,11 +322,12 @@ func TestRollingCrashPoints(t *testing.T) {
 					}
 				})
 			}
-			// Every kill but the one after the run's last record leaves work for the next kvmctl.
+			// Every kill but the one after the run's last record (or before its first) leaves work
+			// for the next kvmctl.
 			if resumed != total-1 {
-				t.Errorf("max-unavailable %d, %s: %d of %d kill points left the run running, want %d", mu, then, resumed, total, total-1)
+				t.Errorf("max-unavailable %d, %s (before %v): %d of %d kill points left the run running, want %d", mu, then, mode.before, resumed, total, total-1)
 			}
-			t.Logf("max-unavailable %d: killed at each of %d writes, then %s", mu, total, then)
+			t.Logf("max-unavailable %d: killed at each of %d writes (before the write: %v), then %s", mu, total, mode.before, then)
 		}
 	}
 }
@@ -327,16 +353,20 @@ func TestMaintenanceCrashPoints(t *testing.T) {
 	if total < 8 {
 		t.Fatalf("a clean enable made %d writes; the test would cover too little", total)
 	}
-	for _, then := range []string{"enable", "cancel"} {
+	for _, mode := range []struct {
+		then   string
+		before bool
+	}{{"enable", false}, {"cancel", false}, {"enable", true}, {"cancel", true}} {
+		then := mode.then
 		for at := 1; at <= total; at++ {
 			synctest.Test(t, func(t *testing.T) {
-				what := fmt.Sprintf("enable killed after write %d of %d, then %s", at, total, then)
+				what := fmt.Sprintf("enable killed at write %d of %d (before it: %v), then %s", at, total, mode.before, then)
 				f, vms := crashFleet()
 				st := newStoreWithCluster(t, "h1", "h2", "h3")
 				p := newProcs()
 				ctx, cancel := context.WithCancel(context.Background())
 				defer cancel()
-				k := &killSwitch{at: at, cancel: cancel}
+				k := &killSwitch{at: at, before: mode.before, cancel: cancel}
 				dying := &Maintenance{Store: killStore{st, k}, Dial: func(h state.Host) (MaintenanceAgent, error) { return f.dialKillable(k)(h) }, Holds: p.table(1)}
 				_, _ = dying.Enable(ctx, "h1", EnableOptions{})
 				p.kill(1)

@@ -13,6 +13,7 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/clock"
 	"github.com/kvmctl/kvmctl/pkg/events"
 	"github.com/kvmctl/kvmctl/pkg/holds"
+	"github.com/kvmctl/kvmctl/pkg/hooks"
 	"github.com/kvmctl/kvmctl/pkg/inventory"
 	"github.com/kvmctl/kvmctl/pkg/settings"
 	"github.com/kvmctl/kvmctl/pkg/sshx"
@@ -64,6 +65,9 @@ type fakeAgent struct {
 	hang     bool                    // VM starts never finish (until the caller gives up)
 	// awayCalls counts calls refused because the agent was away during a stage.
 	awayCalls int
+	// violations are unsafe things done to this host (maintenance cancelled while its
+	// Maintenance script ran).
+	violations []string
 }
 
 var errUnreachable = &api.UnreachableError{Host: "fake", Err: errors.New("connection refused")}
@@ -144,6 +148,12 @@ func (a *fakeAgent) CancelMaintenance(context.Context) (api.Maintenance, error) 
 	if a.away() {
 		return api.Maintenance{}, errUnreachable
 	}
+	now := a.f.clk.Now()
+	for id, x := range a.execs {
+		if st, _ := x.status(now); x.stage == events.Maintenance && !st.Done() {
+			a.violations = append(a.violations, "maintenance cancelled while its Maintenance script "+id+" ran")
+		}
+	}
 	a.inMaint = false
 	return api.Maintenance{AgentState: string(api.AgentStateUp)}, nil
 }
@@ -204,7 +214,7 @@ func (a *fakeAgent) StartStage(_ context.Context, req api.StageRequest) (string,
 	if a.noScript[req.Stage] {
 		return "", &api.Error{Status: 404, Code: api.CodeNoScript}
 	}
-	id := req.RunID + "/" + string(req.Stage)
+	id := hooks.ExecID(req.RunID, req.Stage)
 	if _, ok := a.execs[id]; !ok {
 		a.execs[id] = &fakeExec{stage: req.Stage, start: a.f.clk.Now(), script: a.stages[req.Stage]}
 		a.started[req.Stage]++

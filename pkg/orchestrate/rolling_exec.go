@@ -209,14 +209,20 @@ func (x *Execution) Execute(ctx context.Context) (RunResult, error) {
 	}
 	if err != nil {
 		left := x.restore(ctx)
+		var ferr error
 		if errors.Is(err, errAborted) {
-			x.finish(events.RunAborted, "aborted by the operator"+left)
+			ferr = x.finish(events.RunAborted, "aborted by the operator"+left)
 		} else {
-			x.finish(events.RunFailed, err.Error()+left)
+			ferr = x.finish(events.RunFailed, err.Error()+left)
+		}
+		if ferr != nil {
+			return x.snapshot().Result(), ferr
 		}
 		return x.snapshot().Result(), fmt.Errorf("%w: %w", ErrRunFailed, err)
 	}
-	x.finish(events.RunSucceeded, x.summary())
+	if err := x.finish(events.RunSucceeded, x.summary()); err != nil {
+		return x.snapshot().Result(), err
+	}
 	return x.snapshot().Result(), nil
 }
 
@@ -236,19 +242,22 @@ func (x *Execution) cluster(name string) *RunCluster {
 func (x *Execution) abortHere(ctx context.Context) (RunResult, error) {
 	// A stage the dead kvmctl started may still run on its host (a Maintenance script
 	// installing a kernel): wait for its result before taking the host out of maintenance.
+	// A stage whose start was recorded but not its execution id may have started too (the kvmctl
+	// died between asking the agent and recording its answer): it is asked for by the id the
+	// agent derives from the run and the stage, and never started here.
 	for _, h := range x.Run().Hosts {
 		for _, stage := range events.Stages() {
-			if rec := x.stageRecord(h, stage); rec != nil && rec.ExecID != "" && rec.State != events.StageCompleted {
+			if rec := x.stageRecord(h, stage); rec != nil && rec.State != events.StageCompleted {
 				x.emit(events.Event{Type: events.HostStep, Time: x.clk.Now().UTC(), RunID: x.run.ID, Host: h.Name, Cluster: h.Cluster, Stage: stage, Step: events.StepWaitingStage,
 					Message: "waiting for the stage the dead kvmctl started before restoring"})
-				if _, err := x.runStage(ctx, h, stage); err != nil && ctx.Err() != nil {
+				if _, err := x.awaitStage(ctx, h, stage); err != nil && ctx.Err() != nil {
 					return x.snapshot().Result(), ctx.Err()
 				}
 			}
 		}
 	}
-	x.finish(events.RunAborted, "aborted by the operator"+x.restore(ctx))
-	return x.snapshot().Result(), nil
+	err := x.finish(events.RunAborted, "aborted by the operator"+x.restore(ctx))
+	return x.snapshot().Result(), err
 }
 
 func (x *Execution) summary() string {
@@ -271,8 +280,10 @@ func (x *Execution) summary() string {
 
 // finish records the end of the run and releases its holds, in one transaction (retried: it is
 // the record that tells the next kvmctl the run is over). Hosts the run never reached are
-// journaled as such, so a view shows what the engine decided.
-func (x *Execution) finish(st events.RunState, details string) {
+// journaled as such, so a view shows what the engine decided. When the end cannot be recorded
+// the run stays "running" with a dead owner once this process exits, and the error says how to
+// settle it: no caller may report the run as ended.
+func (x *Execution) finish(st events.RunState, details string) error {
 	if st != events.RunSucceeded {
 		for _, h := range x.Run().Hosts {
 			if h.Active() && h.StartedAt.IsZero() {
@@ -297,12 +308,11 @@ func (x *Execution) finish(st events.RunState, details string) {
 			return journal.End(tx, x.run.ID, x.clk.Now())
 		})
 		if err == nil {
-			return
+			return nil
 		}
 	}
-	// The run stays "running" with a dead owner once we exit: resume or abort settles it.
-	x.emit(events.Event{Type: events.RunFinished, Time: x.clk.Now().UTC(), RunID: x.run.ID, RunState: st,
-		Message: details + fmt.Sprintf(" (could not record the end of the run: %v; `kvmctl rolling abort %s` settles it)", err, x.run.ID)})
+	return fmt.Errorf("%w: run %s %s (%s) but %w; `kvmctl rolling resume %s` records its end, `kvmctl rolling abort %s` restores it",
+		ErrInterrupted, x.run.ID, st, details, err, x.run.ID, x.run.ID)
 }
 
 // restore cancels maintenance on every host the run put there and restores every cluster it

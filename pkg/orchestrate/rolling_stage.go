@@ -10,6 +10,7 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/backoff"
 	"github.com/kvmctl/kvmctl/pkg/clock"
 	"github.com/kvmctl/kvmctl/pkg/events"
+	"github.com/kvmctl/kvmctl/pkg/hooks"
 )
 
 // stageVerdict is what a stage's end means for the run.
@@ -56,12 +57,25 @@ func stageFailure(stage events.Stage, st api.StageStatus) string {
 // between two checks. An agent that stops answering (its script may restart it, or reboot the
 // host) is tolerated until the stage timeout. A stage with no script counts as succeeded.
 func (x *Execution) runStage(ctx context.Context, h *RunHost, stage events.Stage) (api.StageStatus, error) {
+	return x.stage(ctx, h, stage, true)
+}
+
+// errNeverStarted says the agent has no execution of a stage that a dead kvmctl meant to start.
+var errNeverStarted = errors.New("the stage never started")
+
+// awaitStage waits for a stage that a dead kvmctl may have started, without ever starting it:
+// when its execution id was not recorded, the id the agent derives from (run, stage) is asked.
+func (x *Execution) awaitStage(ctx context.Context, h *RunHost, stage events.Stage) (api.StageStatus, error) {
+	return x.stage(ctx, h, stage, false)
+}
+
+func (x *Execution) stage(ctx context.Context, h *RunHost, stage events.Stage, start bool) (api.StageStatus, error) {
 	run := x.Run()
 	rec := x.stageRecord(h, stage)
 	if rec != nil && rec.State == events.StageCompleted {
 		return api.StageStatus{State: events.StageCompleted, Outcome: rec.Outcome, ExitCode: rec.ExitCode, Output: rec.Output, Note: rec.Note}, nil
 	}
-	if rec == nil || rec.ExecID == "" {
+	if start && (rec == nil || rec.ExecID == "") {
 		if err := x.record(events.Event{Type: events.HostStageStarted, Host: h.Name, Cluster: h.Cluster, Stage: stage}, func(*Run) {
 			if h.Stages[stage] == nil {
 				h.Stages[stage] = &StageRecord{State: events.StageStarting, StartedAt: x.clk.Now().UTC()}
@@ -94,8 +108,8 @@ func (x *Execution) runStage(ctx context.Context, h *RunHost, stage events.Stage
 			}
 			return st, x.recordStage(h, stage, st)
 		}
-		st, err := x.tryStage(ctx, h, req, run.PingInterval, deadline)
-		if isRecordErr(err) {
+		st, err := x.tryStage(ctx, h, req, run.PingInterval, deadline, start)
+		if isRecordErr(err) || errors.Is(err, errNeverStarted) {
 			return st, err
 		}
 		if err == nil && st.Done() {
@@ -131,13 +145,20 @@ func (x *Execution) runStage(ctx context.Context, h *RunHost, stage events.Stage
 	}
 }
 
-// tryStage (re)starts the stage, idempotently, and long-polls it once.
-func (x *Execution) tryStage(ctx context.Context, h *RunHost, req api.StageRequest, wait time.Duration, deadline time.Time) (api.StageStatus, error) {
+// tryStage (re)starts the stage, idempotently, and long-polls it once. Without start it only
+// asks, by the execution id recorded or else by the one the agent derives from (run, stage).
+func (x *Execution) tryStage(ctx context.Context, h *RunHost, req api.StageRequest, wait time.Duration, deadline time.Time, start bool) (api.StageStatus, error) {
 	a, err := x.dialHost(h.Name)
 	if err != nil {
 		return api.StageStatus{}, err
 	}
-	id := x.stageRecord(h, req.Stage).ExecID
+	id := ""
+	if rec := x.stageRecord(h, req.Stage); rec != nil {
+		id = rec.ExecID
+	}
+	if id == "" && !start {
+		id = hooks.ExecID(req.RunID, req.Stage)
+	}
 	if id == "" {
 		sctx, cancel := clock.WithTimeout(ctx, x.clk, x.waits.StageStart)
 		id, err = a.StartStage(sctx, req)
@@ -156,6 +177,9 @@ func (x *Execution) tryStage(ctx context.Context, h *RunHost, req api.StageReque
 	wctx, cancel := clock.WithTimeout(ctx, x.clk, wait+x.waits.LongPollSlack)
 	defer cancel()
 	st, err := a.WaitStage(wctx, id, wait)
+	if api.IsCode(err, api.CodeNotFound) && !start {
+		return st, errNeverStarted
+	}
 	if api.IsCode(err, api.CodeNotFound) {
 		// The agent lost the execution (its state dir was wiped): start it again; the (run,
 		// stage) pair is still idempotent on the agent.
