@@ -501,7 +501,11 @@ func (m *Maintenance) Enable(ctx context.Context, name string, opts EnableOption
 		return res, a.fail(err)
 	}
 	res.Plan, res.Unplaced = nonNilPlacements(plan.Placements), plan.Unplaced
-	if err := a.record(events.Event{Type: events.HostMaintenancePlan, Host: name, Cluster: c.host.Cluster, VMs: len(plan.Placements), Unplaced: len(plan.Unplaced)}, nil); err != nil {
+	planned := events.Event{Type: events.HostMaintenancePlan, Host: name, Cluster: c.host.Cluster, VMs: len(plan.Placements), Unplaced: len(plan.Unplaced)}
+	if m.Under != nil {
+		// A run journals the plan of its batch itself; the host's own is shown, not recorded twice.
+		a.emit(planned)
+	} else if err := a.record(planned, nil); err != nil {
 		return res, a.fail(err)
 	}
 	if !plan.OK() {

@@ -66,15 +66,21 @@ func (e *errRecord) Unwrap() error { return e.err }
 // transaction, and only then emits e: what the operator sees has been recorded. A failure to
 // write is an *errRecord.
 func (x *Execution) record(e events.Event, change func(*Run), txChange func(state.Tx) error) error {
+	return x.recordAll([]events.Event{e}, change, txChange)
+}
+
+// recordAll is record with several events in the one transaction (a stage's end and the step it
+// completes), each emitted once it committed.
+func (x *Execution) recordAll(evs []events.Event, change func(*Run), txChange func(state.Tx) error) error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if change != nil {
 		change(x.run)
 	}
 	now := x.clk.Now().UTC()
-	e.RunID = x.run.ID
-	var written events.Event
+	written := make([]events.Event, 0, len(evs))
 	err := x.r.Store.Update(func(tx state.Tx) error {
+		written = written[:0]
 		// Another kvmctl may have written the record since (`rolling abort` sets the flag).
 		x.run.AbortRequested = x.run.AbortRequested || abortFlag(tx, x.run.ID)
 		if txChange != nil {
@@ -82,21 +88,26 @@ func (x *Execution) record(e events.Event, change func(*Run), txChange func(stat
 				return err
 			}
 		}
-		var err error
-		if written, _, err = journal.AppendTx(tx, x.run.ID, e, now); err != nil {
-			return err
+		for _, e := range evs {
+			e.RunID = x.run.ID
+			w, _, err := journal.AppendTx(tx, x.run.ID, e, now)
+			if err != nil {
+				return err
+			}
+			written = append(written, w)
 		}
 		return state.PutJSON(tx, state.BucketRuns, x.run.ID, x.run)
 	})
 	if err != nil {
 		return &errRecord{err}
 	}
-	x.emit(written)
+	for _, w := range written {
+		x.emit(w)
+	}
 	return nil
 }
 
-// recordSink journals the maintenance engine's events (VM moves, maintenance entered and
-// cancelled) in the run's stream.
+// emit sends e to the execution's sink.
 func (x *Execution) emit(e events.Event) {
 	if x.Events != nil {
 		_ = x.Events.Emit(e)

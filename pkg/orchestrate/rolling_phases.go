@@ -146,7 +146,8 @@ func (x *Execution) preflight(ctx context.Context) error {
 	}
 	// PreFlight changes nothing on a host, so every host runs it at once (a few at a time).
 	if err := parallel(pending, x.waits.PreflightParallel, func(h *RunHost) error {
-		st, err := x.runStage(ctx, h, events.PreFlight)
+		done := x.step(h, events.StepPreFlightDone)
+		st, err := x.runStageThen(ctx, h, events.PreFlight, done)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -156,8 +157,7 @@ func (x *Execution) preflight(ctx context.Context) error {
 		}
 		switch v, reason := classify(events.PreFlight, st, err); v {
 		case stageOK:
-			return x.record(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Step: events.StepPreFlightDone},
-				func(*Run) { h.Step = events.StepPreFlightDone }, nil)
+			return x.ensure(h, events.StepPreFlightDone, done)
 		case stageNotNeeded:
 			return x.skip(h, reason)
 		default:
@@ -399,28 +399,41 @@ func (x *Execution) doBatch(ctx context.Context, batch []*RunHost) error {
 // preMaintenance checks that h has a Maintenance script (else it is skipped, as the seed says),
 // then runs its PreMaintenance.
 func (x *Execution) preMaintenance(ctx context.Context, h *RunHost) error {
+	// The host's start is journaled with its script check: the check only reads the host.
+	var evs []events.Event
 	if h.StartedAt.IsZero() {
-		if err := x.record(events.Event{Type: events.HostStarted, Host: h.Name, Cluster: h.Cluster}, func(*Run) { h.StartedAt = x.clk.Now().UTC() }, nil); err != nil {
+		evs = append(evs, events.Event{Type: events.HostStarted, Host: h.Name, Cluster: h.Cluster})
+	}
+	checked, reason, checkErr := true, "", error(nil)
+	if !h.At(events.StepScriptChecked) {
+		checked, reason, checkErr = x.checkMaintenanceScript(ctx, h)
+		if checkErr == nil && checked {
+			evs = append(evs, events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Step: events.StepScriptChecked})
+		}
+	}
+	if len(evs) > 0 {
+		if err := x.recordAll(evs, func(*Run) {
+			if h.StartedAt.IsZero() {
+				h.StartedAt = x.clk.Now().UTC()
+			}
+			if checkErr == nil && checked && !h.At(events.StepScriptChecked) {
+				h.Step = events.StepScriptChecked
+			}
+		}, nil); err != nil {
 			return err
 		}
 	}
-	if !h.At(events.StepScriptChecked) {
-		ok, reason, err := x.checkMaintenanceScript(ctx, h)
-		if err != nil {
-			return x.fail(ctx, h, err.Error())
-		}
-		if !ok {
-			return x.skip(h, reason)
-		}
-		if err := x.record(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Step: events.StepScriptChecked},
-			func(*Run) { h.Step = events.StepScriptChecked }, nil); err != nil {
-			return err
-		}
+	if checkErr != nil {
+		return x.fail(ctx, h, checkErr.Error())
+	}
+	if !checked {
+		return x.skip(h, reason)
 	}
 	if h.At(events.StepPreMaintDone) {
 		return nil
 	}
-	st, err := x.runStage(ctx, h, events.PreMaintenance)
+	done := x.step(h, events.StepPreMaintDone)
+	st, err := x.runStageThen(ctx, h, events.PreMaintenance, done)
 	if isRecordErr(err) {
 		return err
 	}
@@ -430,8 +443,23 @@ func (x *Execution) preMaintenance(ctx context.Context, h *RunHost) error {
 	case stageFailed:
 		return x.fail(ctx, h, reason)
 	}
-	return x.record(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Step: events.StepPreMaintDone},
-		func(*Run) { h.Step = events.StepPreMaintDone }, nil)
+	return x.ensure(h, events.StepPreMaintDone, done)
+}
+
+// step is the record of h reaching step s.
+func (x *Execution) step(h *RunHost, s events.Step) next {
+	return next{events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Step: s}, func(*Run) { h.Step = s }}
+}
+
+// ensure records n unless h has reached step s already (with its stage's end).
+func (x *Execution) ensure(h *RunHost, s events.Step, n next) error {
+	x.mu.Lock()
+	at := h.At(s)
+	x.mu.Unlock()
+	if at {
+		return nil
+	}
+	return x.record(n.event, n.change, nil)
 }
 
 // enterMaintenance empties h through the maintenance engine, within the wait timeout.
@@ -462,7 +490,8 @@ func (x *Execution) enterMaintenance(ctx context.Context, h *RunHost, fresh bool
 // maintain runs h's Maintenance script; the seed: a failed one cancels maintenance, then stops
 // the run unless forced.
 func (x *Execution) maintain(ctx context.Context, h *RunHost) error {
-	st, err := x.runStage(ctx, h, events.Maintenance)
+	done := x.step(h, events.StepMaintenanceDone)
+	st, err := x.runStageThen(ctx, h, events.Maintenance, done)
 	if isRecordErr(err) {
 		return err
 	}
@@ -473,30 +502,30 @@ func (x *Execution) maintain(ctx context.Context, h *RunHost) error {
 		x.cancelMaintenance(ctx, h)
 		return x.fail(ctx, h, reason)
 	}
-	return x.record(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Step: events.StepMaintenanceDone},
-		func(*Run) { h.Step = events.StepMaintenanceDone }, nil)
+	return x.ensure(h, events.StepMaintenanceDone, done)
 }
 
 // postMaintenance takes h out of maintenance and runs its PostMaintenance.
 func (x *Execution) postMaintenance(ctx context.Context, h *RunHost) error {
 	if !h.At(events.StepCancelled) {
-		if !x.cancelMaintenance(ctx, h) {
+		cancelled := x.step(h, events.StepCancelled)
+		if !x.cancelMaintenanceThen(ctx, h, &cancelled) {
 			return x.fail(ctx, h, "cancelling maintenance failed")
 		}
-		if err := x.record(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Step: events.StepCancelled},
-			func(*Run) { h.Step = events.StepCancelled }, nil); err != nil {
+		if err := x.ensure(h, events.StepCancelled, cancelled); err != nil {
 			return err
 		}
 	}
-	st, err := x.runStage(ctx, h, events.PostMaintenance)
+	done := next{events.Event{Type: events.HostDone, Host: h.Name, Cluster: h.Cluster},
+		func(*Run) { h.Step, h.EndedAt = events.StepDone, x.clk.Now().UTC() }}
+	st, err := x.runStageThen(ctx, h, events.PostMaintenance, done)
 	if isRecordErr(err) {
 		return err
 	}
 	if v, reason := classify(events.PostMaintenance, st, err); v == stageFailed {
 		return x.fail(ctx, h, reason)
 	}
-	return x.record(events.Event{Type: events.HostDone, Host: h.Name, Cluster: h.Cluster},
-		func(*Run) { h.Step, h.EndedAt = events.StepDone, x.clk.Now().UTC() }, nil)
+	return x.ensure(h, events.StepDone, done)
 }
 
 func isRecordErr(err error) bool {
@@ -520,6 +549,12 @@ func (x *Execution) updatedHosts(cluster string) []string {
 
 // cancelMaintenance takes a host the run put into maintenance out again; it reports success.
 func (x *Execution) cancelMaintenance(ctx context.Context, h *RunHost) bool {
+	return x.cancelMaintenanceThen(ctx, h, nil)
+}
+
+// cancelMaintenanceThen is cancelMaintenance recording then (the step it completes) with the
+// host's leaving maintenance.
+func (x *Execution) cancelMaintenanceThen(ctx context.Context, h *RunHost, then *next) bool {
 	if !h.InMaint {
 		return true
 	}
@@ -536,8 +571,16 @@ func (x *Execution) cancelMaintenance(ctx context.Context, h *RunHost) bool {
 			return false
 		}
 	}
-	return x.record(events.Event{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Step: events.StepLeftMaintenance},
-		func(*Run) { h.InMaint = false }, nil) == nil
+	evs := []events.Event{{Type: events.HostStep, Host: h.Name, Cluster: h.Cluster, Step: events.StepLeftMaintenance}}
+	if then != nil {
+		evs = append(evs, then.event)
+	}
+	return x.recordAll(evs, func(r *Run) {
+		h.InMaint = false
+		if then != nil {
+			then.change(r)
+		}
+	}, nil) == nil
 }
 
 func (x *Execution) checkMaintenanceScript(ctx context.Context, h *RunHost) (bool, string, error) {

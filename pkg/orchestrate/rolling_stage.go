@@ -57,7 +57,21 @@ func stageFailure(stage events.Stage, st api.StageStatus) string {
 // between two checks. An agent that stops answering (its script may restart it, or reboot the
 // host) is tolerated until the stage timeout. A stage with no script counts as succeeded.
 func (x *Execution) runStage(ctx context.Context, h *RunHost, stage events.Stage) (api.StageStatus, error) {
-	return x.stage(ctx, h, stage, true)
+	return x.stage(ctx, h, stage, true, nil)
+}
+
+// next is the step a stage completes when it ends well: recorded in the stage's last
+// transaction, so a run pays one write, not two.
+type next struct {
+	event  events.Event
+	change func(*Run)
+}
+
+// runStageThen runs a stage and, when classify says it went well, records then with its end.
+// The caller records then itself when h has not reached step afterwards (the stage had ended in
+// an earlier process, or went otherwise).
+func (x *Execution) runStageThen(ctx context.Context, h *RunHost, stage events.Stage, then next) (api.StageStatus, error) {
+	return x.stage(ctx, h, stage, true, &then)
 }
 
 // errNeverStarted says the agent has no execution of a stage that a dead kvmctl meant to start.
@@ -66,10 +80,10 @@ var errNeverStarted = errors.New("the stage never started")
 // awaitStage waits for a stage that a dead kvmctl may have started, without ever starting it:
 // when its execution id was not recorded, the id the agent derives from (run, stage) is asked.
 func (x *Execution) awaitStage(ctx context.Context, h *RunHost, stage events.Stage) (api.StageStatus, error) {
-	return x.stage(ctx, h, stage, false)
+	return x.stage(ctx, h, stage, false, nil)
 }
 
-func (x *Execution) stage(ctx context.Context, h *RunHost, stage events.Stage, start bool) (api.StageStatus, error) {
+func (x *Execution) stage(ctx context.Context, h *RunHost, stage events.Stage, start bool, then *next) (api.StageStatus, error) {
 	run := x.Run()
 	rec := x.stageRecord(h, stage)
 	if rec != nil && rec.State == events.StageCompleted {
@@ -106,14 +120,14 @@ func (x *Execution) stage(ctx context.Context, h *RunHost, stage events.Stage, s
 			if lastErr != nil {
 				st.Note += ": " + firstLine(lastErr.Error())
 			}
-			return st, x.recordStage(h, stage, st)
+			return st, x.recordStage(h, stage, st, then)
 		}
 		st, err := x.tryStage(ctx, h, req, run.PingInterval, deadline, start)
 		if isRecordErr(err) || errors.Is(err, errNeverStarted) {
 			return st, err
 		}
 		if err == nil && st.Done() {
-			return st, x.recordStage(h, stage, st)
+			return st, x.recordStage(h, stage, st, then)
 		}
 		if err == nil {
 			failures = 0
@@ -121,7 +135,7 @@ func (x *Execution) stage(ctx context.Context, h *RunHost, stage events.Stage, s
 		}
 		if api.IsCode(err, api.CodeNoScript) {
 			st := api.StageStatus{State: events.StageCompleted, Outcome: events.OutcomeSucceeded, Note: "no script"}
-			return st, x.recordStage(h, stage, st)
+			return st, x.recordStage(h, stage, st, then)
 		}
 		var ae *api.Error
 		if errors.As(err, &ae) && !api.IsUnreachable(err) && ae.Status < 500 {
@@ -201,10 +215,17 @@ func (x *Execution) stageRecord(h *RunHost, stage events.Stage) *StageRecord {
 	return nil
 }
 
-func (x *Execution) recordStage(h *RunHost, stage events.Stage, st api.StageStatus) error {
-	e := events.Event{Type: events.HostStageFinished, Host: h.Name, Cluster: h.Cluster, Stage: stage, Outcome: st.Outcome,
-		ExitCode: events.Int(st.ExitCode), Note: st.Note, LastLine: lastLine(st.Output)}
-	return x.record(e, func(*Run) {
+func (x *Execution) recordStage(h *RunHost, stage events.Stage, st api.StageStatus, then *next) error {
+	evs := []events.Event{{Type: events.HostStageFinished, Host: h.Name, Cluster: h.Cluster, Stage: stage, Outcome: st.Outcome,
+		ExitCode: events.Int(st.ExitCode), Note: st.Note, LastLine: lastLine(st.Output)}}
+	ok := false
+	if then != nil {
+		if v, _ := classify(stage, st, nil); v == stageOK {
+			ok = true
+			evs = append(evs, then.event)
+		}
+	}
+	return x.recordAll(evs, func(r *Run) {
 		rec := h.Stages[stage]
 		if rec == nil {
 			rec = &StageRecord{StartedAt: x.clk.Now().UTC()}
@@ -212,5 +233,8 @@ func (x *Execution) recordStage(h *RunHost, stage events.Stage, st api.StageStat
 		}
 		rec.State, rec.Outcome, rec.ExitCode, rec.Output, rec.Note = events.StageCompleted, st.Outcome, st.ExitCode, st.Output, st.Note
 		rec.EndedAt = x.clk.Now().UTC()
+		if ok && then.change != nil {
+			then.change(r)
+		}
 	}, nil)
 }
