@@ -7,6 +7,9 @@
 #   4. a no-op stage through the API of bin/kvmagent with each executor (the service executor
 #      through bin/kvmagent-stage), side by side; script exit to kvmctl seeing it; the in-process
 #      benchmarks of pkg/hooks.
+# With BASE=DIR (a bin/ directory of an earlier build, e.g. `git worktree add ../old COMMIT &&
+# make -C ../old build`), kvmctl start-up and the rolling runs are measured for both builds in
+# turn, side by side in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$PWD/bin
@@ -15,22 +18,35 @@ trap '"$BIN/kvmctl" lab down --purge --dir "$WORK/lab100" >/dev/null 2>&1 || tru
 now_ms() { date +%s%3N; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
-echo "== kvmctl start-up"
-"$BIN/kvmctl" version >/dev/null # warm up the page cache
-times=()
-for i in $(seq 20); do
-	# bash's own clock in µs: reading it starts no process.
-	t0=${EPOCHREALTIME//[.,]/}; "$BIN/kvmctl" version >/dev/null; t1=${EPOCHREALTIME//[.,]/}
-	times+=($((t1 - t0)))
-done
+BUILDS=("$BIN")
+if [ -n "${BASE:-}" ]; then
+	BASE=$(cd "$BASE" && pwd)
+	[ -x "$BASE/kvmctl" ] && [ -x "$BASE/kvmagent" ] || { echo "bench: BASE=$BASE has no kvmctl and kvmagent" >&2; exit 2; }
+	BUILDS=("$BASE" "$BIN")
+fi
+label() { if [ "$1" = "$BIN" ]; then echo "this build"; else echo "BASE ($("$1/kvmctl" version 2>/dev/null | head -1))"; fi; }
 ms() { awk '{printf "%.1f", $1 / 1000}'; }
-libs=$(ldd "$BIN/kvmctl" 2>&1 || true)
-case $libs in
-*"not a dynamic executable"*) libs="a static executable (ldd: not a dynamic executable)" ;;
-*) libs="$(echo "$libs" | wc -l) shared libraries" ;;
-esac
-echo "kvmctl version wall time, median of 20: $(printf '%s\n' "${times[@]}" | median | ms) ms" \
-	"(min $(printf '%s\n' "${times[@]}" | sort -n | head -1 | ms), max $(printf '%s\n' "${times[@]}" | sort -n | tail -1 | ms)); bin/kvmctl is $libs"
+
+echo "== kvmctl start-up"
+for b in "${BUILDS[@]}"; do "$b/kvmctl" version >/dev/null; done # warm up the page cache
+declare -A startup
+for i in $(seq 20); do
+	for b in "${BUILDS[@]}"; do
+		# bash's own clock in µs: reading it starts no process.
+		t0=${EPOCHREALTIME//[.,]/}; "$b/kvmctl" version >/dev/null; t1=${EPOCHREALTIME//[.,]/}
+		startup[$b]+="$((t1 - t0)) "
+	done
+done
+for b in "${BUILDS[@]}"; do
+	libs=$(ldd "$b/kvmctl" 2>&1 || true)
+	case $libs in
+	*"not a dynamic executable"*) libs="a static executable (ldd: not a dynamic executable)" ;;
+	*) libs="$(echo "$libs" | wc -l) shared libraries" ;;
+	esac
+	times=(${startup[$b]})
+	echo "$(label "$b"): kvmctl version wall time, median of 20: $(printf '%s\n' "${times[@]}" | median | ms) ms" \
+		"(min $(printf '%s\n' "${times[@]}" | sort -n | head -1 | ms), max $(printf '%s\n' "${times[@]}" | sort -n | tail -1 | ms)); kvmctl is $libs"
+done
 echo
 
 echo "== host status over a 100-host lab"
@@ -56,21 +72,39 @@ echo "  PSS (shared libvirt/gnutls pages divided among the agents) $pss KiB"
 
 echo
 echo "== rolling maintenance over a 30-host lab (3 clusters, no VMs, no-op scripts)"
-for mu in 1 3; do
-	"$BIN/kvmctl" lab up --hosts 30 --clusters 3 --vms 0 --dir "$WORK/lab30" --timeout 120s >/dev/null 2>&1
+# rolling30 BIN MU: ms per host of one run of rolling start --zone z1 over a fresh 30-host lab.
+rolling30() {
+	local b=$1 mu=$2 t0 t1 n
+	"$b/kvmctl" lab up --hosts 30 --clusters 3 --vms 0 --dir "$WORK/lab30" --timeout 120s >/dev/null 2>&1
 	for h in "$WORK"/lab30/hosts/*/hooks; do
 		for s in PreFlight PreMaintenance Maintenance PostMaintenance; do
 			printf '#!/bin/sh\nexit 0\n' >"$h/$s.sh"
 		done
 	done
 	export KVMCTL_STATE=$WORK/lab30/state.db
-	"$BIN/kvmctl" host status >/dev/null
+	"$b/kvmctl" host status >/dev/null
 	t0=$(now_ms)
-	"$BIN/kvmctl" rolling start --zone z1 --max-unavailable $mu --no-tui >/dev/null 2>&1
+	"$b/kvmctl" rolling start --zone z1 --max-unavailable "$mu" --no-tui >/dev/null 2>&1
 	t1=$(now_ms)
-	n=$("$BIN/kvmctl" rolling status --json | grep -c '"step": "done"')
-	echo "--max-unavailable $mu: $n/30 hosts updated in $((t1 - t0)) ms: $(((t1 - t0) / 30)) ms per host (each host: 4 stages, enter and cancel maintenance, every step journaled)"
-	"$BIN/kvmctl" lab down --purge --dir "$WORK/lab30" >/dev/null
+	n=$("$b/kvmctl" rolling status --json | grep -c '"step": "done"')
+	"$b/kvmctl" lab down --purge --dir "$WORK/lab30" >/dev/null
+	[ "$n" = 30 ] || { echo "bench: $(label "$b"): only $n/30 hosts updated" >&2; exit 1; }
+	echo $(((t1 - t0) / 30))
+}
+for mu in 1 3; do
+	declare -A per=()
+	# The builds take turns, three runs each: both see the machine's slow and fast moments.
+	for i in 1 2 3; do
+		for b in "${BUILDS[@]}"; do per[$b]+="$(rolling30 "$b" "$mu") "; done
+	done
+	for b in "${BUILDS[@]}"; do
+		runs=(${per[$b]})
+		echo "--max-unavailable $mu, $(label "$b"): $(printf '%s\n' "${runs[@]}" | median) ms per host, median of 3 runs (${runs[*]}) (each host: 4 stages, enter and cancel maintenance, every step journaled)"
+	done
+	if [ -n "${BASE:-}" ]; then
+		awk -v o="$(printf '%s\n' ${per[$BASE]} | median)" -v n="$(printf '%s\n' ${per[$BIN]} | median)" \
+			'BEGIN { printf "  this build / BASE: %.2f (goal: at most 0.5)\n", n / o }'
+	fi
 done
 
 echo

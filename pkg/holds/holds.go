@@ -90,6 +90,17 @@ type Table struct {
 // Local returns the table of this process.
 func Local() Table { return Table{Self: SelfOwner()} }
 
+// OrLocal returns t, or, when t names no process (the zero value), this process's table with t's
+// liveness check.
+func (t Table) OrLocal() Table {
+	if t.Self != (Owner{}) {
+		return t
+	}
+	l := Local()
+	l.Alive = t.Alive
+	return l
+}
+
 func (t Table) alive(o Owner) bool {
 	if o.PID <= 0 {
 		return false // no process recorded (a legacy lock): nobody to wait for

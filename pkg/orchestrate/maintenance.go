@@ -122,14 +122,7 @@ func (m *Maintenance) now() time.Time { return m.clock().Now().UTC() }
 
 func (m *Maintenance) waits() Waits { return m.Waits.withDefaults() }
 
-func (m *Maintenance) table() holds.Table {
-	if m.Holds.Self == (holds.Owner{}) {
-		t := holds.Local()
-		t.Alive = m.Holds.Alive
-		return t
-	}
-	return m.Holds
-}
+func (m *Maintenance) table() holds.Table { return m.Holds.OrLocal() }
 
 func (m *Maintenance) under() holds.Ref {
 	if m.Under == nil {

@@ -58,14 +58,7 @@ var ErrInterrupted = errors.New("interrupted")
 
 func (r *Rolling) clock() clock.Clock { return clock.OrReal(r.Clock) }
 
-func (r *Rolling) table() holds.Table {
-	if r.Holds.Self == (holds.Owner{}) {
-		t := holds.Local()
-		t.Alive = r.Holds.Alive
-		return t
-	}
-	return r.Holds
-}
+func (r *Rolling) table() holds.Table { return r.Holds.OrLocal() }
 
 // rollPlan is a validated request: the hosts in order, grouped by cluster.
 type rollPlan struct {
