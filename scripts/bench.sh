@@ -14,7 +14,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$PWD/bin
 WORK=$(mktemp -d)
-trap '"$BIN/kvmctl" lab down --purge --dir "$WORK/lab100" >/dev/null 2>&1 || true; "$BIN/kvmctl" lab down --purge --dir "$WORK/lab30" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
+cleanup() {
+	local d
+	for d in "$WORK"/lab100 "$WORK"/lab30.*/lab; do
+		[ -d "$d" ] && "$BIN/kvmctl" lab down --purge --dir "$d" >/dev/null 2>&1 || true
+	done
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
 now_ms() { date +%s%3N; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
@@ -74,21 +81,25 @@ echo
 echo "== rolling maintenance over a 30-host lab (3 clusters, no VMs, no-op scripts)"
 # rolling30 BIN MU: ms per host of one run of rolling start --zone z1 over a fresh 30-host lab.
 rolling30() {
-	local b=$1 mu=$2 t0 t1 n
-	"$b/kvmctl" lab up --hosts 30 --clusters 3 --vms 0 --dir "$WORK/lab30" --timeout 120s >/dev/null 2>&1
-	for h in "$WORK"/lab30/hosts/*/hooks; do
+	local b=$1 mu=$2 t0 t1 n lab
+	# A fresh directory each time: a lab just taken down may still be going away.
+	lab=$(mktemp -d "$WORK/lab30.XXXX")/lab
+	if ! "$b/kvmctl" lab up --hosts 30 --clusters 3 --vms 0 --dir "$lab" --timeout 120s >"$lab.log" 2>&1; then
+		echo "bench: $(label "$b"): lab up failed:" >&2; cat "$lab.log" >&2; exit 1
+	fi
+	for h in "$lab"/hosts/*/hooks; do
 		for s in PreFlight PreMaintenance Maintenance PostMaintenance; do
 			printf '#!/bin/sh\nexit 0\n' >"$h/$s.sh"
 		done
 	done
-	export KVMCTL_STATE=$WORK/lab30/state.db
+	export KVMCTL_STATE=$lab/state.db
 	"$b/kvmctl" host status >/dev/null
 	t0=$(now_ms)
-	"$b/kvmctl" rolling start --zone z1 --max-unavailable "$mu" --no-tui >/dev/null 2>&1
+	"$b/kvmctl" rolling start --zone z1 --max-unavailable "$mu" --no-tui >"$lab.run" 2>&1 || true
 	t1=$(now_ms)
-	n=$("$b/kvmctl" rolling status --json | grep -c '"step": "done"')
-	"$b/kvmctl" lab down --purge --dir "$WORK/lab30" >/dev/null
-	[ "$n" = 30 ] || { echo "bench: $(label "$b"): only $n/30 hosts updated" >&2; exit 1; }
+	n=$("$b/kvmctl" rolling status --json | grep -c '"step": "done"' || true)
+	"$b/kvmctl" lab down --purge --dir "$lab" >/dev/null
+	[ "$n" = 30 ] || { echo "bench: $(label "$b"): only $n/30 hosts updated:" >&2; tail -20 "$lab.run" >&2; exit 1; }
 	echo $(((t1 - t0) / 30))
 }
 for mu in 1 3; do
