@@ -45,6 +45,21 @@ type Run struct {
 	Details      string        `json:"details,omitempty"`
 	Clusters     []*RunCluster `json:"clusters"`
 	Hosts        []*RunHost    `json:"hosts"`
+	// Unknown keeps fields a newer kvmctl wrote.
+	Unknown state.Unknown `json:"-"`
+}
+
+// UnmarshalJSON reads a run, keeping the fields this version does not know.
+func (r *Run) UnmarshalJSON(b []byte) (err error) {
+	type plain Run
+	r.Unknown, err = state.UnmarshalKeeping(b, (*plain)(r))
+	return err
+}
+
+// MarshalJSON writes a run with the fields it kept.
+func (r Run) MarshalJSON() ([]byte, error) {
+	type plain Run
+	return state.MarshalKeeping(plain(r), r.Unknown)
 }
 
 // RunCluster is one cluster of a run.

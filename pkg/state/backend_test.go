@@ -1,6 +1,7 @@
 package state
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -119,6 +120,42 @@ func TestBackendsRollBackAFailedUpdate(t *testing.T) {
 			}
 			if err := db.View(func(tx Tx) error { return tx.Put(BucketLocks, "x", nil) }); err == nil {
 				t.Error("a write in a read-only transaction succeeded")
+			}
+		})
+	}
+}
+
+// A record written by a newer kvmctl keeps the fields this one does not know when it is read and
+// written back.
+func TestUnknownFieldsSurviveARewrite(t *testing.T) {
+	for name, db := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			raw := `{"name":"h1","zone":"z1","pod":"p1","cluster":"c1","address":"10.0.0.1:9250","tags":["a"],"ssh":{},` +
+				`"resource_state":"Enabled","lab":true,"bmc":{"address":"10.0.1.1","user":"admin"}}`
+			if err := db.Update(func(tx Tx) error { return tx.Put(BucketHosts, "h1", []byte(raw)) }); err != nil {
+				t.Fatal(err)
+			}
+			err := db.Update(func(tx Tx) error {
+				h, err := GetHost(tx, "h1")
+				if err != nil {
+					return err
+				}
+				h.Tags = []string{"a", "b"}
+				return PutHost(tx, h)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got map[string]any
+			_ = db.View(func(tx Tx) error {
+				b, err := tx.Get(BucketHosts, "h1")
+				if err == nil {
+					err = json.Unmarshal(b, &got)
+				}
+				return err
+			})
+			if got["lab"] != true || got["bmc"] == nil || len(got["tags"].([]any)) != 2 {
+				t.Errorf("after a rewrite: %v; want lab and bmc kept and the new tags", got)
 			}
 		})
 	}

@@ -16,21 +16,24 @@ const (
 
 // Zone is the largest unit of the inventory: a data centre or a site.
 type Zone struct {
-	Name string `json:"name"`
+	Name    string  `json:"name"`
+	Unknown Unknown `json:"-"`
 }
 
 // Pod is a rack or a row inside a zone.
 type Pod struct {
-	Name string `json:"name"`
-	Zone string `json:"zone"`
+	Name    string  `json:"name"`
+	Zone    string  `json:"zone"`
+	Unknown Unknown `json:"-"`
 }
 
 // Cluster is a set of hosts that share storage and between which VMs can move.
 type Cluster struct {
-	Name          string `json:"name"`
-	Pod           string `json:"pod"`
-	Zone          string `json:"zone"`
-	ResourceState string `json:"resource_state"`
+	Name          string  `json:"name"`
+	Pod           string  `json:"pod"`
+	Zone          string  `json:"zone"`
+	ResourceState string  `json:"resource_state"`
+	Unknown       Unknown `json:"-"`
 }
 
 // SSH says how kvmctl reaches a host's shell when its agent must be restarted.
@@ -58,6 +61,8 @@ type Host struct {
 	ResourceState  string `json:"resource_state"`
 	// StateReason says why the host is in ErrorInMaintenance (or what last changed its state).
 	StateReason string `json:"state_reason,omitempty"`
+	// Unknown keeps fields a newer kvmctl wrote.
+	Unknown Unknown `json:"-"`
 }
 
 // GetZone returns the zone called name, or ErrNotFound.
@@ -171,6 +176,7 @@ type HostStatus struct {
 	Capacity     Resources  `json:"capacity"`
 	Allocation   Resources  `json:"allocation"`
 	VMs          []VMRecord `json:"vms"`
+	Unknown      Unknown    `json:"-"`
 }
 
 // GetHostStatus returns the stored status of host name; a host never checked has a zero one.
@@ -189,4 +195,61 @@ func GetHostStatus(tx Tx, name string) (HostStatus, error) {
 // PutHostStatus stores the status of host name.
 func PutHostStatus(tx Tx, name string, s HostStatus) error {
 	return PutJSON(tx, BucketHostStatus, name, s)
+}
+
+// The stored records keep the fields they do not know (see Unknown).
+
+func (z *Zone) UnmarshalJSON(b []byte) (err error) {
+	type plain Zone
+	z.Unknown, err = UnmarshalKeeping(b, (*plain)(z))
+	return err
+}
+
+func (z Zone) MarshalJSON() ([]byte, error) {
+	type plain Zone
+	return MarshalKeeping(plain(z), z.Unknown)
+}
+
+func (p *Pod) UnmarshalJSON(b []byte) (err error) {
+	type plain Pod
+	p.Unknown, err = UnmarshalKeeping(b, (*plain)(p))
+	return err
+}
+
+func (p Pod) MarshalJSON() ([]byte, error) {
+	type plain Pod
+	return MarshalKeeping(plain(p), p.Unknown)
+}
+
+func (c *Cluster) UnmarshalJSON(b []byte) (err error) {
+	type plain Cluster
+	c.Unknown, err = UnmarshalKeeping(b, (*plain)(c))
+	return err
+}
+
+func (c Cluster) MarshalJSON() ([]byte, error) {
+	type plain Cluster
+	return MarshalKeeping(plain(c), c.Unknown)
+}
+
+func (h *Host) UnmarshalJSON(b []byte) (err error) {
+	type plain Host
+	h.Unknown, err = UnmarshalKeeping(b, (*plain)(h))
+	return err
+}
+
+func (h Host) MarshalJSON() ([]byte, error) {
+	type plain Host
+	return MarshalKeeping(plain(h), h.Unknown)
+}
+
+func (s *HostStatus) UnmarshalJSON(b []byte) (err error) {
+	type plain HostStatus
+	s.Unknown, err = UnmarshalKeeping(b, (*plain)(s))
+	return err
+}
+
+func (s HostStatus) MarshalJSON() ([]byte, error) {
+	type plain HostStatus
+	return MarshalKeeping(plain(s), s.Unknown)
 }

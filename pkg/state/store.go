@@ -45,7 +45,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime/debug"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -74,9 +77,14 @@ const (
 	BucketAborts   = "aborts"
 )
 
-// Buckets lists every top-level bucket of the current schema, created by Create and on upgrade.
-var Buckets = []string{BucketMeta, BucketZones, BucketPods, BucketClusters, BucketHosts, BucketSettings, BucketHostStatus,
-	BucketRuns, BucketJournal, BucketLocks, BucketStreams, BucketHolds, BucketAborts}
+// coreBuckets are the buckets of schema version 1: a file without one of them is damaged.
+var coreBuckets = []string{BucketMeta, BucketZones, BucketPods, BucketClusters, BucketHosts, BucketSettings, BucketHostStatus,
+	BucketRuns, BucketJournal, BucketLocks}
+
+// Buckets lists every top-level bucket of the current schema, created by Create. Those beyond
+// coreBuckets were added later, without a version bump: a file without them gets them on its
+// next write.
+var Buckets = append(append([]string{}, coreBuckets...), BucketStreams, BucketHolds, BucketAborts)
 
 const keyVersion = "version"
 
@@ -91,6 +99,36 @@ var ErrInUse = errors.New("the state file is in use by another kvmctl")
 
 // ErrNotFound is returned by Get when a key is absent.
 var ErrNotFound = errors.New("not found")
+
+// ErrDamaged is returned when the state file's structure is broken (truncated, a page
+// overwritten, a core bucket gone): no command can trust it, every command says so.
+var ErrDamaged = errors.New("the state file is damaged")
+
+// damaged says that the file at path is damaged, what was seen, and what to do.
+func damaged(path, detail string) error {
+	return fmt.Errorf("%w: %s (%s): restore it from a backup (`kvmctl state backup FILE` makes one while it is sound; `kvmctl state check` says what is wrong)",
+		ErrDamaged, path, detail)
+}
+
+// guard runs fn with memory faults turned into panics and recovers every panic into a damage
+// error: bbolt reads the file through mmap, and a truncated or overwritten file makes it fault
+// (SIGBUS) or fail its own assertions. No command may die of a damaged file.
+func guard(path string, fn func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if p := recover(); p != nil {
+			err = damaged(path, firstLine(fmt.Sprint(p)))
+		}
+	}()
+	return fn()
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
 
 // Store is a handle on the state file at Path; it holds no open file between operations.
 type Store struct {
@@ -155,7 +193,7 @@ func (s *Store) View(fn func(Tx) error) error {
 		return err
 	}
 	defer db.Close()
-	return db.View(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+	return guard(s.Path, func() error { return db.View(func(tx *bolt.Tx) error { return fn(boltTx{tx}) }) })
 }
 
 // Update runs fn in a read-write transaction on a freshly opened file; an error from fn rolls
@@ -168,7 +206,7 @@ func (s *Store) Update(fn func(Tx) error) error {
 		return err
 	}
 	defer db.Close()
-	return db.Update(func(tx *bolt.Tx) error { return fn(boltTx{tx}) })
+	return guard(s.Path, func() error { return db.Update(func(tx *bolt.Tx) error { return fn(boltTx{tx}) }) })
 }
 
 func (s *Store) timeout() time.Duration {
@@ -193,39 +231,80 @@ func (s *Store) open(readOnly bool) (*bolt.DB, error) {
 		// bbolt would quietly turn an empty file into a database; it is not ours to take.
 		return nil, errs.Refusedf("%s is not a kvmctl state file (it is empty): point --state at the right file, or remove it and run `kvmctl init`", s.Path)
 	}
-	db, err := bolt.Open(s.Path, 0o600, &bolt.Options{Timeout: s.timeout(), ReadOnly: readOnly})
+	if !readOnly {
+		// A writer loads the free list at open, from pages a truncated file no longer has:
+		// the size is checked first, by a reader (an open without a transaction costs 20 µs).
+		db, err := s.open(true)
+		if err != nil {
+			return nil, err
+		}
+		db.Close()
+	}
+	var db *bolt.DB
+	err = guard(s.Path, func() (err error) {
+		db, err = bolt.Open(s.Path, 0o600, &bolt.Options{Timeout: s.timeout(), ReadOnly: readOnly})
+		return err
+	})
 	switch {
+	case errors.Is(err, ErrDamaged):
+		return nil, err
 	case errors.Is(err, berrors.ErrTimeout):
 		return nil, fmt.Errorf("%w (%s): wait for it to finish and try again", ErrInUse, s.Path)
 	case errors.Is(err, fs.ErrPermission):
 		return nil, fmt.Errorf("open state %s: %w: run kvmctl as the user that owns it", s.Path, err)
+	case errors.Is(err, berrors.ErrChecksum):
+		// Both meta pages are bbolt's but neither adds up: the file was overwritten.
+		return nil, damaged(s.Path, err.Error())
 	case err != nil:
-		// bbolt reports a foreign file in several ways (invalid, checksum, too small, ...).
+		// bbolt reports a foreign file in several ways (invalid, version mismatch, too small, ...).
 		return nil, errs.Refusedf("%s is not a kvmctl state file (%v): point --state at the right file", s.Path, err)
 	}
-	if err := checkVersion(db, s.Path, readOnly); err != nil {
+	if err := guard(s.Path, func() error { return checkFile(db, s.Path, fi.Size(), readOnly) }); err != nil {
 		db.Close()
 		return nil, err
 	}
 	return db, nil
 }
 
+// checkFile checks, before any caller reads, what is cheap to check: the file holds every page
+// its meta page counts (a truncated file faults when those are read), the schema version, the
+// core buckets. It adds the buckets later versions added.
+func checkFile(db *bolt.DB, path string, size int64, readOnly bool) error {
+	var need int64
+	if err := db.View(func(tx *bolt.Tx) error { need = tx.Size(); return nil }); err != nil {
+		return err
+	}
+	if size < need {
+		return damaged(path, fmt.Sprintf("truncated: it has %d bytes, its pages reach %d", size, need))
+	}
+	return checkVersion(db, path, readOnly)
+}
+
 func checkVersion(db *bolt.DB, path string, readOnly bool) error {
 	var v int
-	missing := false
+	var missing, missingCore []string
 	err := db.View(func(tx *bolt.Tx) error {
-		for _, name := range Buckets {
-			if tx.Bucket([]byte(name)) == nil {
-				missing = true
-			}
-		}
 		b := tx.Bucket([]byte(BucketMeta))
 		if b == nil {
+			for _, name := range coreBuckets {
+				if tx.Bucket([]byte(name)) != nil {
+					// kvmctl's buckets without its meta bucket: the root page was overwritten.
+					return damaged(path, "its meta bucket is missing")
+				}
+			}
 			return errs.Refusedf("%s is not a kvmctl state file (no meta bucket): point --state at the right file", path)
+		}
+		for _, name := range Buckets {
+			if tx.Bucket([]byte(name)) == nil {
+				missing = append(missing, name)
+				if slices.Contains(coreBuckets, name) {
+					missingCore = append(missingCore, name)
+				}
+			}
 		}
 		raw := b.Get([]byte(keyVersion))
 		n, err := strconv.Atoi(string(raw))
-		if err != nil {
+		if err != nil || n <= 0 {
 			return errs.Refusedf("%s has an unreadable schema version %q: restore it from a backup", path, raw)
 		}
 		v = n
@@ -237,13 +316,17 @@ func checkVersion(db *bolt.DB, path string, readOnly bool) error {
 	if v > SchemaVersion {
 		return errs.Refusedf("%s has schema version %d, this kvmctl knows up to %d: upgrade kvmctl", path, v, SchemaVersion)
 	}
-	if readOnly || !missing {
+	if len(missingCore) > 0 {
+		// Never recreated: an empty hosts bucket would read as a fleet with no hosts.
+		return damaged(path, "missing "+strings.Join(missingCore, ", "))
+	}
+	if readOnly || len(missing) == 0 {
 		return nil
 	}
 	// Buckets added by later versions appear here without a version bump: they are additive.
 	// Only then is there a write (and an fsync) before the caller's own transaction.
 	return db.Update(func(tx *bolt.Tx) error {
-		for _, b := range Buckets {
+		for _, b := range missing {
 			if _, err := tx.CreateBucketIfNotExists([]byte(b)); err != nil {
 				return err
 			}

@@ -1,7 +1,9 @@
 package state
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +12,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/kvmctl/kvmctl/pkg/errs"
 )
 
 func newStore(t *testing.T) *Store {
@@ -182,9 +186,9 @@ func TestMissingBucketAddedOnUpdate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket([]byte(BucketRuns)) })
+	_ = db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket([]byte(BucketHolds)) })
 	db.Close()
-	if err := s.View(func(tx Tx) error { return tx.ForEach(BucketRuns, func(string, []byte) error { return nil }) }); err != nil {
+	if err := s.View(func(tx Tx) error { return tx.ForEach(BucketHolds, func(string, []byte) error { return nil }) }); err != nil {
 		t.Fatalf("reading a missing bucket = %v, want nothing to read", err)
 	}
 	if err := s.Update(func(tx Tx) error { return nil }); err != nil {
@@ -196,9 +200,67 @@ func TestMissingBucketAddedOnUpdate(t *testing.T) {
 	}
 	defer db.Close()
 	_ = db.View(func(tx *bolt.Tx) error {
-		if tx.Bucket([]byte(BucketRuns)) == nil {
-			t.Errorf("bucket %s not recreated by the first write", BucketRuns)
+		if tx.Bucket([]byte(BucketHolds)) == nil {
+			t.Errorf("bucket %s not recreated by the first write", BucketHolds)
 		}
 		return nil
 	})
+}
+
+// A bucket every state file has had since version 1 is never recreated when it is missing: an
+// empty hosts bucket would read as a fleet without hosts. The file is reported damaged.
+func TestMissingCoreBucketIsDamage(t *testing.T) {
+	s := newStore(t)
+	db, err := bolt.Open(s.Path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket([]byte(BucketHosts)) })
+	db.Close()
+	for name, op := range map[string]func(func(Tx) error) error{"View": s.View, "Update": s.Update} {
+		err := op(func(Tx) error { return nil })
+		if !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), "missing hosts") || errs.IsRefused(err) {
+			t.Errorf("%s = %v, want damage naming the hosts bucket (exit 1, not a refusal)", name, err)
+		}
+	}
+	db, err = bolt.Open(s.Path, 0o600, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	_ = db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket([]byte(BucketHosts)) != nil {
+			t.Error("the missing hosts bucket was recreated")
+		}
+		return nil
+	})
+}
+
+// Truncated files are damage, found before bbolt reads a page past the end (which would be a
+// SIGBUS): for readers and writers, at several sizes.
+func TestTruncatedFileIsDamage(t *testing.T) {
+	s := newStore(t)
+	_ = s.Update(func(tx Tx) error {
+		for i := range 300 {
+			if err := tx.Put(BucketJournal, fmt.Sprintf("r/%08d", i), bytes.Repeat([]byte("x"), 200)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	whole, err := os.ReadFile(s.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []int{8192, 12288, len(whole) / 2} {
+		if err := os.WriteFile(s.Path, whole[:n], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for name, op := range map[string]func(func(Tx) error) error{"View": s.View, "Update": s.Update} {
+			err := op(func(tx Tx) error { return tx.ForEach(BucketJournal, func(string, []byte) error { return nil }) })
+			if !errors.Is(err, ErrDamaged) || !strings.Contains(err.Error(), "truncated") {
+				t.Errorf("%d bytes of %d: %s = %v, want damage (truncated)", n, len(whole), name, err)
+			}
+		}
+	}
 }

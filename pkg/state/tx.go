@@ -162,9 +162,16 @@ func GetJSON(tx Tx, bucket, key string, v any) error {
 		return err
 	}
 	if err := json.Unmarshal(raw, v); err != nil {
-		return fmt.Errorf("decode %s/%s: %w", bucket, key, err)
+		return unreadable(bucket, key, err)
 	}
 	return nil
+}
+
+// unreadable says that the record bucket/key does not decode: the file is damaged (or was
+// written by hand).
+func unreadable(bucket, key string, err error) error {
+	return fmt.Errorf("%w: record %s/%q is unreadable (%v): restore the state file from a backup, or remove the record; `kvmctl state check` lists every such record",
+		ErrDamaged, bucket, key, err)
 }
 
 // PutJSON stores v as JSON under key in bucket.
@@ -182,7 +189,7 @@ func ListJSON[T any](tx Tx, bucket string) ([]T, error) {
 	err := tx.ForEach(bucket, func(key string, raw []byte) error {
 		var v T
 		if err := json.Unmarshal(raw, &v); err != nil {
-			return fmt.Errorf("decode %s/%s: %w", bucket, key, err)
+			return unreadable(bucket, key, err)
 		}
 		out = append(out, v)
 		return nil

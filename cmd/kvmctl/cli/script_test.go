@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -56,6 +58,8 @@ func TestScripts(t *testing.T) {
 			"exitcode": cmdExitCode,
 			"jsonsub":  cmdJSONSub,
 			"mkbolt":   cmdMkBolt,
+			"damage":   cmdDamage,
+			"garble":   cmdGarble,
 			"mode":     cmdMode,
 			"snapshot": cmdSnapshot,
 			"noagents": cmdNoAgents,
@@ -223,6 +227,65 @@ func cmdMkBolt(ts *testscript.TestScript, neg bool, args []string) {
 		return nil
 	}))
 	ts.Check(db.Close())
+}
+
+// cmdDamage runs `damage FILE truncate N|half`, `damage FILE flip OFFSET` (one byte XORed with
+// 0xa5) or `damage FILE flip root` (the type byte of the page the newer meta page names as the
+// root bucket's), as a disk or a careless copy would damage a state file.
+func cmdDamage(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 3 {
+		ts.Fatalf("usage: damage file truncate N|half, or damage file flip OFFSET|root")
+	}
+	path := ts.MkAbs(args[0])
+	data, err := os.ReadFile(path)
+	ts.Check(err)
+	switch args[1] {
+	case "truncate":
+		n := len(data) / 2
+		if args[2] != "half" {
+			n, err = strconv.Atoi(args[2])
+			ts.Check(err)
+		}
+		data = data[:n]
+	case "flip":
+		off, err := strconv.Atoi(args[2])
+		if args[2] == "root" {
+			// bbolt's meta pages are 0 and 1 (page size 4096 here): after the 16-byte page
+			// header, magic, version, page size and flags (16 bytes), then the root bucket's
+			// page id; the transaction id is 32 bytes further.
+			meta := func(i int) (root, txid uint64) {
+				b := data[i*4096+16:]
+				return binary.LittleEndian.Uint64(b[16:]), binary.LittleEndian.Uint64(b[48:])
+			}
+			root, tx0 := meta(0)
+			if r1, tx1 := meta(1); tx1 > tx0 {
+				root = r1
+			}
+			off, err = int(root)*4096+8, nil
+		}
+		ts.Check(err)
+		data[off] ^= 0xa5
+	default:
+		ts.Fatalf("damage: unknown kind %q", args[1])
+	}
+	ts.Check(os.WriteFile(path, data, 0o600))
+}
+
+// cmdGarble runs `garble FILE TEXT`: the first occurrence of TEXT in FILE becomes `"}{` and
+// filler, so the JSON record holding it no longer decodes while the file's pages stay sound.
+func cmdGarble(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: garble file text")
+	}
+	path := ts.MkAbs(args[0])
+	data, err := os.ReadFile(path)
+	ts.Check(err)
+	i := bytes.Index(data, []byte(args[1]))
+	if i < 0 {
+		ts.Fatalf("garble: %q not in %s", args[1], args[0])
+	}
+	copy(data[i:], append([]byte(`"}{`), bytes.Repeat([]byte("x"), len(args[1])-3)...))
+	ts.Check(os.WriteFile(path, data, 0o600))
 }
 
 // snapshotCommands read everything an operator can change through the CLI; two equal
