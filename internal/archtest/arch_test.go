@@ -130,6 +130,14 @@ func TestAgentNeverTouchesKvmctlState(t *testing.T) {
 		module+"pkg/inventory", module+"pkg/settings", module+"pkg/tui", module+"cmd/")
 }
 
+func TestTextSafetyImportsNothingOfTheProject(t *testing.T) {
+	for path := range deps(t, module+"pkg/termtext") {
+		if strings.HasPrefix(path, module) && path != module+"pkg/termtext" {
+			t.Errorf("pkg/termtext must import nothing of the project, but depends on %s", path)
+		}
+	}
+}
+
 func TestVocabularyImportsNothingOfTheProject(t *testing.T) {
 	for path := range deps(t, module+"pkg/events") {
 		if strings.HasPrefix(path, module) && path != module+"pkg/events" {

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/mattn/go-isatty"
+
+	"github.com/kvmctl/kvmctl/pkg/termtext"
 )
 
 // IOStreams are a command's streams.
@@ -20,6 +22,9 @@ type IOStreams struct {
 	In     io.Reader
 	Out    io.Writer
 	ErrOut io.Writer
+	// rawOut is Out before SafeText, for the live view, which draws the terminal itself.
+	rawOut io.Writer
+	safe   []*termtext.Writer
 
 	stdoutTTY bool
 	stderrTTY bool
@@ -42,6 +47,35 @@ func isTerminal(f *os.File) bool { return isatty.IsTerminal(f.Fd()) || isatty.Is
 func Test() (ios *IOStreams, in *bytes.Buffer, out *bytes.Buffer, errOut *bytes.Buffer) {
 	in, out, errOut = &bytes.Buffer{}, &bytes.Buffer{}, &bytes.Buffer{}
 	return &IOStreams{In: in, Out: out, ErrOut: errOut, noColor: true}, in, out, errOut
+}
+
+// SafeText makes Out and ErrOut escape every control character but newline and tab (see
+// pkg/termtext): whatever a host sent (script output, error texts, names) reaches the terminal
+// as text, never as a command to it. Call Flush before exiting.
+func (s *IOStreams) SafeText() {
+	if s.rawOut != nil {
+		return
+	}
+	s.rawOut = s.Out
+	out, errOut := termtext.NewWriter(s.Out), termtext.NewWriter(s.ErrOut)
+	s.Out, s.ErrOut = out, errOut
+	s.safe = []*termtext.Writer{out, errOut}
+}
+
+// Flush writes what SafeText's writers hold back.
+func (s *IOStreams) Flush() {
+	for _, w := range s.safe {
+		_ = w.Flush()
+	}
+}
+
+// Terminal is where a live view draws: stdout itself, not the SafeText writer (the view cleans
+// what it shows).
+func (s *IOStreams) Terminal() io.Writer {
+	if s.rawOut != nil {
+		return s.rawOut
+	}
+	return s.Out
 }
 
 // IsStdoutTTY reports whether results go to a terminal.

@@ -259,7 +259,7 @@ func (s *Store) open(readOnly bool) (*bolt.DB, error) {
 		// bbolt reports a foreign file in several ways (invalid, version mismatch, too small, ...).
 		return nil, errs.Refusedf("%s is not a kvmctl state file (%v): point --state at the right file", s.Path, err)
 	}
-	if err := guard(s.Path, func() error { return checkFile(db, s.Path, fi.Size(), readOnly) }); err != nil {
+	if err := guard(s.Path, func() error { return checkFile(db, s.Path, readOnly) }); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -269,12 +269,18 @@ func (s *Store) open(readOnly bool) (*bolt.DB, error) {
 // checkFile checks, before any caller reads, what is cheap to check: the file holds every page
 // its meta page counts (a truncated file faults when those are read), the schema version, the
 // core buckets. It adds the buckets later versions added.
-func checkFile(db *bolt.DB, path string, size int64, readOnly bool) error {
+func checkFile(db *bolt.DB, path string, readOnly bool) error {
 	var need int64
 	if err := db.View(func(tx *bolt.Tx) error { need = tx.Size(); return nil }); err != nil {
 		return err
 	}
-	if size < need {
+	// Sized now, under bbolt's file lock: a writer in another process cannot grow the file
+	// between this and the meta page read above (a size taken before the open could be older).
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("open state: %w", err)
+	}
+	if size := fi.Size(); size < need {
 		return damaged(path, fmt.Sprintf("truncated: it has %d bytes, its pages reach %d", size, need))
 	}
 	return checkVersion(db, path, readOnly)

@@ -14,6 +14,7 @@ import (
 	"github.com/charmbracelet/x/ansi"
 
 	"github.com/kvmctl/kvmctl/pkg/events"
+	"github.com/kvmctl/kvmctl/pkg/termtext"
 )
 
 // DefaultTick is how often elapsed times are redrawn.
@@ -145,7 +146,7 @@ func NewRolling(runID string, hosts []HostRow, opts RollingOptions) *RollingMode
 	m.help.Styles = m.common.Styles.Help
 	m.started = opts.StartedAt
 	for _, h := range hosts {
-		m.host(h.Name, h.Cluster)
+		m.host(termtext.Line(h.Name), termtext.Line(h.Cluster))
 	}
 	return m
 }
@@ -284,8 +285,24 @@ func (m *RollingModel) cluster(name string) *clusterRow {
 	return c
 }
 
+// clean returns e with every text a host may have written (script output, messages, names)
+// made safe for the terminal: the view draws it as text, never as escape sequences.
+func clean(e events.Event) events.Event {
+	for _, s := range []*string{&e.Host, &e.Cluster, &e.VM, &e.To, &e.Note, &e.LastLine, &e.Message, &e.ExecID} {
+		*s = termtext.Line(*s)
+	}
+	e.Stage, e.Step = events.Stage(termtext.Line(string(e.Stage))), events.Step(termtext.Line(string(e.Step)))
+	hosts := make([]string, len(e.Hosts))
+	for i, h := range e.Hosts {
+		hosts[i] = termtext.Line(h)
+	}
+	e.Hosts = hosts
+	return e
+}
+
 // apply folds one event into the view. It only records what the engine reported.
 func (m *RollingModel) apply(e events.Event) {
+	e = clean(e)
 	t := e.Time
 	if t.IsZero() {
 		t = m.now()

@@ -449,3 +449,24 @@ func TestRollingReplayOfAResumedRun(t *testing.T) {
 	view := m.View()
 	requireContains(t, view, "1 done", "1 skipped", "2 VMs", "ok 30s")
 }
+
+// Text a host wrote reaches the live view as text: a script's escape sequences (OSC 0 title,
+// OSC 52 clipboard, clear screen, a carriage return that overwrites the line) are shown escaped.
+func TestRollingViewShowsHostTextEscaped(t *testing.T) {
+	m := newTestModel(&fakeClock{t: t0}, RollingOptions{Tick: -1})
+	feedEvents(t, m, stageEvents(0, "h1", "c1", events.PostMaintenance, events.OutcomeFailed, time.Second,
+		events.Event{ExitCode: events.Int(1), LastLine: "\x1b]0;pwned\x07\x1b]52;c;ZWNobyBoaQ==\x07\x1b[2Jok\rFAKE"}))
+	bad := func(view string) bool {
+		return strings.ContainsAny(view, "\x07\r\u009b") || strings.Contains(view, "\x1b]") || strings.Contains(view, "\x1b[2J") || strings.Contains(view, "\x1b[31m")
+	}
+	view := m.View()
+	if bad(view) {
+		t.Errorf("an escape sequence from a host reached the view:\n%q", view)
+	}
+	requireContains(t, view, `\u001b]0;pwned\u0007`)
+	feed(t, m, at(time.Second, events.Event{Type: events.VMMigrationFailed, Host: "h1", Cluster: "c1", VM: "vm\x1b[31m", Message: "\u009b2J"}))
+	if view = m.View(); bad(view) {
+		t.Errorf("an escape sequence from a host reached the view:\n%q", view)
+	}
+	requireContains(t, view, `vm\u001b[31m: \u009b2J`)
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/errs"
 	"github.com/kvmctl/kvmctl/pkg/events"
 	"github.com/kvmctl/kvmctl/pkg/hooks"
+	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
 // HooksListOptions are the inputs of `kvmctl hooks list`.
@@ -32,6 +33,8 @@ type HooksRunOptions struct {
 	Payload string
 	// TimeoutS bounds the script's run time on the agent, in seconds.
 	TimeoutS int
+	// Force runs a maintenance stage on a host that is not in maintenance and runs VMs.
+	Force bool
 }
 
 // hooksRunMargin is how long past the stage timeout kvmctl keeps waiting: the agent's grace
@@ -74,9 +77,13 @@ func newHooksRunCmd(f *cmdutil.Factory) *cobra.Command {
 its outcome, exit code, note and output. Nothing else happens to the host: no maintenance mode,
 no VM moves. --payload is passed as arguments, split by shell quoting rules without a shell.
 
+PreMaintenance, Maintenance and PostMaintenance are refused on a host that runs VMs and is not
+in maintenance (a Maintenance script may reboot it under them), unless --force: put the host in
+maintenance first (kvmctl maintenance enable HOST). PreFlight changes nothing and always runs.
+
 Exit codes: 0 when the outcome is succeeded or skipped (exit 70, no maintenance needed); 1 when
 it failed, timed out or was terminated, or the stage has no script; 2 for an unknown host or
-stage, or a script the agent refuses to run.`,
+stage, a script the agent refuses to run, or a maintenance stage refused as above.`,
 		Args: cmdutil.ExactArgs(2, "HOST and STAGE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Host, opts.Stage = args[0], args[1]
@@ -84,6 +91,7 @@ stage, or a script the agent refuses to run.`,
 		},
 	}
 	c.Flags().StringVar(&opts.Payload, "payload", "", "arguments for the script, e.g. '--kernel \"6.1 lts\"'")
+	c.Flags().BoolVar(&opts.Force, "force", false, "run a maintenance stage although the host runs VMs and is not in maintenance")
 	cmdutil.SecondsVar(c.Flags(), &opts.TimeoutS, "timeout", opts.TimeoutS, "how long the script may run before it is killed")
 	return c
 }
@@ -177,11 +185,24 @@ func runHooksRun(ctx context.Context, opts *HooksRunOptions) error {
 	if _, err := hooks.SplitPayload(opts.Payload); err != nil {
 		return errs.Refusedf("--payload: %w", err)
 	}
-	c, err := hooksClient(opts.F, opts.Host)
+	h, err := getHost(opts.F, opts.Host)
+	if err != nil {
+		return err
+	}
+	clients, err := agentClients(opts.F)
+	if err != nil {
+		return err
+	}
+	c, err := clients(h)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	if stage != events.PreFlight && !opts.Force {
+		if err := maintenanceStageAllowed(ctx, c, h, stage); err != nil {
+			return err
+		}
+	}
 
 	timeout := time.Duration(opts.TimeoutS) * time.Second
 	ctx, cancel := context.WithTimeout(ctx, timeout+hooksRunMargin)
@@ -207,6 +228,29 @@ func runHooksRun(ctx context.Context, opts *HooksRunOptions) error {
 	res.Outcome, res.ExitCode, res.Output, res.Note = st.Outcome, st.ExitCode, st.Output, st.Note
 	res.StartedAt, res.EndedAt = st.StartedAt, st.EndedAt
 	return printHookRun(opts.F, res)
+}
+
+// maintenanceStageAllowed refuses a maintenance stage on a host that runs VMs and is not in
+// maintenance: the agent's own status says both (the state file may be behind).
+func maintenanceStageAllowed(ctx context.Context, c *api.Client, h state.Host, stage events.Stage) error {
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := c.Status(sctx)
+	if err != nil {
+		return fmt.Errorf("ask %s whether it runs VMs before its %s: %w (--force runs it without asking)", h.Name, stage, err)
+	}
+	running := 0
+	for _, vm := range st.VMs {
+		if vm.State == "running" {
+			running++
+		}
+	}
+	inMaint := st.AgentState == api.AgentStateInMaintenance || h.ResourceState == state.Maintenance
+	if running == 0 || inMaint {
+		return nil
+	}
+	return errs.Refusedf("%s on %s, which runs %s and is not in maintenance: a %s script may reboot it under them; "+
+		"`kvmctl maintenance enable %s` first, or --force", stage, h.Name, plural(running, "VM"), stage, h.Name)
 }
 
 // waitStage long-polls until the stage completes or ctx ends. An agent that does not answer is

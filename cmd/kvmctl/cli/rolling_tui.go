@@ -23,7 +23,7 @@ func followRunTUI(ctx context.Context, f *cmdutil.Factory, x *orchestrate.Execut
 	for i, h := range run.Hosts {
 		rows[i] = tui.HostRow{Name: h.Name, Cluster: h.Cluster}
 	}
-	m := tui.NewRolling(run.ID, rows, tui.RollingOptions{Renderer: lipgloss.NewRenderer(f.IO.Out), StartedAt: run.CreatedAt, ExitOnFinish: true})
+	m := tui.NewRolling(run.ID, rows, tui.RollingOptions{Renderer: lipgloss.NewRenderer(f.IO.Terminal()), StartedAt: run.CreatedAt, ExitOnFinish: true})
 	// A resumed run's view starts from what the journal says happened before: hosts done, stage
 	// results, VMs moved.
 	if past, err := runJournal(f, run.ID); err == nil {
@@ -41,7 +41,7 @@ func followRunTUI(ctx context.Context, f *cmdutil.Factory, x *orchestrate.Execut
 		feed.Close()
 		done <- outcome{res, err}
 	}()
-	detached, terr := tui.Run(ctx, m, feed.Events(), f.IO.In, f.IO.Out)
+	detached, terr := tui.Run(ctx, m, feed.Events(), f.IO.In, f.IO.Terminal())
 	feed.Detach()
 	if detached || terr != nil {
 		cancel()

@@ -19,6 +19,10 @@ import (
 
 // Run executes kvmctl with args and returns the exit code; errors are printed on ErrOut.
 func Run(args []string, ios *iostreams.IOStreams) int {
+	// Text from hosts (script output, agents' errors, VM names) reaches the operator's terminal
+	// escaped: no escape sequence of theirs is ever interpreted.
+	ios.SafeText()
+	defer ios.Flush()
 	f := cmdutil.New(ios)
 	root := NewRootCmd(f)
 	root.SetArgs(args)
