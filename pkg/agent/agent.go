@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -119,10 +120,14 @@ func New(cfg Config, hv virt.Hypervisor, opts ...Option) (*Agent, error) {
 	return a, nil
 }
 
-// prepareStateDir creates the state dir, or tightens an existing one to 0700, and checks that
-// only root or the agent's user can change it or any directory above it: the stage records in it
-// decide whether a Maintenance script runs again, and the maintenance flag whether VMs start.
+// prepareStateDir creates the state dir (mode 0700) when it is missing, and checks that only
+// root or the agent's user can change it or any directory above it, and that nobody else can
+// read it: the stage records in it decide whether a Maintenance script runs again, and the
+// maintenance flag whether VMs start. An existing directory is never changed: it may be shared,
+// and its mode is its owner's to decide; one open to others is refused.
 func prepareStateDir(dir string, log *slog.Logger) error {
+	_, statErr := os.Stat(dir)
+	created := errors.Is(statErr, fs.ErrNotExist)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}
@@ -140,10 +145,16 @@ func prepareStateDir(dir string, log *slog.Logger) error {
 		}
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		if err := os.Chmod(dir, 0o700); err != nil {
-			return fmt.Errorf("state dir %s has mode %04o and cannot be tightened to 0700: %w", dir, perm, err)
+		if !created {
+			return fmt.Errorf("state dir %[1]s has mode %04[2]o: others may read or change it; chmod 700 %[1]s if it is the agent's alone, or set %[3]s to a directory of its own (the agent creates a missing one with mode 0700)",
+				dir, perm, KeyStateDir)
 		}
-		log.Warn("state dir was open to others: changed its mode to 0700", "dir", dir, "was", fmt.Sprintf("%04o", perm))
+		// Created just now: a umask narrower than usual cannot widen 0700, but MkdirAll may
+		// have made parents too; this one is ours to set.
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return fmt.Errorf("state dir %s: %w", dir, err)
+		}
+		log.Info("created the state dir", "dir", dir)
 	}
 	if err := hooks.CheckTrustedPath(dir); err != nil {
 		return fmt.Errorf("state dir %s (%s): %w", dir, KeyStateDir, err)

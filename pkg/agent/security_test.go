@@ -13,24 +13,33 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/virt"
 )
 
-// An existing state dir open to others is tightened to 0700; one below a directory others can
-// write to, or owned by another user, is refused.
+// A missing state dir is created 0700. An existing one open to others is refused and left as it
+// is (it may be shared: the agent never changes the mode of a directory it did not create); one
+// below a directory others can write to, or owned by another user, is refused.
 func TestStateDirChecks(t *testing.T) {
 	f := newFleet(t)
 	hv := virt.NewFake(virt.Capacity{CPUs: 1, MemoryMiB: 1})
 
 	cfg := f.testConfig("kvm1", "b")
+	if _, err := New(cfg, hv); err != nil {
+		t.Fatalf("New with no state dir: %v", err)
+	}
+	if fi, err := os.Stat(cfg.StateDir); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("state dir created as %v %v, want mode 0700", fi, err)
+	}
+
+	cfg = f.testConfig("kvm1", "b")
 	if err := os.MkdirAll(cfg.StateDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Chmod(cfg.StateDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := New(cfg, hv); err != nil {
-		t.Fatalf("New with a 0755 state dir: %v", err)
-	}
-	if fi, err := os.Stat(cfg.StateDir); err != nil || fi.Mode().Perm() != 0o700 {
-		t.Errorf("state dir after New: %v %v, want mode 0700", fi, err)
+	_, err := New(cfg, hv)
+	mustContain(t, errString(err), "state dir "+cfg.StateDir+" has mode 0755: others may read or change it; chmod 700 "+cfg.StateDir,
+		"set state.dir to a directory of its own")
+	if fi, err := os.Stat(cfg.StateDir); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("a refused state dir was changed: %v %v, want mode 0755 as it was", fi, err)
 	}
 
 	cfg = f.testConfig("kvm1", "b")
@@ -42,7 +51,7 @@ func TestStateDirChecks(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.StateDir = filepath.Join(open, "state")
-	_, err := New(cfg, hv)
+	_, err = New(cfg, hv)
 	mustContain(t, errString(err), "state dir", open+" is writable by others (mode 0777): chmod go-w "+open)
 
 	if os.Getuid() == 4242 {

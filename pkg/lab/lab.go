@@ -253,10 +253,14 @@ func Build(o Options) (*Manifest, error) {
 }
 
 func writeHost(m *Manifest, h HostManifest, vms int) error {
-	for _, d := range []string{"tls", "hooks", "state"} {
+	for _, d := range []string{"tls", "hooks"} {
 		if err := os.MkdirAll(filepath.Join(h.Dir, d), 0o755); err != nil {
 			return err
 		}
+	}
+	// The agent's own: it refuses a state dir others can read.
+	if err := os.Mkdir(filepath.Join(h.Dir, "state"), 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
 	}
 	// The agent refuses hooks in a directory others can write to; keep it tight.
 	if err := os.Chmod(filepath.Join(h.Dir, "hooks"), 0o755); err != nil {
@@ -360,6 +364,8 @@ func sampleHook(what string, seconds int) string {
 	return `#!/bin/sh
 # Lab sample: a real script would ` + what + `.
 # Exit 0: done; exit 70: no maintenance needed on this host; anything else: failed.
+# The log holds the payload, which may carry secrets: only its owner reads it.
+umask 077
 echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $KVM_STAGE on $KVM_HOST (run $KVM_RUN_ID) args: $*" >> ../hooks.log
 echo "working: ` + what + `"
 ` + pause + `echo "would ` + what + `"

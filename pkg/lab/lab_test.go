@@ -2,6 +2,7 @@ package lab
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -105,5 +106,28 @@ func TestValidate(t *testing.T) {
 		if err := o.Validate(); err == nil {
 			t.Errorf("Validate(%+v) = nil, want a refusal", o)
 		}
+	}
+}
+
+// The sample scripts log their payload, which may carry a secret: the log is the owner's alone,
+// whatever the umask the agent runs them with.
+func TestSampleHookLogIsPrivate(t *testing.T) {
+	dir := t.TempDir()
+	hooks := filepath.Join(dir, "hooks")
+	if err := os.Mkdir(hooks, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(hooks, "PreFlight.sh")
+	if err := os.WriteFile(script, []byte(sampleHook("check", 0)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("/bin/sh", "-c", "umask 022; exec "+script+" token=s3cret")
+	cmd.Dir = hooks
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("sample hook: %v\n%s", err, out)
+	}
+	fi, err := os.Stat(filepath.Join(dir, "hooks.log"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("hooks.log: %v, %v; want mode 0600", fi, err)
 	}
 }

@@ -760,6 +760,10 @@ func (m *Maintenance) waitEmpty(ctx context.Context, src MaintenanceAgent) error
 func (m *Maintenance) Cancel(ctx context.Context, name string) (MaintenanceResult, error) {
 	res := MaintenanceResult{Host: name, Plan: []Placement{}, Migrated: []string{}}
 	nothing := false
+	// An agent whose maintenance file was damaged starts in hostInMaintenance (it starts no VM)
+	// and says to cancel maintenance to rewrite it, while kvmctl has the host Enabled: that
+	// cancel is accepted, and only the agent is told.
+	agentOnly := m.Under == nil && m.agentInMaintenanceAlone(ctx, name)
 	a, err := m.begin("cancel", name, false, func(h state.Host) ([]holds.Subject, []holds.Subject) {
 		// A rolling run owns its cluster's maintenance: cancelling in it would make a host whose
 		// Maintenance script still runs a migration target. Another host's maintenance action
@@ -769,6 +773,9 @@ func (m *Maintenance) Cancel(ctx context.Context, name string) (MaintenanceResul
 		res.ResourceState = h.ResourceState
 		switch h.ResourceState {
 		case state.PrepareForMaintenance, state.Maintenance, state.ErrorInMaintenance:
+			return nil
+		}
+		if agentOnly {
 			return nil
 		}
 		if tookOver {
@@ -825,14 +832,43 @@ func (m *Maintenance) Cancel(ctx context.Context, name string) (MaintenanceResul
 	}
 	res.AgentState = ms.AgentState
 	e := events.Event{Type: events.HostMaintenanceCancel, Host: name, Cluster: c.host.Cluster}
-	if err := a.done(&e, setState(name, state.Enabled, "maintenance cancelled "+m.now().Format(time.RFC3339)), events.RunSucceeded, ""); err != nil {
+	change := setState(name, state.Enabled, "maintenance cancelled "+m.now().Format(time.RFC3339))
+	if agentOnly {
+		// The host's own state is kvmctl's and stays as it is (Enabled or Disabled).
+		e.Message = "the agent was in maintenance alone (its maintenance file was unreadable); it was told to leave it"
+		res.Reason, change = e.Message, nil
+	}
+	if err := a.done(&e, change, events.RunSucceeded, ""); err != nil {
 		return res, err
 	}
-	res.ResourceState = state.Enabled
+	if !agentOnly {
+		res.ResourceState = state.Enabled
+	}
 	if !m.SkipFinalRefresh {
 		_ = m.refresh(ctx, &c)
 	}
 	return res, nil
+}
+
+// agentInMaintenanceAlone reports whether host name is not in maintenance for kvmctl while its
+// agent says it is (see Cancel).
+func (m *Maintenance) agentInMaintenanceAlone(ctx context.Context, name string) bool {
+	var h state.Host
+	if err := m.Store.View(func(tx state.Tx) (err error) { h, err = getHost(tx, name); return err }); err != nil {
+		return false
+	}
+	switch h.ResourceState {
+	case state.PrepareForMaintenance, state.Maintenance, state.ErrorInMaintenance:
+		return false
+	}
+	agent, err := m.Dial(h)
+	if err != nil {
+		return false
+	}
+	sctx, cancel := clock.WithTimeout(ctx, m.clock(), m.waits().AgentCall)
+	defer cancel()
+	st, err := agent.Status(sctx)
+	return err == nil && st.AgentState == api.AgentStateInMaintenance
 }
 
 // restartAgent runs the host's restart command over SSH and waits for the agent to answer.

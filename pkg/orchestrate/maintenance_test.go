@@ -214,3 +214,30 @@ func TestHalfDoneTransferFinished(t *testing.T) {
 		})
 	}
 }
+
+// An agent whose maintenance file was damaged comes back in hostInMaintenance while kvmctl has
+// the host Enabled; its log says to cancel maintenance, and cancel does that, touching only the
+// agent. A host that neither side has in maintenance is still refused.
+func TestCancelOfAnAgentInMaintenanceAlone(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		st := newStoreWithCluster(t, "h1", "h2")
+		f := newFleet()
+		f.add("h1", "a")
+		f.add("h2")
+		m := newMaint(st, f, nil)
+		if _, err := m.Cancel(context.Background(), "h1"); !errs.IsRefused(err) {
+			t.Fatalf("cancel of a host in maintenance nowhere = %v, want a refusal", err)
+		}
+		f.agents["h1"].inMaint = true
+		res, err := m.Cancel(context.Background(), "h1")
+		if err != nil || f.agents["h1"].inMaint || !strings.Contains(res.Reason, "maintenance file was unreadable") {
+			t.Fatalf("cancel = %+v, %v; agent in maintenance %v", res, err, f.agents["h1"].inMaint)
+		}
+		if hostState(t, st, "h1") != state.Enabled || len(f.agents["h1"].vms) != 1 {
+			t.Errorf("h1 %s with %d VMs; want Enabled and its VM untouched", hostState(t, st, "h1"), len(f.agents["h1"].vms))
+		}
+		if hs := allHolds(t, st); len(hs) != 0 {
+			t.Errorf("holds left: %+v", hs)
+		}
+	})
+}

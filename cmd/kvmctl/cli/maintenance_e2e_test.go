@@ -716,3 +716,29 @@ func TestMaintenanceE2EConcurrentEnablesNeverOvercommit(t *testing.T) {
 		}
 	}
 }
+
+// TestMaintenanceE2ECancelRepairsADamagedAgentFlag: an agent whose maintenance file was damaged
+// starts in hostInMaintenance (it starts no VM) and logs that cancelling maintenance rewrites
+// it; kvmctl has the host Enabled, and `maintenance cancel` does what the log says.
+func TestMaintenanceE2ECancelRepairsADamagedAgentFlag(t *testing.T) {
+	t.Parallel()
+	m := e2eLab(t, 2, 1, 1)
+	h1 := e2eLabHost(t, m, "h1")
+	if err := lab.KillAgent(h1); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(h1.Dir, "state", "maintenance.json"), []byte("{garbled"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e2eStart(t, m, h1)
+	if got := e2eStatus(t, m)["h1"]; got.AgentState != "hostInMaintenance" || got.ResourceState != "Enabled" {
+		t.Fatalf("h1 after a damaged flag: agent %s, host %s; want hostInMaintenance and Enabled", got.AgentState, got.ResourceState)
+	}
+	out, _ := e2eKvmctl(t, m, 0, "maintenance", "cancel", "h1")
+	if !strings.Contains(out, "h1 is Enabled, its agent Up") {
+		t.Errorf("cancel said %q", out)
+	}
+	if got := e2eStatus(t, m)["h1"]; got.AgentState != "Up" || got.ResourceState != "Enabled" || len(got.running()) != 1 {
+		t.Errorf("h1 after cancel: agent %s, host %s, VMs %v; want Up, Enabled, its VM", got.AgentState, got.ResourceState, got.running())
+	}
+}
