@@ -54,6 +54,9 @@ type Options struct {
 	Clusters int
 	VMs      int    // per host
 	Agent    string // path of the kvmagent binary
+	// AgentExecutor runs every host's stage scripts inside its agent
+	// (rolling.maintenance.service.executor.disabled=true) instead of through kvmagent-stage.
+	AgentExecutor bool
 }
 
 // Manifest is what the lab knows about itself, kept in DIR/lab.json.
@@ -222,7 +225,7 @@ func Build(o Options) (*Manifest, error) {
 			CPUs:    cpus,
 			MemMiB:  mem,
 		}
-		if err := writeHost(m, h, o.VMs); err != nil {
+		if err := writeHost(m, h, o.VMs, o.AgentExecutor); err != nil {
 			return nil, fmt.Errorf("lab host %s: %w", h.Name, err)
 		}
 		m.Hosts = append(m.Hosts, h)
@@ -252,7 +255,7 @@ func Build(o Options) (*Manifest, error) {
 	return m, m.Save()
 }
 
-func writeHost(m *Manifest, h HostManifest, vms int) error {
+func writeHost(m *Manifest, h HostManifest, vms int, agentExecutor bool) error {
 	for _, d := range []string{"tls", "hooks"} {
 		if err := os.MkdirAll(filepath.Join(h.Dir, d), 0o755); err != nil {
 			return err
@@ -302,11 +305,12 @@ tls.ca=%[3]s/tls/ca.crt
 libvirt.uri=test://%[3]s/node.xml
 state.dir=%[3]s/state
 rolling.maintenance.hooks.dir=%[3]s/hooks
+rolling.maintenance.service.executor.disabled=%[5]t
 heartbeat.file=%[4]s/heartbeat-%[1]s
 heartbeat.interval=2
 boot.id.file=%[3]s/boot_id
 vm.disk.dirs=%[4]s
-`, h.Name, h.Address, h.Dir, filepath.Join(m.Dir, "shared"))
+`, h.Name, h.Address, h.Dir, filepath.Join(m.Dir, "shared"), agentExecutor)
 	return os.WriteFile(h.Config(), []byte(props), 0o644)
 }
 

@@ -68,9 +68,20 @@ func TestBuildWritesAFleet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"host.name=h1", "listen=" + h.Address, "libvirt.uri=test://" + h.Dir + "/node.xml", "boot.id.file="} {
+	for _, want := range []string{"host.name=h1", "listen=" + h.Address, "libvirt.uri=test://" + h.Dir + "/node.xml", "boot.id.file=",
+		"rolling.maintenance.service.executor.disabled=false"} {
 		if !strings.Contains(string(props), want) {
 			t.Errorf("agent.properties lacks %q:\n%s", want, props)
+		}
+	}
+	// AgentExecutor: every agent runs its stage scripts itself.
+	m2, err := Build(Options{Dir: filepath.Join(t.TempDir(), "lab"), Hosts: 2, Clusters: 1, Agent: "/bin/false", AgentExecutor: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range m2.Hosts {
+		if props, err := os.ReadFile(h.Config()); err != nil || !strings.Contains(string(props), "rolling.maintenance.service.executor.disabled=true") {
+			t.Errorf("%s with AgentExecutor: %v\n%s", h.Name, err, props)
 		}
 	}
 	hv, err := libvirtdrv.Open("test://" + filepath.Join(h.Dir, "node.xml"))

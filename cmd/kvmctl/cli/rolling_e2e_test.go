@@ -41,8 +41,9 @@ var goraceOnce sync.Once
 
 // newRollingLab brings up a lab of hosts hosts in clusters clusters with vms VMs each, with
 // a 1 s ping interval and every stage script replaced by one that logs its stage and
-// arguments to the host's hooks.log ("STAGE NARGS [arg]...") and succeeds.
-func newRollingLab(t *testing.T, hosts, clusters, vms int) *rollingLab {
+// arguments to the host's hooks.log ("STAGE NARGS [arg]...") and succeeds. opts adjust the
+// lab's options.
+func newRollingLab(t *testing.T, hosts, clusters, vms int, opts ...func(*lab.Options)) *rollingLab {
 	t.Helper()
 	goraceOnce.Do(func() {
 		// Under -race every program that exits sleeps 1s by default: agents, kvmctl processes.
@@ -54,7 +55,11 @@ func newRollingLab(t *testing.T, hosts, clusters, vms int) *rollingLab {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	m, err := lab.Up(ctx, lab.Options{Dir: filepath.Join(t.TempDir(), "lab"), Hosts: hosts, Clusters: clusters, VMs: vms, Agent: agent})
+	o := lab.Options{Dir: filepath.Join(t.TempDir(), "lab"), Hosts: hosts, Clusters: clusters, VMs: vms, Agent: agent}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	m, err := lab.Up(ctx, o)
 	if m != nil {
 		t.Cleanup(func() {
 			// Stop the agents together and with a short grace: an agent waits up to 5 s on a
@@ -360,11 +365,11 @@ func (b *bgKvmctl) wait(t *testing.T, d time.Duration) int {
 }
 
 // blockHook makes host's stage script wait until the returned release function is called
-// (or the test ends).
-func (l *rollingLab) blockHook(host, stage string) (release func()) {
+// (or the test ends), then run the lines then.
+func (l *rollingLab) blockHook(host, stage string, then ...string) (release func()) {
 	l.t.Helper()
 	flag := filepath.Join(l.t.TempDir(), "release-"+host+"-"+stage)
-	l.hook(host, stage, fmt.Sprintf("while [ ! -e %s ]; do sleep 0.05; done\necho released", flag))
+	l.hook(host, stage, fmt.Sprintf("while [ ! -e %s ]; do sleep 0.05; done\necho released\n%s", flag, strings.Join(then, "\n")))
 	var once sync.Once
 	release = func() {
 		once.Do(func() {
