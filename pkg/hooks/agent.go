@@ -41,9 +41,8 @@ func NewAgentExecutor(cfg Config) (*AgentExecutor, error) {
 		return nil, err
 	}
 	e := &AgentExecutor{cfg: cfg, store: s, runs: map[string]*agentRun{}}
-	if _, err := e.Recover(); err != nil {
-		return nil, err
-	}
+	// An entry that cannot be settled now is logged and settled when asked about.
+	_, _ = e.Recover()
 	return e, nil
 }
 
@@ -144,5 +143,5 @@ func (e *AgentExecutor) Wait(ctx context.Context, id string) (Status, error) {
 // a previous agent becomes completed with outcome succeeded and the note "agent restarted" (or
 // "host rebooted during stage").
 func (e *AgentExecutor) Recover() ([]Status, error) {
-	return recoverAll(e.store, e.Get)
+	return recoverAll(e.store, e.cfg.Log, e.Get)
 }

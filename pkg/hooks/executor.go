@@ -210,21 +210,23 @@ func (c Config) rebooted(rec record) bool {
 	return rec.BootID != "" && now != "" && now != rec.BootID
 }
 
-// readRecord reads the record of id. A record that exists but cannot be decoded (cut short by
-// a crash or a full disk) is logged, kept aside as <id>.json.corrupt and replaced by a completed,
-// failed one with the note NoteRecordUnreadable: the stage is settled, never run again, and one
-// bad file does not stop the agent.
+// readRecord reads the record of id. An entry that cannot be its record (see store.read: cut
+// short by a crash or a full disk, not a regular file, another execution's) is logged, kept
+// aside as <id>.json.corrupt and replaced by a completed, failed record with the note
+// NoteRecordUnreadable: the stage is settled, never run again, and one bad entry does not stop
+// the agent.
 func (c Config) readRecord(s store, id string) (record, error) {
 	rec, err := s.read(id)
 	if !errors.Is(err, errCorruptRecord) {
 		return rec, err
 	}
 	path := s.recordPath(id)
-	c.Log.Error("stage record unreadable: kept aside, the stage counts as failed",
-		"exec_id", id, "file", path, "kept_as", path+".corrupt", "err", err)
-	if rerr := os.Rename(path, path+".corrupt"); rerr != nil {
+	kept, rerr := setAside(path)
+	if rerr != nil {
 		return record{}, fmt.Errorf("%w; set it aside: %w", err, rerr)
 	}
+	c.Log.Error("stage record unreadable: kept aside, the stage counts as failed",
+		"exec_id", id, "file", path, "kept_as", kept, "err", err)
 	now := c.Now()
 	rec = record{Status: Status{ID: id, State: events.StageCompleted, Outcome: events.OutcomeFailed, ExitCode: -1,
 		StartedAt: now, EndedAt: now, Note: NoteRecordUnreadable}}
@@ -245,10 +247,12 @@ func complete(s store, rec record, outcome events.Outcome, code int, note string
 }
 
 // recoverAll applies get to every recorded execution, so that a restarted agent settles what
-// its predecessor left half done.
-func recoverAll(s store, get func(string) (Status, error)) ([]Status, error) {
+// its predecessor left half done, and starts watching the scripts that outlived it. An entry
+// that fails is logged and left for the next time it is asked about: it never stops the agent.
+func recoverAll(s store, log *slog.Logger, get func(string) (Status, error)) ([]Status, error) {
 	ids, err := s.ids()
 	if err != nil {
+		log.Error("stages not settled at start: each is settled when asked about", "err", err)
 		return nil, err
 	}
 	var out []Status
@@ -256,6 +260,7 @@ func recoverAll(s store, get func(string) (Status, error)) ([]Status, error) {
 	for _, id := range ids {
 		st, err := get(id)
 		if err != nil {
+			log.Error("stage not settled at start: retried when asked about", "exec_id", id, "err", err)
 			errs = append(errs, fmt.Errorf("recover %s: %w", id, err))
 			continue
 		}

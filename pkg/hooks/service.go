@@ -69,9 +69,8 @@ func NewServiceExecutor(cfg Config) (*ServiceExecutor, error) {
 		return nil, err
 	}
 	e := &ServiceExecutor{cfg: cfg, store: s, runner: runner, exited: map[string]chan struct{}{}}
-	if _, err := e.Recover(); err != nil {
-		return nil, err
-	}
+	// An entry that cannot be settled now is logged and settled when asked about.
+	_, _ = e.Recover()
 	return e, nil
 }
 
@@ -241,13 +240,16 @@ func (e *ServiceExecutor) runnerGone(id string, started bool) (Status, error) {
 	if err != nil || rec.State == events.StageCompleted {
 		return rec.Status, err
 	}
+	p, claimed := e.store.runner(id)
 	note := NoteRunnerDied
-	if _, claimed := e.store.runner(id); rec.PID == 0 && !claimed && !started {
+	switch {
+	case rec.PID > 0 && rec.PIDStart == 0, claimed && p.PIDStart == 0:
+		note = NoteRunnerUnverifiable
+	case rec.PID == 0 && !claimed && !started:
 		note = NoteRunnerMissing
 	}
-	if b, err := os.ReadFile(e.store.logPath(id)); err == nil && len(b) > 0 {
-		rec.Output = string(b)
-	}
+	// Its tail only: a runner's log may have grown to any size.
+	rec.Output = readTail(e.store.logPath(id), MaxOutput)
 	_ = os.Remove(e.store.specPath(id))
 	_ = os.Remove(e.store.pidPath(id))
 	st, err := complete(e.store, rec, events.OutcomeFailed, -1, note, e.cfg.Now())
@@ -317,5 +319,5 @@ func (e *ServiceExecutor) Wait(ctx context.Context, id string) (Status, error) {
 
 // Recover settles every recorded execution (see Get) and returns their statuses.
 func (e *ServiceExecutor) Recover() ([]Status, error) {
-	return recoverAll(e.store, e.Get)
+	return recoverAll(e.store, e.cfg.Log, e.Get)
 }

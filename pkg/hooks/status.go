@@ -15,6 +15,9 @@ const (
 	// NoteRecordUnreadable: the stage's record could not be decoded and was kept aside as
 	// <id>.json.corrupt.
 	NoteRecordUnreadable = "record unreadable"
+	// NoteRunnerUnverifiable: the runner's pid was recorded without its start time, so a live
+	// process with that pid cannot be told from one that reused it: it counts as gone.
+	NoteRunnerUnverifiable = "stage runner unverifiable: pid recorded without its start time"
 )
 
 // Status is what an executor knows about one stage execution.

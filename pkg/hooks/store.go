@@ -7,10 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/kvmctl/kvmctl/pkg/events"
 )
@@ -82,23 +84,96 @@ func (s store) exists(id string) bool {
 	return err == nil
 }
 
+// read reads the record of id. A record that cannot be one (see readRecord) or that names
+// another execution is errCorruptRecord; its output is cut to the last MaxOutput bytes.
 func (s store) read(id string) (record, error) {
-	return readRecord(s.recordPath(id))
+	rec, err := readRecord(s.recordPath(id))
+	if err != nil {
+		return rec, err
+	}
+	if rec.ID != id {
+		return record{}, fmt.Errorf("stage record %s holds execution %q (%w)", s.recordPath(id), rec.ID, errCorruptRecord)
+	}
+	rec.Output = tailString(rec.Output, MaxOutput)
+	return rec, nil
 }
 
+// maxRecordSize bounds what is read of a record file. A record this agent writes is far
+// smaller (its output is at most MaxOutput bytes, 6 times that when every byte is escaped); a
+// larger one, say a whole 40 MiB output written by an older agent, is not read into memory but
+// set aside.
+const maxRecordSize = 1 << 20
+
+// readRecord reads and decodes the record at path. What cannot be a record is errCorruptRecord,
+// to be set aside: a symlink (never followed), a directory or anything else not a regular file,
+// a file the agent may not read, one larger than maxRecordSize, one that does not decode. Other
+// errors (no file descriptor left, an I/O error) are returned as they are: the next read may
+// succeed.
 func readRecord(path string) (record, error) {
 	var rec record
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
+	b, err := readSmallFile(path, maxRecordSize)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
 		return rec, ErrUnknownID
-	}
-	if err != nil {
+	case errors.Is(err, errCorruptRecord):
+		return rec, fmt.Errorf("stage record %s: %w", path, err)
+	case err != nil:
 		return rec, fmt.Errorf("read stage record: %w", err)
 	}
 	if err := json.Unmarshal(b, &rec); err != nil {
 		return rec, fmt.Errorf("decode stage record %s: %w (%w)", path, err, errCorruptRecord)
 	}
 	return rec, nil
+}
+
+// readSmallFile reads the regular file at path, at most limit bytes, without following a
+// symlink or blocking on a FIFO. A file that is not one to read (see readRecord) is
+// errCorruptRecord.
+func readSmallFile(path string, limit int64) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	switch {
+	case errors.Is(err, syscall.ELOOP):
+		return nil, fmt.Errorf("a symbolic link (%w)", errCorruptRecord)
+	case errors.Is(err, os.ErrPermission):
+		return nil, fmt.Errorf("%w (%w)", err, errCorruptRecord)
+	case err != nil:
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("not a regular file (%s) (%w)", fi.Mode().Type(), errCorruptRecord)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("larger than %d bytes (%w)", limit, errCorruptRecord)
+	}
+	return b, nil
+}
+
+// setAside renames the unusable entry at path to path.corrupt (path.corrupt.N when that is
+// taken) and returns the new name.
+func setAside(path string) (string, error) {
+	for i := 0; i < 100; i++ {
+		to := path + ".corrupt"
+		if i > 0 {
+			to += "." + strconv.Itoa(i)
+		}
+		if _, err := os.Lstat(to); err == nil {
+			continue
+		}
+		if err := os.Rename(path, to); err != nil {
+			return "", err
+		}
+		return to, nil
+	}
+	return "", fmt.Errorf("%s.corrupt to %[1]s.corrupt.99 are all taken", path)
 }
 
 // write replaces the record atomically and durably.
@@ -288,11 +363,12 @@ func procStart(pid int) (uint64, bool) {
 	return start, true
 }
 
-// alive tells whether pid is still the process that was recorded with start time start.
+// alive tells whether pid is still the process that was recorded with start time start. Without
+// a start time a pid cannot be told from a process that reused it: it does not count as alive.
 func alive(pid int, start uint64) bool {
-	if pid <= 0 {
+	if pid <= 0 || start == 0 {
 		return false
 	}
 	got, ok := procStart(pid)
-	return ok && (start == 0 || got == start)
+	return ok && got == start
 }

@@ -693,3 +693,97 @@ func reportQuantiles(b *testing.B, prefix string, lat []time.Duration) {
 	b.ReportMetric(ms(lat[len(lat)/2]), prefix+"median_ms")
 	b.ReportMetric(ms(lat[len(lat)*9/10]), prefix+"p90_ms")
 }
+
+// chatty writes mib mebibytes of output, in lines of 1 MiB.
+func chatty(mib int) string {
+	return fmt.Sprintf("i=0; while [ $i -lt %d ]; do head -c 1048575 /dev/zero | tr '\\0' x; echo; i=$((i+1)); done", mib)
+}
+
+func lastBytes(s string, n int) string { return s[len(s)-min(n, len(s)):] }
+
+// Entries of the stages directory that an agent cannot use are set aside at start, never fatal:
+// a directory, a symlink, garbage, an empty file, a record under another stage's name, a record
+// too large to be one (a whole 40 MiB output). A record the agent can read is kept even with
+// mode 000 (root reads it), and a name that is no execution id is left alone. The API returns
+// at most the documented tail of an output, and a record with a live pid but no start time is
+// not reported running forever.
+func TestE2EStageRecordsAtStart(t *testing.T) {
+	t.Parallel()
+	a := newE2EAgent(t, false)
+	a.stop(syscall.SIGTERM)
+	dir := filepath.Join(a.state, "stages")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	id := func(name string) string { return hooks.ExecID(name, events.Maintenance) }
+	rec := func(id, state string, extra string) []byte {
+		return []byte(fmt.Sprintf(`{"id":%q,"run_id":"r","stage":"Maintenance","state":%q,"exit_code":0,"started_at":"2026-01-02T03:04:05Z","executor":"service","boot_id":"boot-1"%s}`, id, state, extra))
+	}
+	write := func(name string, data []byte, mode os.FileMode) {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, id("dir")+".json"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	elsewhere := filepath.Join(a.dir, "elsewhere.json")
+	if err := os.WriteFile(elsewhere, rec(id("symlink"), "completed", `,"outcome":"succeeded"`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(elsewhere, filepath.Join(dir, id("symlink")+".json")); err != nil {
+		t.Fatal(err)
+	}
+	write(id("garbage")+".json", []byte("\x00\x01 not json"), 0o600)
+	write(id("empty")+".json", nil, 0o600)
+	write(id("mode000")+".json", rec(id("mode000"), "completed", `,"outcome":"succeeded"`), 0)
+	write("not-an-id.json", []byte("whatever"), 0o600)
+	write(id("renamed")+".json", rec(id("other"), "completed", `,"outcome":"succeeded"`), 0o600)
+	huge := strings.Repeat("x", 40<<20) + "the end\n"
+	write(id("huge")+".json", rec(id("huge"), "completed", `,"outcome":"failed","exit_code":3,"output":"`+huge[:len(huge)-1]+`\n"`), 0o600)
+	// A runner pid recorded without its start time: this test's own pid, which lives on.
+	write(id("nostart")+".json", rec(id("nostart"), "running", fmt.Sprintf(`,"pid":%d`, os.Getpid())), 0o600)
+	a.start()
+
+	get := func(name string) api.StageStatus {
+		t.Helper()
+		st, err := a.client.Stage(context.Background(), id(name))
+		if err != nil {
+			t.Fatalf("Stage(%s): %v", name, err)
+		}
+		return st
+	}
+	for _, name := range []string{"dir", "symlink", "garbage", "empty", "renamed", "huge"} {
+		st := get(name)
+		if st.ExecID != id(name) || st.State != events.StageCompleted || st.Outcome != events.OutcomeFailed || st.Note != hooks.NoteRecordUnreadable || len(st.Output) > hooks.MaxOutput {
+			st.Output = lastBytes(st.Output, 40)
+			t.Errorf("%s: %+v, want completed, failed, note %q", name, st, hooks.NoteRecordUnreadable)
+		}
+		if _, err := os.Lstat(filepath.Join(dir, id(name)+".json.corrupt")); err != nil {
+			t.Errorf("%s: not set aside: %v", name, err)
+		}
+	}
+	if b, err := os.ReadFile(elsewhere); err != nil || !strings.Contains(string(b), `"succeeded"`) {
+		t.Errorf("the symlink's target was changed: %q, %v", b, err)
+	}
+	if st := get("mode000"); st.State != events.StageCompleted || st.Outcome != events.OutcomeSucceeded {
+		t.Errorf("mode 000 record: %+v, want its own result", st)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "not-an-id.json")); err != nil || string(b) != "whatever" {
+		t.Errorf("not-an-id.json: %q, %v; want it left alone", b, err)
+	}
+	if st := get("nostart"); st.State != events.StageCompleted || st.Outcome != events.OutcomeFailed || st.Note != hooks.NoteRunnerUnverifiable {
+		t.Errorf("a live pid without a start time: %+v, want completed, failed, note %q", st, hooks.NoteRunnerUnverifiable)
+	}
+	// What this agent writes itself is bounded too: a script that prints 40 MiB.
+	a.script(t, "PreFlight", chatty(40)+"; echo the end", 0o755)
+	st := a.run(t, api.StageRequest{RunID: "big", Stage: "PreFlight", TimeoutS: 120})
+	if st.Outcome != events.OutcomeSucceeded || len(st.Output) > hooks.MaxOutput || !strings.HasSuffix(st.Output, "the end\n") {
+		t.Errorf("40 MiB of output: %s, %d bytes ending %q; want at most %d ending with its last line", st.Outcome, len(st.Output), lastBytes(st.Output, 20), hooks.MaxOutput)
+	}
+}
