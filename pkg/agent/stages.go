@@ -35,8 +35,8 @@ func WithHooksConfig(fn func(*hooks.Config)) Option {
 }
 
 // newStageExecutor builds the executor agent.properties asks for. hooks.New settles the stages
-// an earlier agent left running (service executor: still running or with their result; agent
-// executor: completed, "agent restarted") before the first request can ask about them.
+// an earlier agent left running, or starts watching the scripts that still run, before the first
+// request can ask about them.
 func (a *Agent) newStageExecutor() (hooks.Executor, error) {
 	hc := hooks.Config{
 		HooksDir:      a.cfg.HooksDir,

@@ -11,9 +11,12 @@ import (
 
 // AgentExecutor runs stage scripts as children of the agent
 // (rolling.maintenance.service.executor.disabled=true). A "started" record is written before the
-// script runs and the result after it ends; a stage whose record still says running after an
-// agent restart was lost with the agent and counts as completed, as the management server
-// assumes when the agent reconnects.
+// script runs, its process group as soon as it runs (<id>.pid) and the result after it ends. A
+// script outlives the agent: its output goes to <id>.log, not to a pipe that would die with the
+// agent. After an agent restart a stage whose script still runs is reported running, its script
+// watched until nothing of its process group lives; only then does it count as completed, as the
+// management server assumes when the agent reconnects (outcome succeeded, exit status unknown,
+// output from its log).
 type AgentExecutor struct {
 	cfg   Config
 	store store
@@ -80,7 +83,8 @@ func (e *AgentExecutor) run(run *agentRun, rec record, spec runSpec) {
 	if err := Verify(spec.Dir, rec.Stage, spec.Script); err != nil {
 		res = refusedResult(err, e.cfg.Now())
 	} else {
-		res = runScript(context.Background(), spec, e.cfg.Now)
+		res = runScript(context.Background(), spec, e.store.logPath(rec.ID),
+			func(p stageProcs) error { return e.store.writeProcs(rec.ID, p) }, e.cfg.Now)
 	}
 	rec.State, rec.Outcome, rec.ExitCode, rec.Output, rec.Note = events.StageCompleted, res.Outcome, res.ExitCode, res.Output, res.Note
 	rec.StartedAt, rec.EndedAt = res.StartedAt, res.EndedAt
@@ -90,12 +94,19 @@ func (e *AgentExecutor) run(run *agentRun, rec record, spec runSpec) {
 		// completed, which is the agent executor's rule anyway.
 		rec.Note = joinNote(rec.Note, "result not saved: "+err.Error())
 		saved = false
+	} else {
+		e.store.removeLeftovers(rec.ID)
 	}
+	e.done(run, rec.Status, saved)
+}
+
+// done publishes the final status of run; once it is saved, the record answers from then on
+// and runs must not grow with every stage ever run.
+func (e *AgentExecutor) done(run *agentRun, st Status, saved bool) {
 	e.mu.Lock()
-	run.status = rec.Status
+	run.status = st
 	if saved {
-		// The record answers from now on; runs must not grow with every stage ever run.
-		delete(e.runs, rec.ID)
+		delete(e.runs, st.ID)
 	}
 	e.mu.Unlock()
 	close(run.done)
@@ -115,16 +126,43 @@ func (e *AgentExecutor) Get(id string) (Status, error) {
 	if err != nil || rec.State == events.StageCompleted {
 		return rec.Status, err
 	}
-	// Running, but not in this agent: it was lost with a previous one.
-	note := NoteAgentRestart
+	// Running, but not in this agent: it was started by a previous one.
 	if e.cfg.rebooted(rec) {
-		note = NoteRebooted
+		return settle(e.store, rec, events.OutcomeSucceeded, 0, NoteRebooted, e.cfg.Now())
 	}
-	return complete(e.store, rec, events.OutcomeSucceeded, 0, note, e.cfg.Now())
+	if p, ok := e.store.watchedGroup(id); ok {
+		e.watch(rec, p)
+		return rec.Status, nil
+	}
+	if p, ok := e.store.procs(id); ok && p.PGID > 0 && p.PGIDStart > 0 {
+		return settle(e.store, rec, events.OutcomeSucceeded, -1, NoteAgentRestartScriptEnded, e.cfg.Now())
+	}
+	// No script group was recorded (the agent died before the script ran, or as it started), or
+	// one without its leader's start time, which cannot be told from a reused pid.
+	return settle(e.store, rec, events.OutcomeSucceeded, 0, NoteAgentRestart, e.cfg.Now())
+}
+
+// watch follows the script of rec, which outlived the agent that started it, until nothing of
+// its process group p lives; the stage is running until then. e.mu is held.
+func (e *AgentExecutor) watch(rec record, p stageProcs) {
+	run := &agentRun{done: make(chan struct{}), status: rec.Status}
+	e.runs[rec.ID] = run
+	go func() {
+		st, err := e.cfg.watchOrphan(e.store, rec.ID, p, events.OutcomeSucceeded, NoteAgentRestartScriptEnded)
+		if err != nil {
+			e.cfg.Log.Error("stage result not saved", "exec_id", rec.ID, "err", err)
+		}
+		e.done(run, st, err == nil)
+	}()
 }
 
 // Wait implements Executor.
 func (e *AgentExecutor) Wait(ctx context.Context, id string) (Status, error) {
+	// Get starts watching a script that outlived an earlier agent.
+	st, err := e.Get(id)
+	if err != nil || st.State == events.StageCompleted {
+		return st, err
+	}
 	e.mu.Lock()
 	run := e.runs[id]
 	e.mu.Unlock()
@@ -140,8 +178,9 @@ func (e *AgentExecutor) Wait(ctx context.Context, id string) (Status, error) {
 }
 
 // Recover settles every recorded execution and returns their statuses: a stage left running by
-// a previous agent becomes completed with outcome succeeded and the note "agent restarted" (or
-// "host rebooted during stage").
+// a previous agent is watched while its script's process group lives, and otherwise becomes
+// completed with outcome succeeded and the note NoteAgentRestartScriptEnded (NoteAgentRestart
+// when its script never ran, NoteRebooted when the host rebooted).
 func (e *AgentExecutor) Recover() ([]Status, error) {
 	return recoverAll(e.store, e.cfg.Log, e.Get)
 }

@@ -237,15 +237,6 @@ func (c Config) readRecord(s store, id string) (record, error) {
 	return rec, nil
 }
 
-// complete marks rec completed with an inferred outcome and persists it.
-func complete(s store, rec record, outcome events.Outcome, code int, note string, now time.Time) (Status, error) {
-	rec.State, rec.Outcome, rec.ExitCode, rec.Note, rec.EndedAt = events.StageCompleted, outcome, code, note, now
-	if err := s.write(rec); err != nil {
-		return rec.Status, err
-	}
-	return rec.Status, nil
-}
-
 // recoverAll applies get to every recorded execution, so that a restarted agent settles what
 // its predecessor left half done, and starts watching the scripts that outlived it. An entry
 // that fails is logged and left for the next time it is asked about: it never stops the agent.

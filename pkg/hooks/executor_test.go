@@ -279,7 +279,7 @@ func TestServiceExecutorSurvivesAgentRestart(t *testing.T) {
 	if err != nil || st.State != events.StageRunning {
 		t.Fatalf("after restart: %+v %v, want running", st, err)
 	}
-	if p, ok := (store{dir: filepath.Join(f.state, "stages")}).runner(id); !ok || processGone(p.PID) {
+	if p, ok := (store{dir: filepath.Join(f.state, "stages")}).procs(id); !ok || processGone(p.PID) {
 		t.Fatalf("runner pid %+v, %v", p, ok)
 	}
 	if err := os.WriteFile(gate, nil, 0o644); err != nil {
@@ -293,10 +293,12 @@ func TestServiceExecutorSurvivesAgentRestart(t *testing.T) {
 	}
 }
 
+// A runner that dies with its script: the stage is completed and failed, with what the script
+// printed; a runner that dies before its script ran: the same, with the note that says so.
 func TestServiceExecutorRunnerDied(t *testing.T) {
 	f := newFixture(t)
 	pidfile, gate := filepath.Join(f.tmp, "pid"), filepath.Join(f.tmp, "go")
-	f.script(t, "Maintenance", fmt.Sprintf("echo $$ > %s\nwhile [ ! -e %s ]; do sleep 0.01; done", pidfile, gate))
+	f.script(t, "Maintenance", fmt.Sprintf("echo $$ > %s\necho working\nwhile [ ! -e %s ]; do sleep 0.01; done", pidfile, gate))
 	e1 := f.executor(t, kinds[0])
 	id, err := e1.Start(context.Background(), req("r1", events.Maintenance))
 	if err != nil {
@@ -311,12 +313,25 @@ func TestServiceExecutorRunnerDied(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	st, err := e1.Wait(ctx, id) // wakes on the child's exit
-	if err != nil || st.Outcome != events.OutcomeFailed || st.Note != NoteRunnerDied {
+	if err != nil || st.Outcome != events.OutcomeFailed || st.Note != NoteRunnerDiedScriptEnded || st.Output != "working\n" {
 		t.Fatalf("old executor: %+v %v", st, err)
 	}
 	e2 := f.executor(t, kinds[0])
-	if st, err := e2.Get(id); err != nil || st.State != events.StageCompleted || st.Outcome != events.OutcomeFailed || st.Note != NoteRunnerDied {
+	if st, err := e2.Get(id); err != nil || st.State != events.StageCompleted || st.Outcome != events.OutcomeFailed || st.Note != NoteRunnerDiedScriptEnded {
 		t.Fatalf("new executor: %+v %v", st, err)
+	}
+	if ents, _ := filepath.Glob(filepath.Join(f.state, "stages", id+".*")); len(ents) != 1 {
+		t.Errorf("left behind: %q, want only the record", ents)
+	}
+
+	// A runner that claimed the stage and died before the script ran.
+	dir := filepath.Join(f.state, "stages")
+	early := ExecID("early", events.Maintenance)
+	pid, start := deadProcess(t)
+	writeMode(t, filepath.Join(dir, early+".json"), recJSON(early, "running", ""), 0o600)
+	writeMode(t, filepath.Join(dir, early+".pid"), []byte(fmt.Sprintf(`{"pid":%d,"pid_start":%d}`, pid, start)), 0o600)
+	if st, err := e2.Get(early); err != nil || st.State != events.StageCompleted || st.Outcome != events.OutcomeFailed || st.Note != NoteRunnerDied {
+		t.Fatalf("runner died before the script: %+v %v", st, err)
 	}
 }
 
@@ -344,35 +359,10 @@ func TestServiceExecutorRunnerNeverStarted(t *testing.T) {
 	}
 }
 
+// A stage left running by an agent that died before its script ran (no process group recorded)
+// counts as completed at once: succeeded, as the seed says of the agent executor.
 func TestAgentExecutorRestartCountsAsCompleted(t *testing.T) {
 	f := newFixture(t)
-	started, gate := filepath.Join(f.tmp, "started"), filepath.Join(f.tmp, "go")
-	f.script(t, "Maintenance", fmt.Sprintf("touch %s\nwhile [ ! -e %s ]; do sleep 0.01; done\nexit 3", started, gate))
-	e1 := f.executor(t, kinds[1])
-	id, err := e1.Start(context.Background(), req("r1", events.Maintenance))
-	if err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "script start", func() bool { return exists(started) })
-	if st, _ := e1.Get(id); st.State != events.StageRunning {
-		t.Fatalf("before restart: %+v", st)
-	}
-	// The agent restarts mid-stage: its marker is all that is left.
-	e2 := f.executor(t, kinds[1])
-	st, err := e2.Get(id)
-	if err != nil || st.State != events.StageCompleted || st.Outcome != events.OutcomeSucceeded || st.Note != NoteAgentRestart {
-		t.Fatalf("after restart: %+v %v", st, err)
-	}
-	if id2, _ := e2.Start(context.Background(), req("r1", events.Maintenance)); id2 != id {
-		t.Fatal("restart changed the id")
-	}
-	// Let the first agent's script end, so the test leaves nothing behind.
-	_ = os.WriteFile(gate, nil, 0o644)
-	if _, err := e1.Wait(context.Background(), id); err != nil {
-		t.Fatal(err)
-	}
-
-	// A marker left by an agent that died (no process here at all).
 	s, _ := openStore(f.state)
 	lost := ExecID("r2", events.PreMaintenance)
 	_ = s.create(record{Status: Status{ID: lost, RunID: "r2", Stage: events.PreMaintenance, State: events.StageRunning, StartedAt: time.Now()},
@@ -386,6 +376,9 @@ func TestAgentExecutorRestartCountsAsCompleted(t *testing.T) {
 	}
 	if st, _ := e3.Wait(context.Background(), lost); st.Outcome != events.OutcomeSucceeded {
 		t.Fatalf("wait: %+v", st)
+	}
+	if id2, _ := e3.Start(context.Background(), req("r2", events.PreMaintenance)); id2 != lost {
+		t.Fatal("restart changed the id")
 	}
 }
 
@@ -421,7 +414,7 @@ func TestHostRebootedDuringStage(t *testing.T) {
 }
 
 func TestSystemdRunArgs(t *testing.T) {
-	const prefix = "systemd-run --unit kvmagent-stage-0123456789abcdef --collect --quiet --service-type=exec -- "
+	const prefix = "systemd-run --unit kvmagent-stage-0123456789abcdef --collect --quiet --service-type=exec --property=KillMode=process -- "
 	for _, tc := range []struct {
 		runner []string
 		want   string

@@ -95,19 +95,28 @@ func (f *fixture) executor(t testing.TB, k kind) Executor {
 	return e
 }
 
-// waitChildren waits for the stage-exec processes a service executor started, so that no test
-// leaves a writer behind in a directory being removed.
+// waitChildren waits for the stage-exec processes a service executor started, the scripts it
+// or an agent executor runs or watches, so that no test leaves a writer behind in a directory
+// being removed.
 func waitChildren(e Executor) {
-	s, ok := e.(*ServiceExecutor)
-	if !ok {
-		return
-	}
-	s.mu.Lock()
 	var chans []chan struct{}
-	for _, c := range s.exited {
-		chans = append(chans, c)
+	switch e := e.(type) {
+	case *ServiceExecutor:
+		e.mu.Lock()
+		for _, c := range e.exited {
+			chans = append(chans, c)
+		}
+		for _, c := range e.watching {
+			chans = append(chans, c)
+		}
+		e.mu.Unlock()
+	case *AgentExecutor:
+		e.mu.Lock()
+		for _, r := range e.runs {
+			chans = append(chans, r.done)
+		}
+		e.mu.Unlock()
 	}
-	s.mu.Unlock()
 	for _, c := range chans {
 		select {
 		case <-c:
@@ -202,6 +211,6 @@ func kill(pid int, sig syscall.Signal) { _ = syscall.Kill(pid, sig) }
 // runnerOf returns the pid of the runner of service stage id from its <id>.pid, 0 when there is
 // none.
 func runnerOf(f *fixture, id string) int {
-	p, _ := store{dir: filepath.Join(f.state, "stages")}.runner(id)
+	p, _ := store{dir: filepath.Join(f.state, "stages")}.procs(id)
 	return p.PID
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"strconv"
@@ -56,70 +55,65 @@ type runResult struct {
 	EndedAt   time.Time
 }
 
-// drainWait bounds how long output is read after the script exits: background children that
-// keep the pipe open must not hold the result back.
-const drainWait = 50 * time.Millisecond
-
 // groupPoll is how often the process group is checked for stragglers after SIGTERM.
 const groupPoll = 5 * time.Millisecond
 
-// runScript runs the script in its own process group and waits for it. On timeout, or when ctx
-// ends, the group gets SIGTERM, then SIGKILL once the grace period is over.
-func runScript(ctx context.Context, s runSpec, now func() time.Time) runResult {
+// runScript runs the script in its own process group and waits for it, appending its stdout
+// and stderr to the file at log: a file, not a pipe, so that a script never dies of SIGPIPE
+// because the process that started it died, however much it prints. started (when not nil) is
+// called as soon as the script runs, to record its process group; an error it returns is noted
+// in the result. On timeout, or when ctx ends, the group gets SIGTERM, then SIGKILL once the
+// grace period is over. The stage ends when the script exits: its exit status is the result.
+func runScript(ctx context.Context, s runSpec, log string, started func(stageProcs) error, now func() time.Time) runResult {
 	res := runResult{StartedAt: now()}
 	fail := func(err error) runResult {
 		res.Outcome, res.ExitCode, res.Note, res.EndedAt = events.OutcomeFailed, -1, err.Error(), now()
 		return res
 	}
-	r, w, err := os.Pipe()
+	out, err := os.OpenFile(log, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
-		return fail(fmt.Errorf("output pipe: %w", err))
+		return fail(fmt.Errorf("output file: %w", err))
 	}
-	defer r.Close()
 	cmd := &exec.Cmd{
 		Path:        s.Script,
 		Args:        append([]string{s.Script}, s.Args...),
 		Dir:         s.Dir,
 		Env:         s.Env,
-		Stdout:      w, // one pipe for both keeps them interleaved
-		Stderr:      w,
+		Stdout:      out, // one file for both keeps them interleaved
+		Stderr:      out,
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
 	}
 	err = cmd.Start()
-	w.Close()
+	out.Close()
 	if err != nil {
 		return fail(fmt.Errorf("start %s: %w", s.Script, err))
 	}
-	tail := newTailBuffer(MaxOutput)
-	copied := make(chan struct{})
-	go func() {
-		_, _ = io.Copy(tail, r)
-		close(copied)
-	}()
+	pgid := cmd.Process.Pid
+	if started != nil {
+		// Not yet reaped, so its start time is there even if it has already exited.
+		_, start, _ := procStat(pgid)
+		p := stageProcs{PGID: pgid, PGIDStart: start, ScriptStart: res.StartedAt, Timeout: s.Timeout, Grace: s.Grace}
+		if err := started(p); err != nil {
+			res.Note = "process group not recorded: " + err.Error()
+		}
+	}
 	waited := make(chan error, 1)
 	go func() { waited <- cmd.Wait() }()
 
 	timer := time.NewTimer(s.Timeout)
 	defer timer.Stop()
-	pgid := cmd.Process.Pid
 	select {
 	case <-waited:
 	case <-timer.C:
-		res.Outcome, res.Note = events.OutcomeTimedOut, fmt.Sprintf("timed out after %s", s.Timeout)
+		res.Outcome, res.Note = events.OutcomeTimedOut, joinNote(fmt.Sprintf("timed out after %s", s.Timeout), res.Note)
 		stopGroup(pgid, s.Grace, waited)
 	case <-ctx.Done():
 		// A stopped stage did not finish, whatever the script exits with.
-		res.Outcome, res.Note = events.OutcomeTerminated, "stopped: "+context.Cause(ctx).Error()
+		res.Outcome, res.Note = events.OutcomeTerminated, joinNote("stopped: "+context.Cause(ctx).Error(), res.Note)
 		stopGroup(pgid, s.Grace, waited)
 	}
-	select {
-	case <-copied:
-	case <-time.After(drainWait):
-		_ = r.SetReadDeadline(time.Now())
-		<-copied
-	}
 	res.EndedAt = now()
-	res.Output = tail.String()
+	res.Output = readTail(log, MaxOutput)
 
 	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
 	switch {
@@ -145,8 +139,8 @@ func refusedResult(err error, now time.Time) runResult {
 }
 
 func joinNote(a, b string) string {
-	if a == "" {
-		return b
+	if a == "" || b == "" {
+		return a + b
 	}
 	return a + "; " + b
 }

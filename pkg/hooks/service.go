@@ -18,7 +18,10 @@ import (
 // (kvmagent-stage, or the agent's own hidden stage-exec subcommand where the runner is missing):
 // as a transient systemd unit where systemd runs the host, otherwise as a child in a new
 // session. The runner writes the stage record itself, so a restarted agent still reports the
-// stage, first as running and then with its real result.
+// stage, first as running and then with its real result. A runner that dies leaves its script
+// running, watched by the agent: the stage is running while the script's process group lives,
+// then completed and failed (NoteRunnerDiedScriptEnded), since no one saw the script's exit
+// status.
 type ServiceExecutor struct {
 	cfg   Config
 	store store
@@ -30,6 +33,9 @@ type ServiceExecutor struct {
 	// exited holds, for every runner this executor started itself, a channel closed when
 	// that process has exited: Wait then returns without polling.
 	exited map[string]chan struct{}
+	// watching holds, for every script this executor watches because its runner died, a
+	// channel closed once the stage is settled.
+	watching map[string]chan struct{}
 }
 
 var _ Executor = (*ServiceExecutor)(nil)
@@ -68,7 +74,7 @@ func NewServiceExecutor(cfg Config) (*ServiceExecutor, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &ServiceExecutor{cfg: cfg, store: s, runner: runner, exited: map[string]chan struct{}{}}
+	e := &ServiceExecutor{cfg: cfg, store: s, runner: runner, exited: map[string]chan struct{}{}, watching: map[string]chan struct{}{}}
 	// An entry that cannot be settled now is logged and settled when asked about.
 	_, _ = e.Recover()
 	return e, nil
@@ -129,10 +135,13 @@ var systemdRunning = func() bool {
 }
 
 // systemdRunArgs is the systemd-run command line that runs the stage runner (runner, then the
-// spec file) as a transient unit.
+// spec file) as a transient unit. KillMode=process: a runner that dies must not take its script
+// with it (systemd's default stops the whole unit when its main process exits); the agent
+// watches the script instead, as it does where the runner is a child in a new session. Stopping
+// the unit still stops the script: the runner stops it on SIGTERM.
 func systemdRunArgs(id string, runner []string, specPath string) []string {
 	args := []string{"systemd-run", "--unit", "kvmagent-stage-" + id, "--collect", "--quiet",
-		"--service-type=exec", "--"}
+		"--service-type=exec", "--property=KillMode=process", "--"}
 	return append(append(args, runner...), specPath)
 }
 
@@ -191,9 +200,10 @@ func (e *ServiceExecutor) forget(id string) {
 	}
 }
 
-// Get implements Executor. A running record is checked against the host and the process: a
-// stage that started in an earlier boot is completed (succeeded, "host rebooted during stage"),
-// one whose runner died without a result is completed (failed, "stage runner died").
+// Get implements Executor. A running record is checked against the host and the processes: a
+// stage that started in an earlier boot is completed (succeeded, "host rebooted during stage");
+// one whose runner is gone is running while its script's process group lives, and completed
+// (failed) once it does not.
 func (e *ServiceExecutor) Get(id string) (Status, error) {
 	if !validID(id) {
 		return Status{}, ErrUnknownID
@@ -206,19 +216,24 @@ func (e *ServiceExecutor) Get(id string) (Status, error) {
 		return rec.Status, err
 	}
 	if e.cfg.rebooted(rec) {
-		return complete(e.store, rec, events.OutcomeSucceeded, 0, NoteRebooted, e.cfg.Now())
+		return settle(e.store, rec, events.OutcomeSucceeded, 0, NoteRebooted, e.cfg.Now())
 	}
-	if rec.PID == 0 {
-		if p, ok := e.store.runner(id); ok {
-			rec.PID, rec.PIDStart = p.PID, p.PIDStart
+	e.mu.Lock()
+	_, watched := e.watching[id]
+	done, ours := e.exited[id]
+	e.mu.Unlock()
+	if watched {
+		return rec.Status, nil
+	}
+	runner := stageProcs{PID: rec.PID, PIDStart: rec.PIDStart}
+	if runner.PID == 0 {
+		if p, ok := e.store.procs(id); ok {
+			runner = p
 		}
 	}
-	if rec.PID == 0 {
+	if runner.PID == 0 {
 		// Still launching. Ours: it is dead once its process exited. Not ours (an earlier agent
 		// started it): give it LaunchTimeout to write its pid.
-		e.mu.Lock()
-		done, ours := e.exited[id]
-		e.mu.Unlock()
 		switch {
 		case ours && !isClosed(done):
 			return rec.Status, nil
@@ -227,36 +242,61 @@ func (e *ServiceExecutor) Get(id string) (Status, error) {
 		}
 		return e.runnerGone(id, ours)
 	}
-	if alive(rec.PID, rec.PIDStart) {
+	if alive(runner.PID, runner.PIDStart) {
 		return rec.Status, nil
 	}
 	return e.runnerGone(id, true)
 }
 
-// runnerGone settles a record whose runner is gone: it may have written its result just
-// before exiting, so the record is read again first.
+// runnerGone settles a record whose runner is gone, or watches its script while that runs. The
+// runner may have written its result just before exiting, so the record is read again first.
 func (e *ServiceExecutor) runnerGone(id string, started bool) (Status, error) {
 	rec, err := e.cfg.readRecord(e.store, id)
 	if err != nil || rec.State == events.StageCompleted {
 		return rec.Status, err
 	}
-	p, claimed := e.store.runner(id)
+	if p, ok := e.store.watchedGroup(id); ok {
+		e.watch(id, p)
+		return rec.Status, nil
+	}
+	p, claimed := e.store.procs(id)
 	note := NoteRunnerDied
 	switch {
-	case rec.PID > 0 && rec.PIDStart == 0, claimed && p.PIDStart == 0:
+	case rec.PID > 0 && rec.PIDStart == 0, claimed && p.PID > 0 && p.PIDStart == 0:
 		note = NoteRunnerUnverifiable
+	case claimed && p.PGID > 0 && p.PGIDStart > 0:
+		note = NoteRunnerDiedScriptEnded
 	case rec.PID == 0 && !claimed && !started:
 		note = NoteRunnerMissing
 	}
-	// Its tail only: a runner's log may have grown to any size.
-	rec.Output = readTail(e.store.logPath(id), MaxOutput)
-	_ = os.Remove(e.store.specPath(id))
-	_ = os.Remove(e.store.pidPath(id))
-	st, err := complete(e.store, rec, events.OutcomeFailed, -1, note, e.cfg.Now())
+	st, err := settle(e.store, rec, events.OutcomeFailed, -1, note, e.cfg.Now())
 	if err == nil {
 		e.forget(id)
 	}
 	return st, err
+}
+
+// watch follows the script of id, whose runner died, until nothing of its process group p
+// lives; the stage is running until then.
+func (e *ServiceExecutor) watch(id string, p stageProcs) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, ok := e.watching[id]; ok {
+		return
+	}
+	settled := make(chan struct{})
+	e.watching[id] = settled
+	go func() {
+		if _, err := e.cfg.watchOrphan(e.store, id, p, events.OutcomeFailed, NoteRunnerDiedScriptEnded); err != nil {
+			// The record still says running: the next Get finds the group gone and tries again.
+			e.cfg.Log.Error("stage result not saved", "exec_id", id, "err", err)
+		}
+		e.mu.Lock()
+		delete(e.watching, id)
+		e.mu.Unlock()
+		e.forget(id)
+		close(settled)
+	}()
 }
 
 func isClosed(c chan struct{}) bool {
@@ -268,52 +308,69 @@ func isClosed(c chan struct{}) bool {
 	}
 }
 
-// Wait implements Executor. For a runner this executor started, it wakes on the process's
-// exit; otherwise (systemd, or started before an agent restart) it polls the record, every 2 ms
-// at first and every 50 ms once the stage has run for a while (see pollDelay).
+// Wait implements Executor. It wakes on the exit of a runner that this executor started, and on
+// the end of a script it watches; otherwise (systemd, or started before an agent restart) it
+// polls the record, every 2 ms at first and every 50 ms once the stage has run for a while (see
+// pollDelay), and every checkEvery also checks the processes and boot id.
 func (e *ServiceExecutor) Wait(ctx context.Context, id string) (Status, error) {
-	st, err := e.Get(id)
-	if err != nil || st.State == events.StageCompleted {
-		return st, err
-	}
-	e.mu.Lock()
-	done := e.exited[id]
-	e.mu.Unlock()
-	if done != nil {
-		select {
-		case <-done:
-			return e.Get(id)
-		case <-ctx.Done():
-			return Status{}, context.Cause(ctx)
+	since := time.Now()
+	var last os.FileInfo
+	for {
+		st, err := e.Get(id)
+		if err != nil || st.State == events.StageCompleted {
+			return st, err
+		}
+		if wake := e.wakeup(id); wake != nil {
+			select {
+			case <-wake:
+				continue
+			case <-ctx.Done():
+				return Status{}, context.Cause(ctx)
+			}
+		}
+		if err := awaitChange(ctx, e.store.recordPath(id), since, &last); err != nil {
+			return Status{}, err
 		}
 	}
-	start := time.Now()
-	timer := time.NewTimer(pollFast)
+}
+
+// wakeup returns what ends the wait on id without polling: the watch of its script, or the exit
+// of its runner when this executor started it; nil when there is neither.
+func (e *ServiceExecutor) wakeup(id string) <-chan struct{} {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if w := e.watching[id]; w != nil {
+		return w
+	}
+	if done := e.exited[id]; done != nil && !isClosed(done) {
+		return done
+	}
+	return nil
+}
+
+// awaitChange returns once the record at path has changed since *last (a changed record may be
+// the result), or checkEvery after it was called, or with ctx's error. It polls at pollDelay of
+// the time since the wait began.
+func awaitChange(ctx context.Context, path string, since time.Time, last *os.FileInfo) error {
+	begin := time.Now()
+	timer := time.NewTimer(pollDelay(begin.Sub(since)))
 	defer timer.Stop()
-	path := e.store.recordPath(id)
-	var last os.FileInfo
-	lastCheck := start
 	for {
 		select {
 		case <-ctx.Done():
-			return Status{}, context.Cause(ctx)
+			return context.Cause(ctx)
 		case <-timer.C:
 		}
 		now := time.Now()
 		fi, err := os.Stat(path)
-		changed := err == nil && (last == nil || !os.SameFile(fi, last) || fi.ModTime() != last.ModTime())
+		changed := err == nil && (*last == nil || !os.SameFile(fi, *last) || fi.ModTime() != (*last).ModTime())
 		if err == nil {
-			last = fi
+			*last = fi
 		}
-		// A changed record may be the result; every checkEvery also check the process and boot id.
-		if changed || now.Sub(lastCheck) >= checkEvery {
-			lastCheck = now
-			st, err := e.Get(id)
-			if err != nil || st.State == events.StageCompleted {
-				return st, err
-			}
+		if changed || now.Sub(begin) >= checkEvery {
+			return nil
 		}
-		timer.Reset(pollDelay(now.Sub(start)))
+		timer.Reset(pollDelay(now.Sub(since)))
 	}
 }
 

@@ -17,8 +17,9 @@ import (
 
 // StageExecMain is the main of the stage runner (kvmagent-stage SPEC) and of the agent's hidden
 // "stage-exec SPEC" subcommand, which the ServiceExecutor starts detached from the agent: it
-// runs the stage script described by the spec file, writing its pid (<id>.pid) before and the
-// result (the record) after, and returns the process exit code. SIGTERM or SIGINT stop the
+// runs the stage script described by the spec file, writing its pid (<id>.pid) before, the
+// script's process group as soon as it runs, and the result (the record) after, and returns the
+// process exit code. The script's output goes to <id>.log. SIGTERM or SIGINT stop the
 // script (SIGTERM, grace, SIGKILL).
 //
 // cmd/kvmagent-stage is
@@ -69,7 +70,7 @@ func stageExec(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 
-	me := runnerPID{PID: os.Getpid()}
+	me := stageProcs{PID: os.Getpid()}
 	me.PIDStart, _ = procStart(me.PID)
 	if err := s.claim(es.ID, me); err != nil {
 		if errors.Is(err, os.ErrExist) {
@@ -83,17 +84,19 @@ func stageExec(args []string) error {
 		// The script or its directory changed since Start checked them: it must not run.
 		res = refusedResult(err, time.Now())
 	} else {
-		res = runScript(ctx, es.Run, time.Now)
+		// No Pdeathsig on the script: if this runner dies, the script runs on and the agent
+		// watches its process group (a Maintenance script may be halfway through installing a
+		// kernel). Its output goes to <id>.log, which outlives this process.
+		res = runScript(ctx, es.Run, s.logPath(es.ID), func(p stageProcs) error {
+			p.PID, p.PIDStart = me.PID, me.PIDStart
+			return s.writeProcs(es.ID, p)
+		}, time.Now)
 	}
 	rec.State, rec.Outcome, rec.ExitCode, rec.Output, rec.Note = events.StageCompleted, res.Outcome, res.ExitCode, res.Output, res.Note
 	rec.StartedAt, rec.EndedAt = res.StartedAt, res.EndedAt
 	if err := s.write(rec); err != nil {
 		return err
 	}
-	_ = os.Remove(specPath)
-	_ = os.Remove(s.pidPath(es.ID))
-	if fi, err := os.Stat(s.logPath(es.ID)); err == nil && fi.Size() == 0 {
-		_ = os.Remove(s.logPath(es.ID))
-	}
+	s.removeLeftovers(es.ID)
 	return nil
 }

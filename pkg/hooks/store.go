@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/kvmctl/kvmctl/pkg/events"
 )
@@ -188,21 +189,36 @@ func (s store) writeSpec(es execSpec) error {
 	return replaceJSON(s.specPath(es.ID), es, false)
 }
 
-// runnerPID is the file <id>.pid: the process that runs a service stage, which the runner
-// writes before it starts the script.
-type runnerPID struct {
-	PID      int    `json:"pid"`
+// stageProcs is the file <id>.pid: the processes of a running stage. The stage runner claims
+// it with its own pid before it starts the script (service executor), and whoever starts the
+// script adds the script's process group as soon as it runs (both executors); it is removed once
+// the result is recorded. While the process that started the script lives, the stage ends with
+// the script (the group leader) and its exit status; once that process is gone, the group is all
+// there is to go by: the stage runs while any process of the group lives.
+//
+// A file of its own rather than a rewrite of the record, and not synced: losing it in a power
+// cut loses nothing, since the record it leaves (with the boot id of the stage) is settled by the
+// reboot rule just as one with the pids would be, and without a reboot the page cache has it.
+// That saves the two fsyncs of a record rewrite, twice per stage.
+type stageProcs struct {
+	// PID is the stage runner (service executor); PIDStart its start time in clock ticks since
+	// boot, to tell it from a process that reused the pid.
+	PID      int    `json:"pid,omitempty"`
 	PIDStart uint64 `json:"pid_start,omitempty"`
+	// PGID is the script's process group: the script's pid, as it leads a group of its own.
+	// PGIDStart is the leader's start time; a group recorded without one is never trusted.
+	PGID      int    `json:"pgid,omitempty"`
+	PGIDStart uint64 `json:"pgid_start,omitempty"`
+	// ScriptStart, Timeout and Grace let an agent that watches an orphaned script enforce its
+	// timeout as the process that started it would have.
+	ScriptStart time.Time     `json:"script_start,omitzero"`
+	Timeout     time.Duration `json:"timeout,omitempty"`
+	Grace       time.Duration `json:"grace,omitempty"`
 }
 
 // claim writes the runner's <id>.pid, failing with os.ErrExist if there is one already: the
 // hard link is atomic and exclusive, so a stage started twice (a unit restarted) runs once.
-//
-// A file of its own rather than a rewrite of the record, and not synced: losing it in a power
-// cut loses nothing, since the record it leaves (the launch record, pid 0, with the boot id of
-// the stage) is settled by the reboot rule just as one with the pid would be, and without a
-// reboot the page cache has it. That saves the two fsyncs of a record rewrite per stage.
-func (s store) claim(id string, p runnerPID) error {
+func (s store) claim(id string, p stageProcs) error {
 	tmp, err := writeTemp(s.dir, p, false)
 	if err != nil {
 		return err
@@ -214,12 +230,17 @@ func (s store) claim(id string, p runnerPID) error {
 	return nil
 }
 
-// runner returns the runner of id from its <id>.pid; ok is false when there is none yet (or any
-// more) or it cannot be read.
-func (s store) runner(id string) (p runnerPID, ok bool) {
-	b, err := os.ReadFile(s.pidPath(id))
-	if err != nil || json.Unmarshal(b, &p) != nil || p.PID <= 0 {
-		return runnerPID{}, false
+// writeProcs replaces <id>.pid with p, atomically but not durably (see stageProcs).
+func (s store) writeProcs(id string, p stageProcs) error {
+	return replaceJSON(s.pidPath(id), p, false)
+}
+
+// procs returns the processes of id from its <id>.pid; ok is false when there is none yet (or
+// any more) or it cannot be read.
+func (s store) procs(id string) (p stageProcs, ok bool) {
+	b, err := readSmallFile(s.pidPath(id), 64<<10)
+	if err != nil || json.Unmarshal(b, &p) != nil || p.PID < 0 || p.PGID < 0 || p.PID == 0 && p.PGID == 0 {
+		return stageProcs{}, false
 	}
 	return p, true
 }
@@ -244,8 +265,15 @@ func (s store) create(rec record) error {
 
 func (s store) remove(id string) {
 	_ = os.Remove(s.recordPath(id))
+	s.removeLeftovers(id)
+}
+
+// removeLeftovers removes what a stage needs only while it runs: its spec, its processes and its
+// log, whose tail the completed record holds.
+func (s store) removeLeftovers(id string) {
 	_ = os.Remove(s.specPath(id))
 	_ = os.Remove(s.pidPath(id))
+	_ = os.Remove(s.logPath(id))
 }
 
 // ids lists the executions that have a record.
@@ -339,25 +367,35 @@ func ReadBootID() (string, error) {
 	return string(bytes.TrimSpace(b)), nil
 }
 
-// procStart returns the start time (clock ticks since boot) of a live process, and false when
-// the process is gone or a zombie.
-func procStart(pid int) (uint64, bool) {
+// procStat returns the state (R, S, Z...) and start time (clock ticks since boot, field 22 of
+// /proc/PID/stat) of pid, and false when there is no such process.
+func procStat(pid int) (state byte, start uint64, ok bool) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, false
+		return 0, 0, false
 	}
 	// The command name may contain spaces and parentheses; fields resume after the last ')'.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, false
+		return 0, 0, false
 	}
 	f := strings.Fields(string(b[i+1:]))
 	// f[0] is field 3 (state); starttime is field 22.
-	if len(f) < 20 || f[0] == "Z" || f[0] == "X" {
-		return 0, false
+	if len(f) < 20 || len(f[0]) != 1 {
+		return 0, 0, false
 	}
-	start, err := strconv.ParseUint(f[19], 10, 64)
+	start, err = strconv.ParseUint(f[19], 10, 64)
 	if err != nil {
+		return 0, 0, false
+	}
+	return f[0][0], start, true
+}
+
+// procStart returns the start time (clock ticks since boot) of a live process, and false when
+// the process is gone or a zombie.
+func procStart(pid int) (uint64, bool) {
+	state, start, ok := procStat(pid)
+	if !ok || state == 'Z' || state == 'X' {
 		return 0, false
 	}
 	return start, true
@@ -371,4 +409,24 @@ func alive(pid int, start uint64) bool {
 	}
 	got, ok := procStart(pid)
 	return ok && got == start
+}
+
+// groupAlive tells whether anything of the process group pgid, whose leader started at start,
+// still lives. The leader alive with that start time: yes. The leader alive with another start
+// time: its pid was reused, which the kernel does only once the group is gone: no. The leader
+// gone (or a zombie): a process group id is not reused either while any member lives, so a
+// live member of the group (zombies do not count) is one of the leader's own descendants: yes.
+// A group recorded without its leader's start time is never trusted.
+func groupAlive(pgid int, start uint64) bool {
+	if pgid <= 1 || start == 0 {
+		return false
+	}
+	state, got, ok := procStat(pgid)
+	if ok && got != start {
+		return false
+	}
+	if ok && state != 'Z' && state != 'X' {
+		return true
+	}
+	return !groupGone(pgid)
 }

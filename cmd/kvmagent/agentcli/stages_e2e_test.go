@@ -10,6 +10,7 @@ package agentcli
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -425,47 +426,199 @@ func TestE2EStageIdempotent(t *testing.T) {
 	}
 }
 
+// gatedStage is a Maintenance script that records its pid (its process group, as it leads
+// one), writes `before` output, waits for a gate file, writes `after` output, prints
+// "finished", touches an end file and exits 3: a test ends it when it has seen what it must see
+// while the script runs, and never depends on how long an agent restart takes.
+type gatedStage struct {
+	pid, started, gate, ended string
+}
+
+func (a *e2eAgent) gatedScript(t *testing.T, before, after string) gatedStage {
+	t.Helper()
+	g := gatedStage{pid: filepath.Join(a.dir, "script.pid"), started: filepath.Join(a.dir, "started"),
+		gate: filepath.Join(a.dir, "gate"), ended: filepath.Join(a.dir, "ended")}
+	a.script(t, "Maintenance.sh", fmt.Sprintf("echo $$ > %s\n%s\ntouch %s\nwhile [ ! -e %s ]; do sleep 0.02; done\n%s\necho finished\ntouch %s\nexit 3",
+		g.pid, before, g.started, g.gate, after, g.ended), 0o755)
+	return g
+}
+
+// release opens the gate: the script ends.
+func (g gatedStage) release(t *testing.T) {
+	t.Helper()
+	if err := os.WriteFile(g.gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// chatty writes mib mebibytes of output, in lines of 1 MiB.
+func chatty(mib int) string {
+	return fmt.Sprintf("i=0; while [ $i -lt %d ]; do head -c 1048575 /dev/zero | tr '\\0' x; echo; i=$((i+1)); done", mib)
+}
+
+// runnerPID is the stage runner's pid, from the <id>.pid file it writes before it starts the
+// script.
+func (a *e2eAgent) runnerPID(t *testing.T, id string) int {
+	t.Helper()
+	var p struct {
+		PID int `json:"pid"`
+	}
+	b, err := os.ReadFile(filepath.Join(a.state, "stages", id+".pid"))
+	if err == nil {
+		err = json.Unmarshal(b, &p)
+	}
+	if err != nil || p.PID <= 0 {
+		t.Fatalf("runner pid of %s: %q, %v", id, b, err)
+	}
+	return p.PID
+}
+
+// stillRunning asks the agent about id several times while g's script is held at its gate:
+// every answer must be running.
+func (a *e2eAgent) stillRunning(t *testing.T, id string, g gatedStage) {
+	t.Helper()
+	for range 5 {
+		st, err := a.client.Stage(context.Background(), id)
+		if err != nil {
+			t.Fatalf("Stage(%s): %v\n%s", id, err, a.logs())
+		}
+		if st.State != events.StageRunning {
+			t.Fatalf("the script waits at its gate (ended: %v), but the agent reports %+v", exists(g.ended), st)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// finish opens g's gate and waits for id to complete; the script must have ended by then and
+// its process be gone soon after.
+func (a *e2eAgent) finish(t *testing.T, id string, g gatedStage) api.StageStatus {
+	t.Helper()
+	g.release(t)
+	st := a.wait(t, id, 60*time.Second)
+	if !exists(g.ended) {
+		t.Errorf("the stage completed (%+v) before its script ended", st)
+	}
+	pid := readPIDFile(t, g.pid)
+	deadline := time.Now().Add(20 * time.Second)
+	for processAlive(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("script %d still runs 20s after its stage completed", pid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return st
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+func readPIDFile(t *testing.T, path string) int {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		t.Fatalf("pid file %s: %q", path, b)
+	}
+	return pid
+}
+
+// An agent SIGKILLed during a stage and restarted reports the stage running for as long as its
+// script runs, then completed: the service executor with the script's own result, the agent
+// executor as succeeded (the seed's rule) with its output and a note that its exit status is
+// unknown. A chatty script (MiBs of output after the agent died) is not killed by SIGPIPE.
 func TestE2EAgentKilledMidStage(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name          string
 		agentExecutor bool
-	}{{"service", false}, {"agent", true}} {
+		before, after string
+	}{
+		{"service", false, "", ""},
+		{"agent", true, "", ""},
+		{"agent/chatty", true, chatty(2), chatty(4)},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			a := newE2EAgent(t, tc.agentExecutor)
-			started := filepath.Join(a.dir, "started")
-			a.script(t, "Maintenance.sh", "touch "+started+"; sleep 2.5; echo finished; exit 3", 0o755)
-			id, err := a.client.StartStage(context.Background(), api.StageRequest{RunID: "kill", Stage: "Maintenance", TimeoutS: 20})
+			g := a.gatedScript(t, tc.before, tc.after)
+			id, err := a.client.StartStage(context.Background(), api.StageRequest{RunID: "kill", Stage: "Maintenance", TimeoutS: 120})
 			if err != nil {
 				t.Fatal(err)
 			}
-			waitFile(t, started, 10*time.Second)
+			waitFile(t, g.started, 30*time.Second)
 			a.stop(syscall.SIGKILL)
 			a.start()
-
-			st, err := a.client.Stage(context.Background(), id)
-			if err != nil {
-				t.Fatal(err)
+			a.stillRunning(t, id, g)
+			st := a.finish(t, id, g)
+			if !strings.HasSuffix(st.Output, "finished\n") || len(st.Output) > hooks.MaxOutput {
+				t.Errorf("output: %d bytes ending %q, want at most %d ending with the script's last line", len(st.Output), lastBytes(st.Output, 40), hooks.MaxOutput)
 			}
+			st.Output = ""
 			if tc.agentExecutor {
-				// The script died with the agent as far as the agent knows: completed, as the seed
-				// says of the agent executor.
-				if st.State != events.StageCompleted || st.Outcome != events.OutcomeSucceeded || st.Note != hooks.NoteAgentRestart {
-					t.Errorf("after restart = %+v, want completed, succeeded, note %q", st, hooks.NoteAgentRestart)
+				if st.State != events.StageCompleted || st.Outcome != events.OutcomeSucceeded || st.Note != hooks.NoteAgentRestartScriptEnded {
+					t.Errorf("final = %+v, want completed, succeeded, note %q", st, hooks.NoteAgentRestartScriptEnded)
 				}
 				return
 			}
-			if st.State != events.StageRunning {
-				t.Errorf("after restart = %+v, want running", st)
-			}
-			st = a.wait(t, id, 20*time.Second)
-			if st.Outcome != events.OutcomeFailed || st.ExitCode != 3 || !strings.Contains(st.Output, "finished") || st.Note != "" {
-				t.Errorf("final = %+v, want the script's own result (failed, exit 3, output finished)", st)
+			if st.Outcome != events.OutcomeFailed || st.ExitCode != 3 || st.Note != "" {
+				t.Errorf("final = %+v, want the script's own result (failed, exit 3)", st)
 			}
 		})
 	}
 }
+
+// A stage runner SIGKILLed during a stage leaves its script watched, not orphaned: the agent
+// reports the stage running while the script runs, then completed and failed (nothing saw the
+// script's exit status) with its output. Also when the script writes MiBs of output after the
+// runner died, of which the API returns the last 64 KiB.
+func TestE2ERunnerKilledMidStage(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name          string
+		before, after string
+	}{
+		{"quiet", "", ""},
+		{"chatty", chatty(2), chatty(40)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			a := newE2EAgent(t, false)
+			g := a.gatedScript(t, tc.before, tc.after)
+			id, err := a.client.StartStage(context.Background(), api.StageRequest{RunID: "kill-runner", Stage: "Maintenance", TimeoutS: 120})
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitFile(t, g.started, 30*time.Second)
+			if err := syscall.Kill(a.runnerPID(t, id), syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			a.stillRunning(t, id, g)
+			st := a.finish(t, id, g)
+			if !strings.HasSuffix(st.Output, "finished\n") || len(st.Output) > hooks.MaxOutput {
+				t.Errorf("output: %d bytes ending %q, want at most %d ending with the script's last line", len(st.Output), lastBytes(st.Output, 40), hooks.MaxOutput)
+			}
+			st.Output = ""
+			if st.State != events.StageCompleted || st.Outcome != events.OutcomeFailed || st.Note != hooks.NoteRunnerDiedScriptEnded {
+				t.Errorf("final = %+v, want completed, failed, note %q", st, hooks.NoteRunnerDiedScriptEnded)
+			}
+			// A restarted agent reports the same.
+			a.stop(syscall.SIGKILL)
+			a.start()
+			again, err := a.client.Stage(context.Background(), id)
+			again.Output = ""
+			if err != nil || again != st {
+				t.Errorf("after an agent restart: %+v, %v; want %+v", again, err, st)
+			}
+		})
+	}
+}
+
+func lastBytes(s string, n int) string { return s[len(s)-min(n, len(s)):] }
 
 func waitFile(t *testing.T, path string, limit time.Duration) {
 	t.Helper()
@@ -693,13 +846,6 @@ func reportQuantiles(b *testing.B, prefix string, lat []time.Duration) {
 	b.ReportMetric(ms(lat[len(lat)/2]), prefix+"median_ms")
 	b.ReportMetric(ms(lat[len(lat)*9/10]), prefix+"p90_ms")
 }
-
-// chatty writes mib mebibytes of output, in lines of 1 MiB.
-func chatty(mib int) string {
-	return fmt.Sprintf("i=0; while [ $i -lt %d ]; do head -c 1048575 /dev/zero | tr '\\0' x; echo; i=$((i+1)); done", mib)
-}
-
-func lastBytes(s string, n int) string { return s[len(s)-min(n, len(s)):] }
 
 // Entries of the stages directory that an agent cannot use are set aside at start, never fatal:
 // a directory, a symlink, garbage, an empty file, a record under another stage's name, a record
