@@ -44,6 +44,7 @@ sized so that any one host's VMs fit on the others of its cluster.`,
 	up.Flags().IntVar(&opts.Up.Clusters, "clusters", 2, "number of clusters")
 	up.Flags().IntVar(&opts.Up.VMs, "vms", 3, "running VMs per host")
 	up.Flags().StringVar(&opts.Up.Agent, "agent", "", "kvmagent binary (default: beside kvmctl, else on PATH)")
+	up.Flags().BoolVar(&opts.Up.AgentExecutor, "agent-executor", false, "run stage scripts inside each agent (rolling.maintenance.service.executor.disabled=true) instead of through kvmagent-stage")
 	cmdutil.DurationVar(up.Flags(), &opts.Timeout, "timeout", opts.Timeout, "how long to wait for every agent to answer")
 	dirFlag(up)
 
