@@ -7,6 +7,8 @@ package safetext
 
 import (
 	"fmt"
+	"strconv"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -22,7 +24,7 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	return fmt.Sprintf("%s %q has %s at byte %d: use printable text (no NUL, control characters or invalid UTF-8)",
+	return fmt.Sprintf("invalid %s %q: %s at byte %d: use printable text, without NUL, control characters or invalid UTF-8",
 		e.What, e.Value, e.Char, e.Offset)
 }
 
@@ -54,3 +56,28 @@ func Check(what, s string) error {
 
 // Valid reports whether Check accepts s.
 func Valid(s string) bool { return Check("", s) == nil }
+
+// Escape returns s with every character Check refuses written as a Go escape (\x00, \u0085,
+// \xff), for a message that must show text it did not check without letting a terminal act on
+// it.
+func Escape(s string) string {
+	if Valid(s) {
+		return s
+	}
+	var b strings.Builder
+	for i, r := range s {
+		switch {
+		case r == utf8.RuneError:
+			if _, size := utf8.DecodeRuneInString(s[i:]); size == 1 {
+				fmt.Fprintf(&b, "\\x%02x", s[i])
+				continue
+			}
+		case r < 0x20 || r >= 0x7f && r <= 0x9f:
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
