@@ -17,25 +17,10 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/virt"
 )
 
-// stagesAgent is an in-process agent with the agent executor (no stage-exec binary needed) and
-// a hooks dir holding the given scripts (name → body after #!/bin/sh).
+// stagesAgent is an in-process agent with the config of hooksConfig.
 func stagesAgent(t *testing.T, scripts map[string]string) (*Agent, Config) {
 	t.Helper()
-	f := newFleet(t)
-	cfg := f.testConfig("kvm1", "boot-1")
-	cfg.ServiceExecutorDisabled = true
-	if err := os.MkdirAll(cfg.HooksDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for name, body := range scripts {
-		p := filepath.Join(cfg.HooksDir, name)
-		if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(p, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	cfg := hooksConfig(t, newFleet(t), scripts)
 	a, err := New(cfg, virt.NewFake(virt.Capacity{CPUs: 4, MemoryMiB: 4096}))
 	if err != nil {
 		t.Fatal(err)
