@@ -72,10 +72,15 @@ func TestStageNotFound(t *testing.T) {
 	if code != http.StatusNotFound || eb.Code != api.CodeNoScript || !strings.Contains(eb.Error, "Maintenance.sh") {
 		t.Errorf("no script: %d %s", code, raw)
 	}
-	for _, id := range []string{"0123456789abcdef", "not-an-id", "0123456789ABCDEF"} {
+	code, eb, raw = doRaw(t, a.Handler(), http.MethodGet, api.PathStages+"/0123456789abcdef?wait=1s", "")
+	if code != http.StatusNotFound || eb.Code != api.CodeNotFound {
+		t.Errorf("GET an unknown id: %d %s, want 404 %s", code, raw, api.CodeNotFound)
+	}
+	// What is not an exec id at all is a bad request, refused before any file is looked for.
+	for _, id := range []string{"not-an-id", "0123456789ABCDEF"} {
 		code, eb, raw := doRaw(t, a.Handler(), http.MethodGet, api.PathStages+"/"+id+"?wait=1s", "")
-		if code != http.StatusNotFound || eb.Code != api.CodeNotFound {
-			t.Errorf("GET %s: %d %s, want 404 %s", id, code, raw, api.CodeNotFound)
+		if code != http.StatusBadRequest || eb.Code != api.CodeBadRequest {
+			t.Errorf("GET %s: %d %s, want 400 %s", id, code, raw, api.CodeBadRequest)
 		}
 	}
 	code, _, raw = doRaw(t, a.Handler(), http.MethodDelete, api.PathStages+"/0123456789abcdef", "")
