@@ -160,6 +160,14 @@ func TestYAMLPanicsAreRefusals(t *testing.T) {
 	}
 }
 
+// A byte order mark is not part of the first key.
+func TestParseSkipsByteOrderMark(t *testing.T) {
+	p, err := Parse("f.yaml", []byte("\ufeffzones:\n  - name: z1\n"))
+	if err != nil || p.Doc.Zones[0].Name != "z1" {
+		t.Errorf("Parse with a BOM: %v", err)
+	}
+}
+
 // Aliases repeat their anchor: multiplied, a few kilobytes would decode into millions of hosts
 // and as many "appears twice" lines. Such a file is refused before decoding, and no file gets
 // more than maxProblems lines of problems.

@@ -1,6 +1,7 @@
 package inventory
 
 import (
+	"bytes"
 	"fmt"
 	"sort"
 	"strings"
@@ -59,6 +60,8 @@ type Parsed struct {
 // Parse decodes and checks a whole inventory file. Every problem found is reported, each with
 // its line, in one refusal error.
 func Parse(name string, data []byte) (*Parsed, error) {
+	// Some editors start a UTF-8 file with a byte order mark; go-yaml took it into the first key.
+	data = bytes.TrimPrefix(data, []byte("\ufeff"))
 	if err := checkText(name, data); err != nil {
 		return nil, err
 	}
