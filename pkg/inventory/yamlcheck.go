@@ -58,8 +58,6 @@ func refuseYAML(name string, err error) error {
 	}); perr != nil {
 		return errs.Refusedf("%s: cannot parse: %v", name, perr)
 	}
-	// Values the file spells with escapes ("\0") reach go-yaml's messages.
-	msg = safetext.Escape(msg)
 	if line > 0 {
 		return errs.Refusedf("%s:%d: %s", name, line, msg)
 	}

@@ -7,8 +7,6 @@ package safetext
 
 import (
 	"fmt"
-	"strconv"
-	"strings"
 	"unicode/utf8"
 )
 
@@ -56,28 +54,3 @@ func Check(what, s string) error {
 
 // Valid reports whether Check accepts s.
 func Valid(s string) bool { return Check("", s) == nil }
-
-// Escape returns s with every character Check refuses written as a Go escape (\x00, \u0085,
-// \xff), for a message that must show text it did not check without letting a terminal act on
-// it.
-func Escape(s string) string {
-	if Valid(s) {
-		return s
-	}
-	var b strings.Builder
-	for i, r := range s {
-		switch {
-		case r == utf8.RuneError:
-			if _, size := utf8.DecodeRuneInString(s[i:]); size == 1 {
-				fmt.Fprintf(&b, "\\x%02x", s[i])
-				continue
-			}
-		case r < 0x20 || r >= 0x7f && r <= 0x9f:
-			q := strconv.QuoteRune(r)
-			b.WriteString(q[1 : len(q)-1])
-			continue
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
-}
