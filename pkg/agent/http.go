@@ -1,12 +1,15 @@
 package agent
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/kvmctl/kvmctl/pkg/api"
 )
@@ -33,9 +36,10 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, v any) *httpError {
 	return decodeJSONLimit(w, r, v, MaxRequestBytes)
 }
 
-// decodeJSONLimit reads exactly one JSON value of at most limit bytes into v. Unknown fields,
-// trailing data, an empty body and a non-JSON content type are refused (400, 415); a body over
-// the limit is 413.
+// decodeJSONLimit reads exactly one JSON value of at most limit bytes into v, strictly: the
+// body must be UTF-8, every key must name a field of v exactly (no unknown field, no case
+// variant) and appear once in its object, and nothing may follow the value. Every refusal is a
+// 400 naming what is wrong, except a non-JSON content type (415) and a body over the limit (413).
 func decodeJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64) *httpError {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, _ := strings.Cut(ct, ";")
@@ -47,20 +51,20 @@ func decodeJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64)
 	if r.Body == nil {
 		return newHTTPError(api.CodeBadRequest, "empty request body: send a JSON object")
 	}
-	body := http.MaxBytesReader(w, r.Body, limit)
-	dec := json.NewDecoder(body)
-	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
+	// The body is read whole (it is small) because it is read twice: once for its keys, which
+	// encoding/json matches case-insensitively and lets repeat, once into v.
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err == nil {
-		// Exactly one value: "{}{}" or "{} x" is a client bug worth reporting.
-		var extra json.RawMessage
-		if err2 := dec.Decode(&extra); err2 != io.EOF {
-			if err2 == nil {
-				err = errors.New("more than one JSON value in the body")
-			} else {
-				err = err2
-			}
+		// encoding/json would turn invalid bytes into U+FFFD silently.
+		if i := invalidUTF8(data); i >= 0 {
+			return newHTTPError(api.CodeBadRequest, "request body is not UTF-8: invalid byte 0x%02x at byte %d", data[i], i)
 		}
+		err = checkKeys(data, reflect.TypeOf(v))
+	}
+	if err == nil {
+		dec := json.NewDecoder(bytes.NewReader(data))
+		dec.DisallowUnknownFields()
+		err = dec.Decode(v)
 	}
 	if err == nil {
 		return nil
@@ -71,7 +75,9 @@ func decodeJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64)
 	switch {
 	case errors.As(err, &tooLarge):
 		return newHTTPError(api.CodeTooLarge, "request body larger than %d bytes", limit)
-	case errors.Is(err, io.EOF):
+	case isKeyError(err):
+		return newHTTPError(api.CodeBadRequest, "bad JSON: %v", err)
+	case errors.Is(err, io.ErrUnexpectedEOF) && len(bytes.TrimSpace(data)) == 0:
 		return newHTTPError(api.CodeBadRequest, "empty request body: send a JSON object")
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return newHTTPError(api.CodeBadRequest, "request body is truncated JSON")
@@ -79,12 +85,21 @@ func decodeJSONLimit(w http.ResponseWriter, r *http.Request, v any, limit int64)
 		return newHTTPError(api.CodeBadRequest, "bad JSON at byte %d: %v", syntax.Offset, err)
 	case errors.As(err, &typ):
 		return newHTTPError(api.CodeBadRequest, "bad JSON: field %q wants %s, got %s", typ.Field, typ.Type, typ.Value)
-	case strings.HasPrefix(err.Error(), "json: unknown field"):
-		// encoding/json has no error type for this one.
-		return newHTTPError(api.CodeBadRequest, "bad JSON: %s", strings.TrimPrefix(err.Error(), "json: "))
 	default:
 		return newHTTPError(api.CodeBadRequest, "bad JSON: %v", err)
 	}
+}
+
+// invalidUTF8 is the offset of the first byte of b that is not UTF-8, or -1.
+func invalidUTF8(b []byte) int {
+	for i := 0; i < len(b); {
+		r, size := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && size == 1 {
+			return i
+		}
+		i += size
+	}
+	return -1
 }
 
 // writeJSON answers with status and v as JSON.

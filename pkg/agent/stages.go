@@ -12,6 +12,7 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/api"
 	"github.com/kvmctl/kvmctl/pkg/events"
 	"github.com/kvmctl/kvmctl/pkg/hooks"
+	"github.com/kvmctl/kvmctl/pkg/safetext"
 )
 
 // Limits of the stage endpoints.
@@ -121,6 +122,11 @@ func stageRequest(req api.StageRequest) (hooks.Request, *httpError) {
 	default:
 		timeout = time.Duration(req.TimeoutS) * time.Second
 	}
+	// The payload becomes the script's argv: a NUL would cut an argument, a newline or an
+	// escape sequence would reach the script's log unseen.
+	if err := safetext.Check("payload", req.Payload); err != nil {
+		return hooks.Request{}, newHTTPError(api.CodeBadRequest, "%v", err)
+	}
 	if _, err := hooks.SplitPayload(req.Payload); err != nil {
 		return hooks.Request{}, newHTTPError(api.CodeBadRequest, "payload: %v", err)
 	}
@@ -131,6 +137,10 @@ func stageRequest(req api.StageRequest) (hooks.Request, *httpError) {
 // completes or after D (at most api.MaxStageWait) with the stage still running.
 func (a *Agent) handleStage(w http.ResponseWriter, r *http.Request) *httpError {
 	id := r.PathValue("id")
+	// Checked here, before the executor looks for a record file named after it.
+	if !api.ValidExecID(id) {
+		return newHTTPError(api.CodeBadRequest, "exec id %q: want the 16 lowercase hex digits POST %s answered", abbreviate(id), api.PathStages)
+	}
 	wait, e := parseWait(r.URL.Query().Get("wait"))
 	if e != nil {
 		return e

@@ -17,25 +17,10 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/virt"
 )
 
-// stagesAgent is an in-process agent with the agent executor (no stage-exec binary needed) and
-// a hooks dir holding the given scripts (name → body after #!/bin/sh).
+// stagesAgent is an in-process agent with the config of hooksConfig.
 func stagesAgent(t *testing.T, scripts map[string]string) (*Agent, Config) {
 	t.Helper()
-	f := newFleet(t)
-	cfg := f.testConfig("kvm1", "boot-1")
-	cfg.ServiceExecutorDisabled = true
-	if err := os.MkdirAll(cfg.HooksDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for name, body := range scripts {
-		p := filepath.Join(cfg.HooksDir, name)
-		if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(p, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	cfg := hooksConfig(t, newFleet(t), scripts)
 	a, err := New(cfg, virt.NewFake(virt.Capacity{CPUs: 4, MemoryMiB: 4096}))
 	if err != nil {
 		t.Fatal(err)
@@ -87,10 +72,15 @@ func TestStageNotFound(t *testing.T) {
 	if code != http.StatusNotFound || eb.Code != api.CodeNoScript || !strings.Contains(eb.Error, "Maintenance.sh") {
 		t.Errorf("no script: %d %s", code, raw)
 	}
-	for _, id := range []string{"0123456789abcdef", "not-an-id", "0123456789ABCDEF"} {
+	code, eb, raw = doRaw(t, a.Handler(), http.MethodGet, api.PathStages+"/0123456789abcdef?wait=1s", "")
+	if code != http.StatusNotFound || eb.Code != api.CodeNotFound {
+		t.Errorf("GET an unknown id: %d %s, want 404 %s", code, raw, api.CodeNotFound)
+	}
+	// What is not an exec id at all is a bad request, refused before any file is looked for.
+	for _, id := range []string{"not-an-id", "0123456789ABCDEF"} {
 		code, eb, raw := doRaw(t, a.Handler(), http.MethodGet, api.PathStages+"/"+id+"?wait=1s", "")
-		if code != http.StatusNotFound || eb.Code != api.CodeNotFound {
-			t.Errorf("GET %s: %d %s, want 404 %s", id, code, raw, api.CodeNotFound)
+		if code != http.StatusBadRequest || eb.Code != api.CodeBadRequest {
+			t.Errorf("GET %s: %d %s, want 400 %s", id, code, raw, api.CodeBadRequest)
 		}
 	}
 	code, _, raw = doRaw(t, a.Handler(), http.MethodDelete, api.PathStages+"/0123456789abcdef", "")

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/xml"
 	"errors"
 	"net/http"
 	"net/url"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kvmctl/kvmctl/pkg/api"
+	"github.com/kvmctl/kvmctl/pkg/safetext"
 	"github.com/kvmctl/kvmctl/pkg/virt"
 )
 
@@ -48,6 +50,33 @@ func (a *Agent) inMaintenance(since time.Time) *httpError {
 		since.UTC().Format(time.RFC3339), a.cfg.HostName)
 }
 
+// vmName is the VM name of the request's path, refused unless it is printable text: libvirt
+// reads a name up to its first NUL, so "web1\x00" acted on web1.
+func vmName(r *http.Request) (string, *httpError) {
+	name := r.PathValue("name")
+	if err := safetext.Check("vm name", name); err != nil {
+		return "", newHTTPError(api.CodeBadRequest, "%v", err)
+	}
+	return name, nil
+}
+
+// checkDomainNames refuses a domain XML with a <name> that is not printable text. It reads the
+// names as libvirt does, untrimmed: virt.ParseDomainXML trims spaces, U+0085 among them.
+func checkDomainNames(domainXML string) *httpError {
+	var d struct {
+		Names []string `xml:"name"`
+	}
+	if err := xml.Unmarshal([]byte(domainXML), &d); err != nil {
+		return newHTTPError(api.CodeBadRequest, "bad domain xml: %v", err)
+	}
+	for _, n := range d.Names {
+		if err := safetext.Check("vm name", n); err != nil {
+			return newHTTPError(api.CodeBadRequest, "%v", err)
+		}
+	}
+	return nil
+}
+
 // findVM returns the VM name as ListVMs reports it, with its run state.
 func (a *Agent) findVM(name string) (virt.VM, *httpError) {
 	vms, err := a.hv.ListVMs()
@@ -64,7 +93,10 @@ func (a *Agent) findVM(name string) (virt.VM, *httpError) {
 
 // handleVMXML answers the persistent definition of a VM, for a define on another host.
 func (a *Agent) handleVMXML(w http.ResponseWriter, r *http.Request) *httpError {
-	name := r.PathValue("name")
+	name, e := vmName(r)
+	if e != nil {
+		return e
+	}
 	x, err := a.hv.DomainXML(name)
 	if err != nil {
 		return vmError(err)
@@ -86,6 +118,9 @@ func (a *Agent) handleDefineVM(w http.ResponseWriter, r *http.Request) *httpErro
 	parsed, err := virt.ParseDomainXML(req.XML)
 	if err != nil {
 		return newHTTPError(api.CodeBadRequest, "bad domain xml: %v", err)
+	}
+	if e := checkDomainNames(req.XML); e != nil {
+		return e
 	}
 	// The agent defines as root what it is sent: only what a VM moving between hosts needs.
 	if err := virt.CheckDomainPolicy(req.XML, a.cfg.VMDiskDirs...); err != nil {
@@ -136,7 +171,10 @@ func (a *Agent) checkRedefine(vm virt.VM) *httpError {
 
 // handleStartVM starts a defined VM; refused in maintenance, and for a VM that already runs.
 func (a *Agent) handleStartVM(w http.ResponseWriter, r *http.Request) *httpError {
-	name := r.PathValue("name")
+	name, e := vmName(r)
+	if e != nil {
+		return e
+	}
 	done, since, ok := a.state.BeginVMStart()
 	if !ok {
 		return a.inMaintenance(since)
@@ -165,7 +203,10 @@ func (a *Agent) handleStartVM(w http.ResponseWriter, r *http.Request) *httpError
 // handleRemoveVM powers a VM off at once and undefines it: 204. Allowed in maintenance, where it
 // is how the host is emptied once the VM runs elsewhere.
 func (a *Agent) handleRemoveVM(w http.ResponseWriter, r *http.Request) *httpError {
-	name := r.PathValue("name")
+	name, e := vmName(r)
+	if e != nil {
+		return e
+	}
 	if err := a.hv.Destroy(name); err != nil {
 		return vmError(err)
 	}
@@ -181,10 +222,16 @@ func (a *Agent) handleRemoveVM(w http.ResponseWriter, r *http.Request) *httpErro
 // in maintenance: it moves a VM out. The target's libvirt defines the VM without asking its
 // agent, which is why kvmctl checks the target's agent state before it migrates.
 func (a *Agent) handleMigrateVM(w http.ResponseWriter, r *http.Request) *httpError {
-	name := r.PathValue("name")
+	name, e := vmName(r)
+	if e != nil {
+		return e
+	}
 	var req api.MigrateRequest
 	if e := decodeJSON(w, r, &req); e != nil {
 		return e
+	}
+	if err := safetext.Check("dest_uri", req.DestURI); err != nil {
+		return newHTTPError(api.CodeBadRequest, "%v", err)
 	}
 	if u, err := url.Parse(req.DestURI); req.DestURI == "" || err != nil || u.Scheme == "" {
 		return newHTTPError(api.CodeBadRequest, "dest_uri %q is not a libvirt URI such as qemu+tls://HOST/system", req.DestURI)

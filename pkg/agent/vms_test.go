@@ -98,12 +98,7 @@ func TestTransferBetweenAgents(t *testing.T) {
 
 func TestMigrateOnTestDriverUnsupported(t *testing.T) {
 	f := newFleet(t)
-	uri := newTestNode(t, virt.NodeSpec{HostName: "kvm1", CPUs: 2, MemoryMiB: 2048, VMs: []virt.VMSpec{
-		{Name: "web1", VCPUs: 1, MemoryMiB: 512, Running: true},
-	}})
-	cfg := f.testConfig("kvm1", "b")
-	cfg.LibvirtURI = uri
-	c := f.client("kvm1", serve(t, cfg, openNode(t, uri)))
+	c := f.client("kvm1", serveWeb1(t, f))
 	err := c.MigrateVM(context.Background(), "web1", api.MigrateRequest{DestURI: "qemu+tls://kvm2/system"})
 	ae := wantCode(t, "migrate", err, http.StatusNotImplemented, api.CodeMigrationUnsupported)
 	mustContain(t, ae.Message, "web1", `"test"`)
@@ -149,12 +144,7 @@ func TestMigrate(t *testing.T) {
 
 func TestVMErrors(t *testing.T) {
 	f := newFleet(t)
-	uri := newTestNode(t, virt.NodeSpec{HostName: "kvm1", CPUs: 2, MemoryMiB: 2048, VMs: []virt.VMSpec{
-		{Name: "web1", VCPUs: 1, MemoryMiB: 512, Running: true},
-	}})
-	cfg := f.testConfig("kvm1", "b")
-	cfg.LibvirtURI = uri
-	c := f.client("kvm1", serve(t, cfg, openNode(t, uri)))
+	c := f.client("kvm1", serveWeb1(t, f))
 	ctx := context.Background()
 
 	_, err := c.VMXML(ctx, "nope")

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"time"
+
+	"github.com/kvmctl/kvmctl/pkg/safetext"
 )
 
 // Maintenance returns the agent's maintenance state.
@@ -86,6 +88,10 @@ func (c *Client) MigrateVM(ctx context.Context, name string, req MigrateRequest)
 func (c *Client) checkVMName(name string) error {
 	if name == "" {
 		return fmt.Errorf("agent %s: vm name is empty", c.host)
+	}
+	// The agent refuses it too; refused here, the request is never sent.
+	if err := safetext.Check("vm name", name); err != nil {
+		return fmt.Errorf("agent %s: %w", c.host, err)
 	}
 	return nil
 }

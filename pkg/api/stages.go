@@ -49,7 +49,23 @@ type StageRequest struct {
 
 // StageStarted is the answer to POST /v1/stages.
 type StageStarted struct {
+	// ExecID is 16 lowercase hex digits, derived from the run id and the stage (ValidExecID).
 	ExecID string `json:"exec_id"`
+}
+
+// ValidExecID reports whether id has the form of an execution id, 16 lowercase hex digits: the
+// agent refuses any other id in GET /v1/stages/{id} before it looks for a record. The agent
+// derives ids (hooks.ExecID); a test there keeps the two in step.
+func ValidExecID(id string) bool {
+	if len(id) != 16 {
+		return false
+	}
+	for _, c := range []byte(id) {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // StageStatus is the answer to GET /v1/stages/{id}: a stage execution, running or completed.

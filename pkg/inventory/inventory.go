@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/kvmctl/kvmctl/pkg/errs"
+	"github.com/kvmctl/kvmctl/pkg/safetext"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
@@ -20,6 +21,9 @@ var namePattern = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-
 // ValidName checks a zone, pod, cluster, host or tag name: 1 to 63 letters, digits, '.', '_'
 // or '-', starting and ending with a letter or digit, so it is safe in file names and SANs.
 func ValidName(kind, name string) error {
+	if err := safetext.Check(kind+" name", name); err != nil {
+		return err
+	}
 	if !namePattern.MatchString(name) {
 		return fmt.Errorf("invalid %s name %q: use 1-63 letters, digits, '.', '_' or '-', starting and ending with a letter or digit", kind, name)
 	}
@@ -32,6 +36,9 @@ var dnsName = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)
 // port a plain number from 1 to 65535 (no sign, no leading zero, so one endpoint has one
 // spelling and duplicate addresses are caught).
 func ValidAddress(addr string) error {
+	if err := safetext.Check("address", addr); err != nil {
+		return err
+	}
 	h, p, err := net.SplitHostPort(addr)
 	if err != nil || h == "" {
 		return fmt.Errorf("invalid address %q: want host:port of the host's kvmagent, e.g. 10.0.0.11:9250", addr)
@@ -51,7 +58,14 @@ func ValidSSH(s state.SSH) error {
 	if s.Port != 0 && (s.Port < 1 || s.Port > 65535) {
 		return fmt.Errorf("invalid ssh port %d: use 1 to 65535", s.Port)
 	}
-	if strings.ContainsAny(s.User, " \t\n:@/") {
+	for _, f := range []struct{ what, value string }{
+		{"ssh user", s.User}, {"ssh key file", s.KeyFile}, {"ssh known hosts file", s.KnownHostsFile},
+	} {
+		if err := safetext.Check(f.what, f.value); err != nil {
+			return err
+		}
+	}
+	if strings.ContainsAny(s.User, " :@/") {
 		return fmt.Errorf("invalid ssh user %q", s.User)
 	}
 	return nil
@@ -70,17 +84,20 @@ func ValidHost(h state.Host) error {
 			return err
 		}
 	}
-	if strings.ContainsAny(h.RestartCommand, "\n\r") {
-		return fmt.Errorf("invalid restart command %q: one line, e.g. systemctl restart kvmagent", h.RestartCommand)
+	// Spaces separate its words; a control character would be taken differently by the
+	// remote shell than shown here.
+	if err := safetext.Check("restart command", h.RestartCommand); err != nil {
+		return err
 	}
 	return ValidSSH(h.SSH)
 }
 
-// NormalizeTags sorts and dedupes tags, so that equal sets compare equal.
+// NormalizeTags sorts and dedupes tags, so that equal sets compare equal. It trims spaces
+// only: a tab or another control character is left for ValidName to refuse, not dropped.
 func NormalizeTags(tags []string) []string {
 	out := []string{}
 	for _, t := range tags {
-		if t = strings.TrimSpace(t); t != "" && !slices.Contains(out, t) {
+		if t = strings.Trim(t, " "); t != "" && !slices.Contains(out, t) {
 			out = append(out, t)
 		}
 	}

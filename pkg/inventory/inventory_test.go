@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/goccy/go-yaml"
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/kvmctl/kvmctl/pkg/errs"
@@ -105,6 +106,26 @@ func TestParseRefusals(t *testing.T) {
 		"not yaml":   {"zones: [\n", "f.yaml:"},
 		"no zones":   {"hosts: []\n", "f.yaml:1:"},
 		"wrong type": {"zones:\n  - name: z1\n    pods: 3\n", "f.yaml:3:"},
+		// go-yaml v1.19.2 panics decoding this (goccy/go-yaml#735).
+		"tag on a sequence":   {"zones:\n  ! 000000000", `f.yaml:2: cannot parse: YAML tag "!": an inventory file uses none; remove it`},
+		"standard tag":        {"zones:\n  - name: !!str z1\n", `f.yaml:2: cannot parse: YAML tag "!!str"`},
+		"two documents":       {"zones:\n  - name: z1\n---\nzones:\n  - name: z2\n", "f.yaml:4: cannot parse: a second YAML document"},
+		"not utf-8":           {"zones:\n  - name: z\xff\n", "f.yaml:2: cannot parse: invalid UTF-8 byte 0xff at byte 18: save the file as UTF-8 text"},
+		"raw NUL":             {"zones:\n  - name: z1\x00\n", "f.yaml:2: cannot parse: NUL at byte 19"},
+		"raw escape":          {"zones:\n  - name: z1\n\x1b[2J", "f.yaml:3: cannot parse: control character U+001B at byte 20"},
+		"raw C1":              {"zones:\n  - name: z1\u0085\n", "f.yaml:2: cannot parse: C1 control character U+0085 at byte 19"},
+		"escaped NUL":         {"zones:\n  - name: \"z1\\0\"\n", `f.yaml:2: invalid zone name "z1\x00": NUL at byte 2: use printable text`},
+		"escaped in a key":    {"zones:\n  - name: z1\n    \"a\\e[2J\": 1\n", "f.yaml:3: unknown field \"a\x1b[2J\""}, // kvmctl's stderr escapes it (termtext)
+		"NUL in ssh user":     {host(`ssh: {user: "root\0"}`), `f.yaml:8: invalid ssh user "root\x00": NUL at byte 4`},
+		"newline in key file": {host(`ssh: {key_file: "/k\n"}`), `f.yaml:8: invalid ssh key file "/k\n": control character U+000A at byte 2`},
+		"C1 in restart command": {host(`restart_command: "systemctl\x85restart kvmagent"`),
+			`f.yaml:8: invalid restart command "systemctl\u0085restart kvmagent": C1 control character U+0085 at byte 9`},
+		"tab in restart command": {host(`restart_command: "systemctl\trestart"`), `control character U+0009 at byte 9`},
+		"DEL in address":         {strings.Replace(host(""), `"a:1"`, `"a\x7f:1"`, 1), `f.yaml:8: invalid address "a\x7f:1": DEL at byte 1`},
+		"tab in a tag":           {host(`tags: ["ssd\t"]`), `f.yaml:8: invalid tag name "ssd\t": control character U+0009 at byte 3`},
+		"C1 in a tag":            {host(`tags: ["ssd\u0085"]`), `f.yaml:8: invalid tag name "ssd\u0085"`},
+		"NUL in a cluster name": {"zones:\n  - name: z1\n    pods:\n      - name: p1\n        clusters:\n          - name: \"c1\\0\"\n",
+			`f.yaml:6: invalid cluster name "c1\x00": NUL at byte 2`},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -114,6 +135,76 @@ func TestParseRefusals(t *testing.T) {
 			}
 		})
 	}
+}
+
+// host is a file of one host h1 at a:1, with extra (one flow-map entry) added to it.
+func host(extra string) string {
+	return "zones:\n  - name: z1\n    pods:\n      - name: p1\n        clusters:\n          - name: c1\n            hosts:\n              - {name: h1, address: \"a:1\", " + extra + "}\n"
+}
+
+// A panic of go-yaml becomes a refusal naming the file; checkNodes keeps the known one (#735)
+// from reaching the decoder, but the recovery stands behind every call.
+func TestYAMLPanicsAreRefusals(t *testing.T) {
+	var doc Document
+	err := yamlSafe(func() error { return yaml.Unmarshal([]byte("zones:\n  ! 000000000"), &doc) })
+	if _, ok := err.(*yamlPanic); !ok {
+		t.Logf("go-yaml no longer panics on goccy/go-yaml#735 (%v): the recovery stays for the next one", err)
+	}
+	err = refuseYAML("f.yaml", yamlSafe(func() error { panic("boom") }))
+	if !errs.IsRefused(err) || err.Error() != "f.yaml: cannot parse: the YAML library failed on this file (boom); compare it with the output of `kvmctl inventory export`" {
+		t.Errorf("refusal of a panic = %v", err)
+	}
+	p := &Parsed{name: "f.yaml"} // no file: the line lookup panics inside go-yaml or finds nothing
+	if l := p.line("$.zones[0]"); l != 0 {
+		t.Errorf("line without a file = %d", l)
+	}
+}
+
+// A byte order mark is not part of the first key.
+func TestParseSkipsByteOrderMark(t *testing.T) {
+	p, err := Parse("f.yaml", []byte("\ufeffzones:\n  - name: z1\n"))
+	if err != nil || p.Doc.Zones[0].Name != "z1" {
+		t.Errorf("Parse with a BOM: %v", err)
+	}
+}
+
+// Aliases repeat their anchor: multiplied, a few kilobytes would decode into millions of hosts
+// and as many "appears twice" lines. Such a file is refused before decoding, and no file gets
+// more than maxProblems lines of problems.
+func TestAliasesAndProblemsBounded(t *testing.T) {
+	bomb := func(n int) []byte {
+		var b strings.Builder
+		b.WriteString("zones:\n  - name: z1\n    pods:\n      - name: p1\n        clusters:\n          - &c {name: c1, hosts: [&h {name: h1, address: \"a:1\"}")
+		b.WriteString(strings.Repeat(", *h", n) + "]}\n")
+		b.WriteString(strings.Repeat("          - *c\n", n))
+		return []byte(b.String())
+	}
+	_, err := Parse("f.yaml", bomb(1000))
+	if !errs.IsRefused(err) || !strings.Contains(err.Error(), "f.yaml: cannot parse: with its aliases expanded, the file has more than 1000000 YAML nodes") {
+		t.Errorf("alias bomb: %v", err)
+	}
+	_, err = Parse("f.yaml", bomb(20))
+	if msg := errString(err); strings.Contains(msg, "line 0") {
+		t.Errorf("a line that cannot be found is shown as 0: %s", msg)
+	}
+	if msg := errString(err); strings.Count(msg, "\n") != maxProblems || !strings.HasSuffix(msg, "f.yaml: and 850 more problems") {
+		t.Errorf("problems of a small bomb: %d lines, ending %q", strings.Count(msg, "\n"), msg[max(0, len(msg)-60):])
+	}
+	// Aliases as people use them are fine: shared ssh settings.
+	shared := "zones:\n  - name: z1\n    pods:\n      - name: p1\n        clusters:\n          - name: c1\n            hosts:\n" +
+		"              - {name: h1, address: \"a:1\", ssh: &ssh {user: ops, port: 2222}}\n" +
+		"              - {name: h2, address: \"a:2\", ssh: *ssh}\n"
+	p, err := Parse("f.yaml", []byte(shared))
+	if err != nil || p.Doc.Zones[0].Pods[0].Clusters[0].Hosts[1].SSH.Port != 2222 {
+		t.Errorf("shared ssh settings: %v", err)
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }
 
 func TestApplyRefusesMovesAndKeepsStateUnchanged(t *testing.T) {

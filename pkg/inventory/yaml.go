@@ -1,7 +1,7 @@
 package inventory
 
 import (
-	"errors"
+	"bytes"
 	"fmt"
 	"sort"
 	"strings"
@@ -60,25 +60,41 @@ type Parsed struct {
 // Parse decodes and checks a whole inventory file. Every problem found is reported, each with
 // its line, in one refusal error.
 func Parse(name string, data []byte) (*Parsed, error) {
-	file, err := parser.ParseBytes(data, 0)
-	if err != nil {
-		return nil, errs.Refused(yamlErr(name, err))
+	// Some editors start a UTF-8 file with a byte order mark; go-yaml took it into the first key.
+	data = bytes.TrimPrefix(data, []byte("\ufeff"))
+	if err := checkText(name, data); err != nil {
+		return nil, err
+	}
+	var file *ast.File
+	if err := yamlSafe(func() (err error) {
+		file, err = parser.ParseBytes(data, 0)
+		return err
+	}); err != nil {
+		return nil, refuseYAML(name, err)
+	}
+	if err := checkNodes(name, file); err != nil {
+		return nil, err
 	}
 	p := &Parsed{name: name, file: file}
-	if err := yaml.UnmarshalWithOptions(data, &p.Doc, yaml.DisallowUnknownField()); err != nil {
-		return nil, errs.Refused(yamlErr(name, err))
+	if err := yamlSafe(func() error {
+		return yaml.UnmarshalWithOptions(data, &p.Doc, yaml.DisallowUnknownField())
+	}); err != nil {
+		return nil, refuseYAML(name, err)
 	}
 	if p.Doc.Zones == nil {
 		return nil, errs.Refusedf("%s: no zones: the file must start with `zones:` (see `kvmctl inventory export`)", name)
 	}
-	var problems []string
-	add := func(path string, err error) {
-		problems = append(problems, fmt.Sprintf("%s:%d: %v", name, p.line(path), err))
-	}
+	ps := &problems{p: p}
+	add := func(path string, err error) { ps.add(path, err.Error) }
 	seen := map[string]map[string]string{"zone": {}, "pod": {}, "cluster": {}, "host": {}, "address": {}}
 	unique := func(kind, key, path string) {
 		if prev, ok := seen[kind][key]; ok {
-			add(path, fmt.Errorf("%s %q appears twice (first at line %d)", kind, key, p.line(prev)))
+			ps.add(path, func() string {
+				if line := p.line(prev); line > 0 {
+					return fmt.Sprintf("%s %q appears twice (first at line %d)", kind, key, line)
+				}
+				return fmt.Sprintf("%s %q appears twice", kind, key)
+			})
 			return
 		}
 		seen[kind][key] = path
@@ -112,10 +128,47 @@ func Parse(name string, data []byte) (*Parsed, error) {
 			}
 		}
 	}
-	if len(problems) > 0 {
-		return nil, errs.Refusedf("%s", strings.Join(problems, "\n"))
+	if err := ps.err(); err != nil {
+		return nil, err
 	}
 	return p, nil
+}
+
+// maxProblems is how many problems of one file are reported, each with its line.
+const maxProblems = 50
+
+// problems collects the refusals of one file. Past maxProblems it only counts them: a file that
+// repeats a mistake, or an alias that repeats it, costs no more to report than its first
+// maxProblems, whose line lookups each read the whole file.
+type problems struct {
+	p    *Parsed
+	list []string
+	more int
+}
+
+// add records a problem at a YAML path; msg is called only for the problems reported.
+func (ps *problems) add(path string, msg func() string) {
+	if len(ps.list) >= maxProblems {
+		ps.more++
+		return
+	}
+	if line := ps.p.line(path); line > 0 {
+		ps.list = append(ps.list, fmt.Sprintf("%s:%d: %s", ps.p.name, line, msg()))
+	} else {
+		// Inside an alias: the line of what it repeats is not known.
+		ps.list = append(ps.list, fmt.Sprintf("%s: %s", ps.p.name, msg()))
+	}
+}
+
+// err is the refusal of every problem recorded, or nil.
+func (ps *problems) err() error {
+	if len(ps.list) == 0 {
+		return nil
+	}
+	if ps.more > 0 {
+		ps.list = append(ps.list, fmt.Sprintf("%s: and %d more problems", ps.p.name, ps.more))
+	}
+	return errs.Refusedf("%s", strings.Join(ps.list, "\n"))
 }
 
 func (h HostDoc) host() state.Host {
@@ -128,23 +181,21 @@ func (h HostDoc) host() state.Host {
 
 // line returns the line of the node at a YAML path, or 0 when it cannot be found.
 func (p *Parsed) line(path string) int {
-	yp, err := yaml.PathString(path)
-	if err != nil {
-		return 0
-	}
-	n, err := yp.FilterFile(p.file)
-	if err != nil || n == nil || n.GetToken() == nil {
-		return 0
-	}
-	return n.GetToken().Position.Line
-}
-
-func yamlErr(name string, err error) error {
-	var ye yaml.Error
-	if errors.As(err, &ye) && ye.GetToken() != nil {
-		return fmt.Errorf("%s:%d: %s", name, ye.GetToken().Position.Line, ye.GetMessage())
-	}
-	return fmt.Errorf("%s: %w", name, err)
+	line := 0
+	// A failed lookup only costs the line number, never the refusal it is for.
+	_ = yamlSafe(func() error {
+		yp, err := yaml.PathString(path)
+		if err != nil {
+			return err
+		}
+		n, err := yp.FilterFile(p.file)
+		if err != nil || n == nil || n.GetToken() == nil || n.GetToken().Position == nil {
+			return err
+		}
+		line = n.GetToken().Position.Line
+		return nil
+	})
+	return line
 }
 
 // Summary counts what Apply did, per kind.
@@ -177,9 +228,9 @@ func Apply(tx state.Tx, p *Parsed) (Summary, error) {
 			}
 		}
 	}
-	var problems []string
+	ps := &problems{p: p}
 	refuse := func(path, format string, args ...any) {
-		problems = append(problems, fmt.Sprintf("%s:%d: %s", p.name, p.line(path), fmt.Sprintf(format, args...)))
+		ps.add(path, func() string { return fmt.Sprintf(format, args...) })
 	}
 	for zi, z := range p.Doc.Zones {
 		zp := fmt.Sprintf("$.zones[%d]", zi)
@@ -258,10 +309,7 @@ func Apply(tx state.Tx, p *Parsed) (Summary, error) {
 			}
 		}
 	}
-	if len(problems) > 0 {
-		return s, errs.Refusedf("%s", strings.Join(problems, "\n"))
-	}
-	return s, nil
+	return s, ps.err()
 }
 
 func sameHost(a, b state.Host) bool {

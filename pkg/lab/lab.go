@@ -34,6 +34,7 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/fsutil"
 	"github.com/kvmctl/kvmctl/pkg/inventory"
 	"github.com/kvmctl/kvmctl/pkg/pki"
+	"github.com/kvmctl/kvmctl/pkg/safetext"
 	"github.com/kvmctl/kvmctl/pkg/state"
 	"github.com/kvmctl/kvmctl/pkg/virt"
 )
@@ -92,6 +93,9 @@ func (m *Manifest) PKIDir() string { return filepath.Join(m.Dir, "pki") }
 
 // Host returns the host called name.
 func (m *Manifest) Host(name string) (*HostManifest, error) {
+	if err := safetext.Check("host name", name); err != nil {
+		return nil, errs.Refused(err)
+	}
 	for i := range m.Hosts {
 		if m.Hosts[i].Name == name {
 			return &m.Hosts[i], nil
@@ -115,6 +119,11 @@ func (o *Options) Validate() error {
 		return errs.Refusedf("--vms %d: use 0 to 50 per host", o.VMs)
 	case o.Dir == "":
 		return errs.Refusedf("--dir is empty: name the lab's directory")
+	}
+	// The directory is written into every agent.properties, one key a line: a newline in it
+	// would add keys.
+	if err := safetext.Check("--dir", o.Dir); err != nil {
+		return errs.Refused(err)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kvmctl/kvmctl/pkg/errs"
 	"github.com/kvmctl/kvmctl/pkg/orchestrate"
 	"github.com/kvmctl/kvmctl/pkg/state"
 	"github.com/kvmctl/kvmctl/pkg/virt"
@@ -113,10 +114,26 @@ func TestBuildWritesAFleet(t *testing.T) {
 }
 
 func TestValidate(t *testing.T) {
-	for _, o := range []Options{{Dir: "x", Hosts: 0, Clusters: 1}, {Dir: "x", Hosts: 2, Clusters: 3}, {Dir: "x", Hosts: 2, Clusters: 1, VMs: -1}, {Hosts: 1, Clusters: 1}} {
-		if err := o.Validate(); err == nil {
-			t.Errorf("Validate(%+v) = nil, want a refusal", o)
+	for _, o := range []Options{{Dir: "x", Hosts: 0, Clusters: 1}, {Dir: "x", Hosts: 2, Clusters: 3}, {Dir: "x", Hosts: 2, Clusters: 1, VMs: -1}, {Hosts: 1, Clusters: 1},
+		// Written into agent.properties, where a newline would start a key of its own.
+		{Dir: "lab\nlibvirt.uri=qemu:///system", Hosts: 1, Clusters: 1}, {Dir: "lab\x00", Hosts: 1, Clusters: 1}} {
+		if err := o.Validate(); !errs.IsRefused(err) {
+			t.Errorf("Validate(%+v) = %v, want a refusal", o, err)
 		}
+	}
+	o := Options{Dir: "lab\n", Hosts: 1, Clusters: 1}
+	if err := o.Validate(); err == nil || !strings.Contains(err.Error(), `invalid --dir "lab\n": control character U+000A at byte 3`) {
+		t.Errorf("Validate(newline) = %v", err)
+	}
+}
+
+func TestHostRefusesControlCharacters(t *testing.T) {
+	m := &Manifest{Dir: "/lab", Hosts: []HostManifest{{Name: "h1"}}}
+	if _, err := m.Host("h1\x00"); !errs.IsRefused(err) || !strings.Contains(err.Error(), `invalid host name "h1\x00": NUL at byte 2`) {
+		t.Errorf("Host(NUL-suffixed) = %v", err)
+	}
+	if h, err := m.Host("h1"); err != nil || h.Name != "h1" {
+		t.Errorf("Host(h1) = %v, %v", h, err)
 	}
 }
 

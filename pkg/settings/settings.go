@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/kvmctl/kvmctl/pkg/errs"
+	"github.com/kvmctl/kvmctl/pkg/safetext"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
@@ -73,6 +74,9 @@ var Registry = []Key{
 
 // Lookup returns the key called name, or an error naming the closest known key.
 func Lookup(name string) (Key, error) {
+	if err := safetext.Check("setting name", name); err != nil {
+		return Key{}, err
+	}
 	for _, k := range Registry {
 		if k.Name == name {
 			return k, nil
@@ -98,6 +102,10 @@ func Closest(name string) string {
 // Normalize checks value against k and returns its canonical spelling ("TRUE" -> "true",
 // "010" -> "10"), or an error that states the allowed values.
 func (k Key) Normalize(value string) (string, error) {
+	// Checked before trimming, which would drop a trailing newline or U+0085 unseen.
+	if err := safetext.Check(k.Name+" value", value); err != nil {
+		return "", err
+	}
 	v := strings.TrimSpace(value)
 	switch k.Type {
 	case Bool:

@@ -35,6 +35,13 @@ func TestLookupSuggestsClosest(t *testing.T) {
 	}
 }
 
+func TestLookupRefusesControlCharacters(t *testing.T) {
+	_, err := Lookup(SSHToAgent + "\x00")
+	if err == nil || !strings.Contains(err.Error(), `invalid setting name "kvm.ssh.to.agent\x00": NUL at byte 16`) {
+		t.Errorf("Lookup(NUL-suffixed key) = %v", err)
+	}
+}
+
 func TestNormalize(t *testing.T) {
 	cases := []struct {
 		key, in, want, errPart string
@@ -47,6 +54,12 @@ func TestNormalize(t *testing.T) {
 		{PingInterval, "3601", "", "from 1 to 3600"},
 		{PingInterval, "1.5", "", "whole number"},
 		{StageTimeout, "-5", "", "from 1 to 604800"},
+		{PingInterval, " 10 ", "10", ""},
+		// Control characters are refused, not trimmed away.
+		{PingInterval, "10\x00", "", `invalid kvm.rolling.maintenance.ping.interval value "10\x00": NUL at byte 2`},
+		{PingInterval, "10\n", "", "control character U+000A at byte 2"},
+		{PingInterval, "10\u0085", "", "C1 control character U+0085 at byte 2"},
+		{SSHToAgent, "true\xff", "", "invalid UTF-8 byte 0xff at byte 4"},
 	}
 	for _, c := range cases {
 		k, _ := Lookup(c.key)

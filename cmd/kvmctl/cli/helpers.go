@@ -53,7 +53,9 @@ func splitList(values []string) []string {
 	var out []string
 	for _, v := range values {
 		for _, p := range strings.Split(v, ",") {
-			if p = strings.TrimSpace(p); p != "" {
+			// Spaces only: a tab or another control character is refused where the value is
+			// checked, never dropped unseen.
+			if p = strings.Trim(p, " "); p != "" {
 				out = append(out, p)
 			}
 		}

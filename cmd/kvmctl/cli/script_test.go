@@ -50,6 +50,10 @@ func TestScripts(t *testing.T) {
 			env.Setenv("HOME", env.WorkDir)
 			env.Setenv("XDG_STATE_HOME", "")
 			env.Setenv("NO_COLOR", "1")
+			// Control characters for arguments that must be refused (scripts cannot spell them).
+			env.Setenv("TAB", "\t")
+			env.Setenv("ESC", "\x1b")
+			env.Setenv("NEL", "\u0085")
 			// Under -race every program that exits 0 sleeps 1s by default (atexit_sleep_ms).
 			env.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 			return nil
