@@ -101,7 +101,7 @@ func TestSplitPayload(t *testing.T) {
 			t.Errorf("SplitPayload(%q) = %q, %v; want %q", c.in, got, err, c.want)
 		}
 	}
-	for _, bad := range []string{`a "b`, `a 'b`, "a `b", `a; rm -rf /`, `a | b`, `a > f`} {
+	for _, bad := range []string{`a "b`, `a 'b`, "a `b", `a; rm -rf /`, `a | b`, `a > f`, "a\x00b", "kernel=6.1\nx", "a \u0085b", "a\tb", "\xff"} {
 		if _, err := SplitPayload(bad); err == nil {
 			t.Errorf("SplitPayload(%q): no error", bad)
 		}

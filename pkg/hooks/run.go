@@ -15,12 +15,17 @@ import (
 	"github.com/mattn/go-shellwords"
 
 	"github.com/kvmctl/kvmctl/pkg/events"
+	"github.com/kvmctl/kvmctl/pkg/safetext"
 )
 
 // SplitPayload splits a payload into words by shell quoting rules, without expanding variables
 // or running command substitutions. An unbalanced quote, or an unquoted shell operator
 // (; & | < >) that would silently cut the payload short, is an error.
 func SplitPayload(payload string) ([]string, error) {
+	// The agent refuses control characters in a payload; kvmctl says so before anything runs.
+	if err := safetext.Check("payload", payload); err != nil {
+		return nil, err
+	}
 	p := shellwords.NewParser()
 	p.ParseEnv = false
 	p.ParseBacktick = false
