@@ -122,13 +122,14 @@ func TestDefineVMRefusesHostAccess(t *testing.T) {
 		{"qemu commandline", strings.Replace(base, `<domain type="test">`, `<domain type="test" xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0">`, 1) +
 			"", "xmlns:qemu"},
 		{"qemu commandline element", strings.Replace(base, "</domain>", `<qemu:commandline xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0"><qemu:arg value="-x"/></qemu:commandline></domain>`, 1), "qemu"},
-		{"other prefix", strings.Replace(base, "</domain>", `<q:override xmlns:q="http://libvirt.org/schemas/domain/qemu/1.0"/></domain>`, 1), "passes arguments straight to the hypervisor"},
+		{"other prefix", strings.Replace(base, "</domain>", `<q:override xmlns:q="http://libvirt.org/schemas/domain/qemu/1.0"/></domain>`, 1), "in namespace http://libvirt.org/schemas/domain/qemu/1.0"},
 		{"undeclared prefix", strings.Replace(base, "</domain>", `<commandline><arg value="-x"/></commandline></domain>`, 1), "<commandline>"},
 		{"hostdev", devices(`<hostdev mode="subsystem" type="pci"><source><address domain="0" bus="1" slot="0" function="0"/></source></hostdev>`), "<hostdev>"},
 		{"filesystem", devices(`<filesystem type="mount"><source dir="/"/><target dir="root"/></filesystem>`), "<filesystem>"},
-		{"block disk", devices(`<disk type="block" device="disk"><source dev="/dev/sda"/><target dev="vdz"/></disk>`), "<disk type='block'>"},
-		{"source dev", devices(`<disk device="disk"><source dev="/dev/sda"/><target dev="vdz"/></disk>`), "<source dev='/dev/sda'>"},
-		{"device as a file", devices(`<disk type="file" device="disk"><source file="/dev/null"/><target dev="vdz"/></disk>`), "not a regular file"},
+		{"block disk", devices(`<disk type="block" device="disk"><source dev="/dev/sda"/><target dev="vdz"/></disk>`), "disk 2: type='block' is not allowed"},
+		{"source dev", devices(`<disk device="disk"><source dev="/dev/sda"/><target dev="vdz"/></disk>`), "disk 2 <source>: the attribute dev='/dev/sda' is not allowed"},
+		{"device as a file", devices(`<disk type="file" device="disk"><source file="/dev/null"/><target dev="vdz"/></disk>`), "source /dev/null is outside vm.disk.dirs"},
+		{"directory as a file", devices(`<disk type="file" device="disk"><source file="` + t.TempDir() + `"/><target dev="vdz"/></disk>`), "is not a regular file"},
 		{"other uuid", strings.Replace(strings.Replace(base, "<name>web1</name>", "<name>db1</name>", 1), virt.NameUUID("web1"), "00000000-0000-0000-0000-000000000001", 1),
 			"already exists here with uuid " + virt.NameUUID("db1")},
 	} {

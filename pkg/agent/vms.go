@@ -123,7 +123,7 @@ func (a *Agent) handleDefineVM(w http.ResponseWriter, r *http.Request) *httpErro
 		return e
 	}
 	// The agent defines as root what it is sent: only what a VM moving between hosts needs.
-	if err := virt.CheckDomainPolicy(req.XML, a.cfg.VMDiskDirs...); err != nil {
+	if err := virt.CheckDomain(req.XML, a.cfg.VMDiskDirs); err != nil {
 		return newHTTPError(api.CodeBadRequest, "vm %q: %v", parsed.Name, err)
 	}
 	done, since, ok := a.state.BeginVMStart()
