@@ -11,6 +11,7 @@ import (
 
 	"github.com/kvmctl/kvmctl/pkg/api"
 	"github.com/kvmctl/kvmctl/pkg/virt"
+	"github.com/kvmctl/kvmctl/pkg/virt/virttest"
 )
 
 // A missing state dir is created 0700. An existing one open to others is refused and left as it
@@ -149,6 +150,77 @@ func TestDefineVMRefusesHostAccess(t *testing.T) {
 	same, _ := virt.RenderDomainXML(virt.VMSpec{Name: "db1", VCPUs: 1, MemoryMiB: 256})
 	if err := c.DefineAndStartVM(ctx, same); err != nil {
 		t.Fatalf("redefine with the same uuid: %v", err)
+	}
+}
+
+// Through the real API on libvirt's test driver: every attack definition is refused with a 400
+// naming what was refused, and nothing is defined, also after the agent restarts; normal VMs are
+// defined. Before the allowlist, the agent defined 29 of these 35.
+func TestDefineVMRefusesAttacksThroughAPI(t *testing.T) {
+	f := newFleet(t)
+	dir := t.TempDir()
+	attacks, err := virttest.Attacks(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri := newTestNode(t, virt.NodeSpec{HostName: "kvm1", CPUs: 4, MemoryMiB: 8192})
+	cfg := f.testConfig("kvm1", "b")
+	cfg.LibvirtURI, cfg.VMDiskDirs = uri, []string{dir}
+	addr, stop := serveStoppable(t, cfg, openNode(t, uri))
+	c := f.client("kvm1", addr)
+	ctx := context.Background()
+	for _, a := range attacks {
+		ae := wantCode(t, a.Name, c.DefineAndStartVM(ctx, a.XML), http.StatusBadRequest, api.CodeBadRequest)
+		mustContain(t, ae.Message, `vm "evil"`, "domain xml refused", a.Want)
+		if vms := vmStates(t, c); len(vms) != 0 {
+			t.Fatalf("%s: refused, but the host has %v", a.Name, vms)
+		}
+	}
+	stop()
+	c = f.client("kvm1", serve(t, cfg, openNode(t, uri)))
+	if vms := vmStates(t, c); len(vms) != 0 {
+		t.Fatalf("after a restart the host has %v", vms)
+	}
+	for _, d := range virttest.Normal(dir) {
+		if d.Name == "full vm" {
+			continue // a qemu domain: the test driver defines type 'test' only
+		}
+		if err := c.DefineAndStartVM(ctx, d.XML); err != nil {
+			t.Errorf("%s: %v", d.Name, err)
+		}
+		if err := c.RemoveVM(ctx, "normal"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// misreading is a hypervisor that reads a definition otherwise than it was sent, as libvirt
+// read a namespaced x:type='block' as a block disk.
+type misreading struct {
+	*virt.Fake
+	read func(string) string
+}
+
+func (m misreading) DefineAndStart(xml string, check virt.DomainCheck) error {
+	return m.Fake.DefineAndStart(xml, func(string) error { return check(m.read(xml)) })
+}
+
+// The agent checks the hypervisor's own reading of a definition too: what passed its check as
+// sent, but reads back as a block disk, is refused with a 400 and not defined.
+func TestDefineVMChecksHypervisorsReading(t *testing.T) {
+	f := newFleet(t)
+	hv := misreading{Fake: virt.NewFake(virt.Capacity{CPUs: 4, MemoryMiB: 4096}), read: func(x string) string {
+		return strings.Replace(x, "  </devices>", `<disk type="block" device="disk"><source dev="/dev/sda"/><target dev="vdz"/></disk></devices>`, 1)
+	}}
+	c := f.client("kvm1", serve(t, f.testConfig("kvm1", "b"), hv))
+	x, err := virt.RenderDomainXML(virt.VMSpec{Name: "web1", VCPUs: 1, MemoryMiB: 256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ae := wantCode(t, "define", c.DefineAndStartVM(context.Background(), x), http.StatusBadRequest, api.CodeBadRequest)
+	mustContain(t, ae.Message, "the hypervisor's reading of the definition", "disk 1: type='block' is not allowed")
+	if vms, _ := hv.ListVMs(); len(vms) != 0 {
+		t.Errorf("defined %+v", vms)
 	}
 }
 

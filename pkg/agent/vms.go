@@ -35,6 +35,8 @@ func vmError(err error) *httpError {
 		return newHTTPError(api.CodeNotFound, "%v", err)
 	case errors.Is(err, virt.ErrVMRunning):
 		return newHTTPError(api.CodeConflict, "%v", err)
+	case errors.Is(err, virt.ErrDomainRefused):
+		return newHTTPError(api.CodeBadRequest, "%v", err)
 	case errors.Is(err, virt.ErrMigrationUnsupported):
 		return newHTTPError(api.CodeMigrationUnsupported, "%v", err)
 	case errors.Is(err, virt.ErrMigrationTimeout):
@@ -122,8 +124,10 @@ func (a *Agent) handleDefineVM(w http.ResponseWriter, r *http.Request) *httpErro
 	if e := checkDomainNames(req.XML); e != nil {
 		return e
 	}
-	// The agent defines as root what it is sent: only what a VM moving between hosts needs.
-	if err := virt.CheckDomain(req.XML, a.cfg.VMDiskDirs); err != nil {
+	// The agent defines as root what it is sent: only what a normal VM needs, checked before
+	// libvirt sees it and again on libvirt's own reading of it.
+	check := func(x string) error { return virt.CheckDomain(x, a.cfg.VMDiskDirs) }
+	if err := check(req.XML); err != nil {
 		return newHTTPError(api.CodeBadRequest, "vm %q: %v", parsed.Name, err)
 	}
 	done, since, ok := a.state.BeginVMStart()
@@ -134,7 +138,7 @@ func (a *Agent) handleDefineVM(w http.ResponseWriter, r *http.Request) *httpErro
 		done()
 		return e
 	}
-	err = a.hv.DefineAndStart(req.XML)
+	err = a.hv.DefineAndStart(req.XML, check)
 	done()
 	if err != nil {
 		return vmError(err)

@@ -105,11 +105,18 @@ func (f *Fake) DomainXML(name string) (string, error) {
 	})
 }
 
-// DefineAndStart parses the XML with ParseDomainXML and adds the VM running.
-func (f *Fake) DefineAndStart(xml string) error {
+// DefineAndStart parses the XML with ParseDomainXML and adds the VM running. The fake reads a
+// definition exactly as written, so check runs on xml itself.
+func (f *Fake) DefineAndStart(xml string, check DomainCheck) error {
 	vm, err := ParseDomainXML(xml)
 	if err != nil {
 		return fmt.Errorf("define vm: %w", err)
+	}
+	if check == nil {
+		return fmt.Errorf("define vm %q: %w", vm.Name, errNoCheck)
+	}
+	if err := check(xml); err != nil {
+		return fmt.Errorf("define vm %q: the hypervisor's reading of the definition: %w", vm.Name, err)
 	}
 	if err := f.fail("DefineAndStart", vm.Name); err != nil {
 		return err

@@ -15,8 +15,11 @@ type Hypervisor interface {
 	// DomainXML returns the persistent definition of a VM, suitable for
 	// DefineAndStart on another host.
 	DomainXML(name string) (string, error)
-	// DefineAndStart defines a VM from its domain XML and starts it.
-	DefineAndStart(xml string) error
+	// DefineAndStart defines a VM from its domain XML and starts it. check runs on the
+	// hypervisor's own reading of the definition (its inactive XML) before the VM starts: if it
+	// refuses, the definition is removed again (or the one it replaced is put back) and the
+	// refusal returned. A nil check is refused: nothing is defined unchecked.
+	DefineAndStart(xml string, check DomainCheck) error
 	// Start starts a defined VM.
 	Start(name string) error
 	// Destroy powers a VM off at once; a VM that is already off is not an error.
@@ -28,6 +31,12 @@ type Hypervisor interface {
 	// Close releases the connection.
 	Close() error
 }
+
+// DomainCheck checks a domain definition as the hypervisor read it (see CheckDomain).
+type DomainCheck func(domainXML string) error
+
+// errNoCheck refuses a define without a DomainCheck.
+var errNoCheck = errors.New("no domain check given: nothing is defined unchecked")
 
 // Capacity is a host's size, or the part of it that VMs use.
 type Capacity struct {

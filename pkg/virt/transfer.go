@@ -13,13 +13,14 @@ import (
 // if it was off on src.
 //
 // Transfer is for the lab (libvirt's test driver): on real hosts two running
-// copies would write the same disks, so use Hypervisor.Migrate there.
-func Transfer(src, dst Hypervisor, name string) error {
+// copies would write the same disks, so use Hypervisor.Migrate there. check is
+// dst's check of the definition (see Hypervisor.DefineAndStart).
+func Transfer(src, dst Hypervisor, name string, check DomainCheck) error {
 	def, err := src.DomainXML(name)
 	if err != nil {
 		return fmt.Errorf("transfer vm %q: read definition on source: %w", name, err)
 	}
-	if err := dst.DefineAndStart(def); err != nil {
+	if err := dst.DefineAndStart(def, check); err != nil {
 		return fmt.Errorf("transfer vm %q: start on target, source untouched: %w", name, err)
 	}
 	if err := src.Destroy(name); err != nil {

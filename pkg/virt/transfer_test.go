@@ -15,7 +15,7 @@ func TestTransferRollsBackWhenSourceWontStop(t *testing.T) {
 		}
 		return nil
 	}
-	if err := Transfer(src, dst, "vm1"); !errors.Is(err, boom) {
+	if err := Transfer(src, dst, "vm1", func(string) error { return nil }); !errors.Is(err, boom) {
 		t.Fatalf("Transfer = %v, want boom", err)
 	}
 	if vms, err := dst.ListVMs(); err != nil || len(vms) != 0 {

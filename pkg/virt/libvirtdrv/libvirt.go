@@ -180,21 +180,30 @@ func (l *Libvirt) DomainXML(name string) (string, error) {
 	return x, nil
 }
 
-// DefineAndStart defines the VM and starts it. It refuses to redefine a VM
-// that is running (virt.ErrVMRunning); a VM it newly defined is undefined again
-// if it fails to start, so a failure leaves the host as it was.
-func (l *Libvirt) DefineAndStart(domainXML string) error {
+// DefineAndStart defines the VM, checks libvirt's reading of the definition (its
+// inactive XML) with check, and starts it. It refuses to redefine a VM that is
+// running (virt.ErrVMRunning). A definition check refuses is undefined again, or
+// the definition it replaced is put back; a VM it newly defined is undefined again
+// if it fails to start. Either way a failure leaves the host as it was.
+func (l *Libvirt) DefineAndStart(domainXML string, check virt.DomainCheck) error {
 	vm, err := virt.ParseDomainXML(domainXML)
 	if err != nil {
 		return fmt.Errorf("define vm: %w", err)
+	}
+	if check == nil {
+		return fmt.Errorf("define vm %q: no domain check given: nothing is defined unchecked", vm.Name)
 	}
 	defer l.lockMutation()()
 	if l.conn == nil {
 		return fmt.Errorf("define vm %q: %w", vm.Name, errClosed)
 	}
-	existed := false
+	// The definition a refused one replaces, to put it back.
+	previous := ""
 	if old, err := l.lookup(vm.Name); err == nil {
 		active, err := old.IsActive()
+		if err == nil && !active {
+			previous, err = old.GetXMLDesc(libvirt.DOMAIN_XML_INACTIVE | libvirt.DOMAIN_XML_SECURE)
+		}
 		old.Free()
 		if err != nil {
 			return fmt.Errorf("define vm %q: %w", vm.Name, err)
@@ -202,7 +211,6 @@ func (l *Libvirt) DefineAndStart(domainXML string) error {
 		if active {
 			return fmt.Errorf("define vm %q: %w", vm.Name, virt.ErrVMRunning)
 		}
-		existed = true
 	} else if !errors.Is(err, virt.ErrVMNotFound) {
 		return fmt.Errorf("define vm: %w", err)
 	}
@@ -211,16 +219,46 @@ func (l *Libvirt) DefineAndStart(domainXML string) error {
 		return fmt.Errorf("define vm %q: %w", vm.Name, err)
 	}
 	defer d.Free()
+	// What libvirt understood is what runs: check that, not only what was sent.
+	read, err := d.GetXMLDesc(libvirt.DOMAIN_XML_INACTIVE)
+	if err == nil {
+		err = check(read)
+	}
+	if err != nil {
+		err = fmt.Errorf("define vm %q: libvirt's reading of the definition: %w", vm.Name, err)
+		return errors.Join(err, l.undoDefine(d, vm.Name, previous), l.persist())
+	}
 	if err := d.Create(); err != nil {
 		err = fmt.Errorf("start vm %q: %w", vm.Name, err)
-		if !existed {
-			if uerr := d.Undefine(); uerr != nil {
-				err = errors.Join(err, fmt.Errorf("undefine vm %q after failed start: %w", vm.Name, uerr))
-			}
+		if previous == "" {
+			err = errors.Join(err, l.undoDefine(d, vm.Name, ""))
 		}
 		return errors.Join(err, l.persist())
 	}
 	return l.persist()
+}
+
+// undoDefine removes the definition d that DefineAndStart just made, or puts back previous,
+// the definition it replaced. The caller holds the lock. A refused definition may name any
+// host file as its nvram or TPM state: those are kept, never deleted.
+func (l *Libvirt) undoDefine(d *libvirt.Domain, name, previous string) error {
+	if previous != "" {
+		back, err := l.conn.DomainDefineXML(previous)
+		if err != nil {
+			return fmt.Errorf("put back the previous definition of vm %q: %w", name, err)
+		}
+		return back.Free()
+	}
+	err := d.UndefineFlags(libvirt.DOMAIN_UNDEFINE_KEEP_NVRAM)
+	var lerr libvirt.Error
+	if errors.As(err, &lerr) && lerr.Code == libvirt.ERR_INVALID_ARG {
+		// The test driver knows no nvram and refuses the flag.
+		err = d.Undefine()
+	}
+	if err != nil {
+		return fmt.Errorf("undefine vm %q again: %w", name, err)
+	}
+	return nil
 }
 
 // Start starts a defined VM.

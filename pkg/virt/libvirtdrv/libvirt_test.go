@@ -26,6 +26,11 @@ func writeNode(t *testing.T, dir string, spec virt.NodeSpec) (uri, path string) 
 	return "test://" + path, path
 }
 
+// policy is the agent's check of a definition with vm.disk.dirs = dir.
+func policy(dir string) virt.DomainCheck {
+	return func(x string) error { return virt.CheckDomain(x, []string{dir}) }
+}
+
 func open(t *testing.T, uri string) *Libvirt {
 	t.Helper()
 	h, err := Open(uri)
@@ -135,7 +140,7 @@ func TestPersistAcrossReopen(t *testing.T) {
 	}
 
 	h := open(t, uri)
-	if err := h.DefineAndStart(def); err != nil {
+	if err := h.DefineAndStart(def, policy(dir)); err != nil {
 		t.Fatalf("DefineAndStart: %v", err)
 	}
 	if err := h.Close(); err != nil {
@@ -222,13 +227,13 @@ func TestErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h.DefineAndStart(def); !errors.Is(err, virt.ErrVMRunning) {
+	if err := h.DefineAndStart(def, policy(dir)); !errors.Is(err, virt.ErrVMRunning) {
 		t.Errorf("DefineAndStart(running) = %v, want ErrVMRunning", err)
 	}
 	if err := h.Migrate("vm1", "qemu+tls://kvm2/system", virt.MigrateOptions{}); !errors.Is(err, virt.ErrMigrationUnsupported) {
 		t.Errorf("Migrate = %v, want ErrMigrationUnsupported", err)
 	}
-	if err := h.DefineAndStart("<domain"); err == nil {
+	if err := h.DefineAndStart("<domain", policy(dir)); err == nil {
 		t.Error("DefineAndStart(garbage) succeeded")
 	}
 	// Destroy is idempotent; redefining a stopped VM is allowed.
@@ -237,7 +242,7 @@ func TestErrors(t *testing.T) {
 			t.Fatalf("Destroy: %v", err)
 		}
 	}
-	if err := h.DefineAndStart(def); err != nil {
+	if err := h.DefineAndStart(def, policy(dir)); err != nil {
 		t.Fatalf("DefineAndStart(stopped) = %v", err)
 	}
 	if err := h.Close(); err != nil {

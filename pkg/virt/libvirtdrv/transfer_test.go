@@ -20,7 +20,7 @@ func TestTransferBetweenTestNodes(t *testing.T) {
 	a, b := open(t, uriA), open(t, uriB)
 	before := listVMs(t, a)
 
-	if err := virt.Transfer(a, b, "vm1"); err != nil {
+	if err := virt.Transfer(a, b, "vm1", policy(dir)); err != nil {
 		t.Fatalf("Transfer: %v", err)
 	}
 	if vms := listVMs(t, a); len(vms) != 0 {
@@ -49,14 +49,14 @@ func TestTransferTargetFailsLeavesSource(t *testing.T) {
 	uriB, _ := writeNode(t, dir, virt.NodeSpec{HostName: "kvm2", CPUs: 2, MemoryMiB: 2048, VMs: []virt.VMSpec{spec}})
 	a, b := open(t, uriA), open(t, uriB)
 
-	err := virt.Transfer(a, b, "vm1")
+	err := virt.Transfer(a, b, "vm1", policy(dir))
 	if !errors.Is(err, virt.ErrVMRunning) {
 		t.Fatalf("Transfer = %v, want ErrVMRunning", err)
 	}
 	if got := vmNames(listVMs(t, a)); got["vm1"] != virt.StateRunning {
 		t.Errorf("source = %v, want vm1 running", got)
 	}
-	if err := virt.Transfer(a, b, "nope"); !errors.Is(err, virt.ErrVMNotFound) {
+	if err := virt.Transfer(a, b, "nope", policy(dir)); !errors.Is(err, virt.ErrVMNotFound) {
 		t.Errorf("Transfer(nope) = %v, want ErrVMNotFound", err)
 	}
 }
