@@ -222,7 +222,8 @@ func (a *Agent) handleRemoveVM(w http.ResponseWriter, r *http.Request) *httpErro
 	return nil
 }
 
-// handleMigrateVM live-migrates a VM to another host and answers 204 when it is there. Allowed
+// handleMigrateVM live-migrates a VM to another host (dest_uri, qemu+tls://HOST/system only) and
+// answers 204 when it is there. Allowed
 // in maintenance: it moves a VM out. The target's libvirt defines the VM without asking its
 // agent, which is why kvmctl checks the target's agent state before it migrates.
 func (a *Agent) handleMigrateVM(w http.ResponseWriter, r *http.Request) *httpError {
@@ -237,8 +238,10 @@ func (a *Agent) handleMigrateVM(w http.ResponseWriter, r *http.Request) *httpErr
 	if err := safetext.Check("dest_uri", req.DestURI); err != nil {
 		return newHTTPError(api.CodeBadRequest, "%v", err)
 	}
-	if u, err := url.Parse(req.DestURI); req.DestURI == "" || err != nil || u.Scheme == "" {
-		return newHTTPError(api.CodeBadRequest, "dest_uri %q is not a libvirt URI such as qemu+tls://HOST/system", req.DestURI)
+	// libvirt connects to dest_uri as root with this host's credentials: only the one form
+	// kvmctl builds from its inventory is followed.
+	if err := api.CheckMigrationURI(req.DestURI); err != nil {
+		return newHTTPError(api.CodeBadRequest, "dest_uri %q refused: %v", req.DestURI, err)
 	}
 	limit := api.MaxMigrateTimeout - migrateAbortMargin
 	// The integer is checked before it becomes a Duration, which a huge one would overflow.

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/kvmctl/kvmctl/pkg/api"
@@ -112,6 +113,13 @@ func TestMigrate(t *testing.T) {
 	dst := virt.NewFake(virt.Capacity{CPUs: 4, MemoryMiB: 4096})
 	src := virt.NewFake(virt.Capacity{CPUs: 4, MemoryMiB: 4096}, virt.VM{Name: "web1", State: virt.StateRunning, VCPUs: 1, MemoryMiB: 512})
 	src.Peers = map[string]*virt.Fake{"qemu+tls://kvm2/system": dst}
+	var migrations atomic.Int32
+	src.Fail = func(method, _ string) error {
+		if method == "Migrate" {
+			migrations.Add(1)
+		}
+		return nil
+	}
 	c := f.client("kvm1", serve(t, f.testConfig("kvm1", "b"), src))
 	ctx := context.Background()
 
@@ -125,6 +133,44 @@ func TestMigrate(t *testing.T) {
 		{"timeout over the maximum", api.MigrateRequest{DestURI: "qemu+tls://kvm2/system", TimeoutS: int(api.MaxMigrateTimeout.Seconds()) + 1}},
 	} {
 		wantCode(t, tc.name, c.MigrateVM(ctx, "web1", tc.req), http.StatusBadRequest, api.CodeBadRequest)
+	}
+	// libvirt would follow any of these as root: a program, a socket, key files, another user,
+	// port, path or driver, a query or fragment, a host the resolver reads otherwise.
+	for _, uri := range []string{
+		"qemu+ext:///system?command=/tmp/evil",
+		"qemu+ssh://kvm2/system",
+		"qemu+ssh://root@kvm2/system?keyfile=/root/.ssh/id_rsa&known_hosts_verify=ignore",
+		"qemu+tls://kvm2/system?pkipath=/tmp/evil",
+		"qemu+tls://kvm2/system?no_verify=1",
+		"qemu+tls://kvm2/system?socket=/run/evil.sock",
+		"qemu+unix:///system?socket=/run/evil.sock",
+		"qemu+tcp://kvm2/system",
+		"qemu:///system",
+		"test:///default",
+		"qemu+tls://root@kvm2/system",
+		"qemu+tls://kvm2:16514/system",
+		"qemu+tls://kvm2/session",
+		"qemu+tls://kvm2/system/",
+		"qemu+tls://kvm2/system#x",
+		"qemu+tls:///system",
+		"QEMU+TLS://kvm2/system",
+		"qemu+tls://kvm2/system\n",
+		"qemu+tls://[fe80::1%25eth0]/system",
+		"qemu+tls://fd00::4/system",
+		"qemu+tls://127.1/system",
+		"qemu+tls://0x7f.1/system",
+		"qemu+tls://kvm_2/system",
+		"qemu+tls://kvm2%2Fx/system",
+	} {
+		ae := wantCode(t, uri, c.MigrateVM(ctx, "web1", api.MigrateRequest{DestURI: uri}), http.StatusBadRequest, api.CodeBadRequest)
+		mustContain(t, ae.Message, "dest_uri")
+	}
+	if n := migrations.Load(); n != 0 {
+		t.Fatalf("a refused dest_uri reached the hypervisor %d times", n)
+	}
+	// The forms kvmctl builds pass the check (the fake knows kvm2 only).
+	for _, uri := range []string{"qemu+tls://kvm3.example.net/system", "qemu+tls://10.0.0.12/system", "qemu+tls://[fd00::4]/system"} {
+		wantCode(t, uri, c.MigrateVM(ctx, "web1", api.MigrateRequest{DestURI: uri}), http.StatusNotImplemented, api.CodeMigrationUnsupported)
 	}
 
 	// Allowed in maintenance: it moves a VM out.

@@ -26,7 +26,8 @@ type Maintenance struct {
 
 // MigrateRequest asks an agent to live-migrate one of its VMs (POST /v1/vms/{name}/migrate).
 type MigrateRequest struct {
-	// DestURI is the libvirt URI of the target host, e.g. qemu+tls://10.0.0.12/system.
+	// DestURI is the libvirt URI of the target host, exactly as MigrationURI builds it, e.g.
+	// qemu+tls://10.0.0.12/system; the agent refuses any other.
 	DestURI       string `json:"dest_uri"`
 	BandwidthMiBs uint64 `json:"bandwidth_mibs,omitempty"`
 	// TimeoutS aborts the migration after this many seconds; 0 means MaxMigrateTimeout, more

@@ -711,7 +711,11 @@ func (m *Maintenance) moveVM(ctx context.Context, src MaintenanceAgent, srcKind 
 		if err != nil {
 			return err
 		}
-		return src.MigrateVM(ctx, vm, api.MigrateRequest{DestURI: "qemu+tls://" + host + "/system"})
+		uri, err := api.MigrationURI(host)
+		if err != nil {
+			return fmt.Errorf("migrate %s to %s: %w", vm, dst.Name, err)
+		}
+		return src.MigrateVM(ctx, vm, api.MigrateRequest{DestURI: uri})
 	}
 	xml, err := src.VMXML(ctx, vm)
 	if err != nil {
