@@ -94,6 +94,35 @@ func TestExampleRoundTrip(t *testing.T) {
 	})
 }
 
+// A host's lab mark is kept by apply, and neither exported nor accepted in a file: only
+// `kvmctl lab up` sets it.
+func TestApplyKeepsLabMark(t *testing.T) {
+	s := newStore(t)
+	base := "zones:\n  - name: z1\n    pods:\n      - name: p1\n        clusters:\n          - name: c1\n            hosts:\n              - {name: h1, address: 'a:1'}\n"
+	if _, err := applyFile(t, s, "f.yaml", []byte(base)); err != nil {
+		t.Fatal(err)
+	}
+	lab := func() bool {
+		var h state.Host
+		_ = s.View(func(tx state.Tx) (err error) { h, err = state.GetHost(tx, "h1"); return err })
+		return h.Lab
+	}
+	_ = s.Update(func(tx state.Tx) error {
+		h, _ := state.GetHost(tx, "h1")
+		h.Lab = true
+		return state.PutHost(tx, h)
+	})
+	if _, err := applyFile(t, s, "f.yaml", []byte(strings.Replace(base, "'a:1'}", "'a:1', tags: [x]}", 1))); err != nil || !lab() {
+		t.Errorf("apply changing h1's tags: %v, lab %v; want the lab mark kept", err, lab())
+	}
+	if out := export(t, s); strings.Contains(string(out), "lab") {
+		t.Errorf("export shows the lab mark:\n%s", out)
+	}
+	if _, err := Parse("f.yaml", []byte(strings.Replace(base, "'a:1'}", "'a:1', lab: true}", 1))); err == nil {
+		t.Error("a file may set the lab mark")
+	}
+}
+
 func TestParseRefusals(t *testing.T) {
 	cases := map[string]struct{ yaml, want string }{
 		"unknown field": {"zones:\n  - name: z1\n    colour: red\n", "f.yaml:3:"},

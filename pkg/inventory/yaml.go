@@ -16,7 +16,8 @@ import (
 
 // Document is the YAML form of the inventory: zones hold pods, pods hold clusters, clusters
 // hold hosts. Resource states are not part of it: they are the fleet's live condition, not its
-// shape.
+// shape. Nor is a host's lab mark: only `kvmctl lab up` sets it, since it lets kvmctl carry VM
+// definitions between hosts, and a file applied to the state must not be a way to turn it on.
 type Document struct {
 	Zones []ZoneDoc `yaml:"zones" json:"zones"`
 }
@@ -294,7 +295,8 @@ func Apply(tx state.Tx, p *Parsed) (Summary, error) {
 					case cur.Cluster != cd.Name:
 						refuse(hp, "host %s is in cluster %s, not %s: apply does not move hosts; `kvmctl host rm %s` first", hd.Name, cur.Cluster, cd.Name, hd.Name)
 					default:
-						want.ResourceState, want.StateReason = cur.ResourceState, cur.StateReason
+						// The live condition, and what only `kvmctl lab up` says, stay as they are.
+						want.ResourceState, want.StateReason, want.Lab = cur.ResourceState, cur.StateReason, cur.Lab
 						if sameHost(cur, want) {
 							s.Unchanged["hosts"]++
 							continue

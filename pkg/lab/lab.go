@@ -252,7 +252,7 @@ func Build(o Options) (*Manifest, error) {
 			}
 		}
 		for _, h := range m.Hosts {
-			if _, err := inventory.AddHost(tx, state.Host{Name: h.Name, Cluster: h.Cluster, Address: h.Address, Tags: []string{"lab"}}); err != nil {
+			if _, err := inventory.AddHost(tx, state.Host{Name: h.Name, Cluster: h.Cluster, Address: h.Address, Tags: []string{"lab"}, Lab: true}); err != nil {
 				return err
 			}
 		}

@@ -109,6 +109,11 @@ func TestBuildWritesAFleet(t *testing.T) {
 		if len(hs) != 3 || hs[1].Cluster != "c1" || hs[1].Address != m.Hosts[1].Address {
 			t.Errorf("inventory hosts = %+v", hs)
 		}
+		for _, h := range hs {
+			if !h.Lab {
+				t.Errorf("host %s is not marked as a lab host", h.Name)
+			}
+		}
 		return nil
 	})
 }

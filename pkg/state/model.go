@@ -61,6 +61,10 @@ type Host struct {
 	ResourceState  string `json:"resource_state"`
 	// StateReason says why the host is in ErrorInMaintenance (or what last changed its state).
 	StateReason string `json:"state_reason,omitempty"`
+	// Lab marks a host that `kvmctl lab up` created: its agent runs libvirt's test driver, which
+	// cannot migrate, so kvmctl moves its VMs by a transfer through the two agents. Only kvmctl
+	// sets it, never a host's own report: a transfer carries a definition from one host to another.
+	Lab bool `json:"lab,omitempty"`
 	// Unknown keeps fields a newer kvmctl wrote.
 	Unknown Unknown `json:"-"`
 }

@@ -148,6 +148,9 @@ func runHostShow(opts *HostOptions) error {
 	row("address", h.Address)
 	row("tags", strings.Join(h.Tags, ","))
 	row("resource state", h.ResourceState)
+	if h.Lab {
+		row("lab", "yes: made by `kvmctl lab up`; its VMs move by transfer through kvmctl")
+	}
 	if h.StateReason != "" {
 		row("state reason", h.StateReason)
 	}
