@@ -41,7 +41,9 @@ func Alive(h *HostManifest) bool {
 		return false
 	}
 	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", h.PID))
-	if err != nil || !bytes.Contains(cmdline, []byte(h.Config())) {
+	// Just after exec.Cmd.Start returns, the kernel may still show an empty command line (the
+	// new program's arguments are not in place yet): that is our agent starting, not gone.
+	if err != nil || (len(cmdline) > 0 && !bytes.Contains(cmdline, []byte(h.Config()))) {
 		return false
 	}
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", h.PID))
