@@ -18,6 +18,7 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/settings"
 	"github.com/kvmctl/kvmctl/pkg/sshx"
 	"github.com/kvmctl/kvmctl/pkg/state"
+	"github.com/kvmctl/kvmctl/pkg/virt"
 )
 
 // The engines' unit tests run inside testing/synctest bubbles: the engines take the real clock,
@@ -50,19 +51,27 @@ type fakeExec struct {
 }
 
 type fakeAgent struct {
-	f        *fleet
-	name     string
-	down     bool
-	inMaint  bool
-	vms      map[string]api.VM
-	cpus     int
-	memMiB   uint64
-	stages   map[events.Stage]stageScript
-	execs    map[string]*fakeExec
-	started  map[events.Stage]int // executions (not calls) per stage
-	noScript map[events.Stage]bool
-	refused  map[events.Stage]string // why the agent refuses a stage's script
-	hang     bool                    // VM starts never finish (until the caller gives up)
+	f       *fleet
+	name    string
+	down    bool
+	inMaint bool
+	vms     map[string]api.VM
+	// xml holds the definitions the agent sends for some of its VMs instead of their own (a
+	// crafted one); defined counts the definitions it was sent.
+	xml     map[string]string
+	defined int
+	// hypervisor is what the agent reports (api.HypervisorTest unless set); migrations records
+	// the live migrations it was asked for, which it cannot do.
+	hypervisor string
+	migrations []api.MigrateRequest
+	cpus       int
+	memMiB     uint64
+	stages     map[events.Stage]stageScript
+	execs      map[string]*fakeExec
+	started    map[events.Stage]int // executions (not calls) per stage
+	noScript   map[events.Stage]bool
+	refused    map[events.Stage]string // why the agent refuses a stage's script
+	hang       bool                    // VM starts never finish (until the caller gives up)
 	// awayCalls counts calls refused because the agent was away during a stage.
 	awayCalls int
 	// violations are unsafe things done to this host (maintenance cancelled while its
@@ -75,7 +84,7 @@ var errUnreachable = &api.UnreachableError{Host: "fake", Err: errors.New("connec
 func newFleet() *fleet { return &fleet{agents: map[string]*fakeAgent{}, clk: clock.Real()} }
 
 func (f *fleet) add(name string, vms ...string) *fakeAgent {
-	a := &fakeAgent{f: f, name: name, vms: map[string]api.VM{}, cpus: 8, memMiB: 8192, stages: map[events.Stage]stageScript{},
+	a := &fakeAgent{f: f, name: name, vms: map[string]api.VM{}, xml: map[string]string{}, cpus: 8, memMiB: 8192, stages: map[events.Stage]stageScript{},
 		execs: map[string]*fakeExec{}, started: map[events.Stage]int{}, noScript: map[events.Stage]bool{}, refused: map[events.Stage]string{}}
 	for _, vm := range vms {
 		a.vms[vm] = api.VM{Name: vm, UUID: vm, State: "running", VCPUs: 1, MemoryMiB: 1024}
@@ -121,7 +130,11 @@ func (a *fakeAgent) Status(context.Context) (api.Status, error) {
 	if a.away() {
 		return api.Status{}, errUnreachable
 	}
-	st := api.Status{HostName: a.name, AgentState: api.AgentStateUp, Hypervisor: api.HypervisorTest, BootID: "b",
+	hv := a.hypervisor
+	if hv == "" {
+		hv = api.HypervisorTest
+	}
+	st := api.Status{HostName: a.name, AgentState: api.AgentStateUp, Hypervisor: hv, BootID: "b",
 		Capacity: api.Resources{CPUs: a.cpus, MemoryMiB: a.memMiB}}
 	if a.inMaint {
 		st.AgentState = api.AgentStateInMaintenance
@@ -158,12 +171,22 @@ func (a *fakeAgent) CancelMaintenance(context.Context) (api.Maintenance, error) 
 	return api.Maintenance{AgentState: string(api.AgentStateUp)}, nil
 }
 
+// VMXML answers the VM's definition as an agent on the test driver would, or the crafted one.
 func (a *fakeAgent) VMXML(_ context.Context, name string) (string, error) {
 	defer a.lock()()
-	if _, ok := a.vms[name]; !ok {
+	vm, ok := a.vms[name]
+	if !ok {
 		return "", &api.Error{Status: 404, Code: api.CodeNotFound}
 	}
-	return name, nil // the fake's "XML" is the name
+	if x, ok := a.xml[name]; ok {
+		return x, nil
+	}
+	spec := virt.VMSpec{Name: vm.Name, UUID: vm.UUID, VCPUs: vm.VCPUs, MemoryMiB: vm.MemoryMiB,
+		Disks: []string{"/srv/shared/" + vm.Name + ".img"}, Tags: vm.Tags}
+	for _, g := range vm.Groups {
+		spec.Groups = append(spec.Groups, virt.AffinityGroup{Name: g.Name, Type: g.Type})
+	}
+	return virt.RenderDomainXML(spec)
 }
 
 func (a *fakeAgent) DefineAndStartVM(ctx context.Context, xml string) error {
@@ -175,10 +198,16 @@ func (a *fakeAgent) DefineAndStartVM(ctx context.Context, xml string) error {
 		return ctx.Err()
 	}
 	defer a.lock()()
+	a.defined++
 	if a.inMaint {
 		return &api.Error{Status: 409, Code: api.CodeInMaintenance, Message: "host is in maintenance"}
 	}
-	a.vms[xml] = api.VM{Name: xml, UUID: xml, State: "running", VCPUs: 1, MemoryMiB: 1024}
+	vm, err := virt.ParseDomainXML(xml)
+	if err != nil {
+		return &api.Error{Status: 400, Code: api.CodeBadRequest, Message: err.Error()}
+	}
+	a.vms[vm.Name] = api.VM{Name: vm.Name, UUID: vm.UUID, State: "running", VCPUs: vm.VCPUs, MemoryMiB: vm.MemoryMiB,
+		Disks: vm.Disks, Tags: vm.RequiredTags}
 	return nil
 }
 
@@ -188,7 +217,9 @@ func (a *fakeAgent) RemoveVM(_ context.Context, name string) error {
 	return nil
 }
 
-func (a *fakeAgent) MigrateVM(context.Context, string, api.MigrateRequest) error {
+func (a *fakeAgent) MigrateVM(_ context.Context, _ string, req api.MigrateRequest) error {
+	defer a.lock()()
+	a.migrations = append(a.migrations, req)
 	return &api.Error{Status: 501, Code: api.CodeMigrationUnsupported}
 }
 
@@ -317,8 +348,8 @@ func (f *fleet) vmCount() map[string]int {
 	return n
 }
 
-// newStoreWithCluster writes zone z1, pod p1, cluster c1 and the named hosts into a fresh
-// in-memory store, with a ping interval of 1 s.
+// newStoreWithCluster writes zone z1, pod p1, cluster c1 and the named hosts (lab hosts, as the
+// fakes run the test driver) into a fresh in-memory store, with a ping interval of 1 s.
 func newStoreWithCluster(t testing.TB, hosts ...string) *state.Memory {
 	t.Helper()
 	st := state.NewMemory()
@@ -333,7 +364,7 @@ func newStoreWithCluster(t testing.TB, hosts ...string) *state.Memory {
 			return err
 		}
 		for i, h := range hosts {
-			if _, err := inventory.AddHost(tx, state.Host{Name: h, Cluster: "c1", Address: fmt.Sprintf("127.0.0.1:%d", 9000+i)}); err != nil {
+			if _, err := inventory.AddHost(tx, state.Host{Name: h, Cluster: "c1", Address: fmt.Sprintf("127.0.0.1:%d", 9000+i), Lab: true}); err != nil {
 				return err
 			}
 		}

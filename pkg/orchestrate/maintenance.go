@@ -20,6 +20,7 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/settings"
 	"github.com/kvmctl/kvmctl/pkg/sshx"
 	"github.com/kvmctl/kvmctl/pkg/state"
+	"github.com/kvmctl/kvmctl/pkg/virt"
 )
 
 // MaintenanceAgent is what the maintenance engine needs of one host's agent.
@@ -623,7 +624,7 @@ func (m *Maintenance) migrateAll(ctx context.Context, a *action, src Maintenance
 				return
 			}
 			start := m.now()
-			err := m.moveVM(ctx, src, srcKind, hosts[p.To], p.VM)
+			err := m.moveVM(ctx, src, c.host, srcKind, hosts[p.To], p.VM)
 			if err != nil {
 				_ = a.record(events.Event{Type: events.VMMigrationFailed, Host: c.host.Name, Cluster: c.host.Cluster, VM: p.VM, To: p.To, Message: err.Error()}, nil)
 				mu.Lock()
@@ -653,18 +654,18 @@ func runsVMs(st api.Status) bool {
 }
 
 // finishTransfers completes lab transfers that a killed kvmctl left half done: a VM of the host
-// being emptied that already runs on another host of the cluster (same UUID) was started there
-// and not yet removed here, so it is removed here now. Only the lab's test driver moves VMs by
-// transfer; a libvirt live migration never leaves two running copies.
+// being emptied that already runs on another lab host of the cluster (same UUID) was started
+// there and not yet removed here, so it is removed here now. Only lab hosts move VMs by transfer
+// (see transfers); a libvirt live migration never leaves two running copies.
 func (m *Maintenance) finishTransfers(ctx context.Context, a *action, c *maintenanceConfig) error {
 	name := c.host.Name
 	src := c.prev[name]
-	if src.Hypervisor != api.HypervisorTest {
+	if !transfers(c.host, src.Hypervisor) {
 		return nil
 	}
 	elsewhere := map[string]string{}
 	for _, h := range c.cluster {
-		if h.Name == name || c.prev[h.Name].Connection != state.ConnUp {
+		if h.Name == name || !h.Lab || c.prev[h.Name].Connection != state.ConnUp {
 			continue
 		}
 		for _, vm := range c.prev[h.Name].VMs {
@@ -702,11 +703,25 @@ func (m *Maintenance) finishTransfers(ctx context.Context, a *action, c *mainten
 	return m.refresh(ctx, c)
 }
 
-// moveVM moves one running VM to dst: a libvirt live migration where the hypervisor can do it;
-// on the lab's test driver, which cannot migrate, a transfer through the two agents (define
-// and start on the target first, only then remove from the source), which is lab-only.
-func (m *Maintenance) moveVM(ctx context.Context, src MaintenanceAgent, srcKind string, dst state.Host, vm string) error {
-	if srcKind != api.HypervisorTest {
+// transfers reports whether VMs leave host h by a lab transfer: only when kvmctl's inventory says
+// h is a lab host (`kvmctl lab up` made it), and its agent reports the test driver, which cannot
+// migrate. What a host reports alone never makes kvmctl carry its definitions to another host.
+func transfers(h state.Host, reported string) bool {
+	return h.Lab && reported == api.HypervisorTest
+}
+
+// moveVM moves one running VM from srcHost to dst: a libvirt live migration where the hypervisor
+// can do it; between lab hosts (see transfers), whose test driver cannot migrate, a transfer
+// through the two agents (define and start on the target first, only then remove from the
+// source). kvmctl checks the definition it carries with the VM policy first (all but the
+// target's vm.disk.dirs, which its agent checks): a refusal leaves the VM on its source.
+func (m *Maintenance) moveVM(ctx context.Context, src MaintenanceAgent, srcHost state.Host, srcKind string, dst state.Host, vm string) error {
+	switch {
+	case srcKind == api.HypervisorTest && !srcHost.Lab:
+		return fmt.Errorf("move %s: %s reports libvirt's test driver, which cannot migrate, but %s is not a lab host in kvmctl's inventory: kvmctl carries VM definitions only between hosts that `kvmctl lab up` made", vm, srcHost.Name, srcHost.Name)
+	case transfers(srcHost, srcKind) && !dst.Lab:
+		return fmt.Errorf("move %s: %s is a lab host and %s is not a lab host: a lab VM moves only to another lab host", vm, srcHost.Name, dst.Name)
+	case !transfers(srcHost, srcKind):
 		host, _, err := net.SplitHostPort(dst.Address)
 		if err != nil {
 			return err
@@ -720,6 +735,9 @@ func (m *Maintenance) moveVM(ctx context.Context, src MaintenanceAgent, srcKind 
 	xml, err := src.VMXML(ctx, vm)
 	if err != nil {
 		return fmt.Errorf("read %s's definition: %w", vm, err)
+	}
+	if err := checkCarried(xml, vm); err != nil {
+		return fmt.Errorf("the definition %s sent for %s was refused, the VM stays there: %w", srcHost.Name, vm, err)
 	}
 	to, err := m.Dial(dst)
 	if err != nil {
@@ -739,6 +757,19 @@ func (m *Maintenance) moveVM(ctx context.Context, src MaintenanceAgent, srcKind 
 		return fmt.Errorf("remove %s from the source: %w", vm, err)
 	}
 	return nil
+}
+
+// checkCarried checks a definition kvmctl is about to carry to another host: it is the VM's own
+// and passes the VM policy's shape check (the target's agent checks the rest).
+func checkCarried(xml, vm string) error {
+	parsed, err := virt.ParseDomainXML(xml)
+	if err != nil {
+		return err
+	}
+	if parsed.Name != vm {
+		return fmt.Errorf("it is the definition of %q", parsed.Name)
+	}
+	return virt.CheckDomainShape(xml)
 }
 
 // waitEmpty waits until the source agent reports no running VM.
@@ -823,7 +854,7 @@ func (m *Maintenance) Cancel(ctx context.Context, name string) (MaintenanceResul
 	}
 	// A lab transfer cut short (kvmctl killed between start on the target and removal here)
 	// leaves a VM running twice; this host was the source, so its copy goes.
-	if statusErr == nil && srcStatus.Hypervisor == api.HypervisorTest && runsVMs(srcStatus) {
+	if statusErr == nil && transfers(c.host, srcStatus.Hypervisor) && runsVMs(srcStatus) {
 		if err := m.refresh(ctx, &c); err == nil {
 			if err := m.finishTransfers(ctx, a, &c); err != nil {
 				return res, a.fail(err)
