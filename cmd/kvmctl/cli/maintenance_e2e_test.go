@@ -74,12 +74,20 @@ func e2eLabOptions(t *testing.T, hosts, clusters, vms int) lab.Options {
 // e2eLab builds a lab and starts its agents; they are stopped at cleanup.
 func e2eLab(t *testing.T, hosts, clusters, vms int) *lab.Manifest {
 	t.Helper()
+	m := e2eBuild(t, hosts, clusters, vms)
+	e2eStart(t, m, e2eAllHosts(m)...)
+	return m
+}
+
+// e2eBuild builds a lab without starting its agents (a test may change its hosts first); the
+// agents it starts later are stopped at cleanup.
+func e2eBuild(t *testing.T, hosts, clusters, vms int) *lab.Manifest {
+	t.Helper()
 	m, err := lab.Build(e2eLabOptions(t, hosts, clusters, vms))
 	if err != nil {
 		t.Fatalf("lab build: %v", err)
 	}
 	e2eStopAtCleanup(t, m)
-	e2eStart(t, m, e2eAllHosts(m)...)
 	return m
 }
 
@@ -502,11 +510,7 @@ func TestMaintenanceE2EAntiAffinityRefused(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			m, err := lab.Build(e2eLabOptions(t, 3, 1, 2))
-			if err != nil {
-				t.Fatalf("lab build: %v", err)
-			}
-			e2eStopAtCleanup(t, m)
+			m := e2eBuild(t, 3, 1, 2)
 			for host, names := range tc.nodes {
 				var vms []virt.VMSpec
 				for _, n := range names {

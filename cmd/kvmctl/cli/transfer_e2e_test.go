@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kvmctl/kvmctl/pkg/lab"
 	"github.com/kvmctl/kvmctl/pkg/virt"
 )
 
@@ -33,11 +32,7 @@ func TestMaintenanceE2ENoUncheckedTransfer(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			m, err := lab.Build(e2eLabOptions(t, 3, 1, 0))
-			if err != nil {
-				t.Fatalf("lab build: %v", err)
-			}
-			e2eStopAtCleanup(t, m)
+			m := e2eBuild(t, 3, 1, 0)
 			h1 := e2eLabHost(t, m, "h1")
 			node, err := virt.NodeXML(virt.NodeSpec{HostName: "h1", CPUs: h1.CPUs, MemoryMiB: h1.MemMiB,
 				VMs: []virt.VMSpec{e2eGroupVM(t, m, "evil", false)}})
