@@ -283,3 +283,30 @@ func TestRemoveClusterWithHostsNamesThem(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Applying a file over an existing host keeps what the file does not say: its state, its lab
+// mark, and fields a newer kvmctl wrote.
+func TestApplyKeepsWhatTheFileDoesNotSay(t *testing.T) {
+	db := state.NewMemory()
+	raw := `{"name":"h1","zone":"z1","pod":"p1","cluster":"c1","address":"127.0.0.1:9001","tags":[],"ssh":{},"resource_state":"Maintenance","future":{"x":1}}`
+	_ = db.Update(func(tx state.Tx) error {
+		_, _ = AddZone(tx, "z1")
+		_, _ = AddPod(tx, "p1", "z1")
+		_, _ = AddCluster(tx, "c1", "p1")
+		return tx.Put(state.BucketHosts, "h1", []byte(raw))
+	})
+	p, err := Parse("f.yaml", []byte("zones:\n  - name: z1\n    pods:\n      - name: p1\n        clusters:\n          - name: c1\n            hosts:\n              - name: h1\n                address: 127.0.0.1:9001\n                tags: [ssd]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx state.Tx) error { _, err := Apply(tx, p); return err }); err != nil {
+		t.Fatal(err)
+	}
+	_ = db.View(func(tx state.Tx) error {
+		b, _ := tx.Get(state.BucketHosts, "h1")
+		if s := string(b); !strings.Contains(s, `"future":{"x":1}`) || !strings.Contains(s, `"resource_state":"Maintenance"`) || !strings.Contains(s, `"ssd"`) {
+			t.Errorf("after apply: %s", s)
+		}
+		return nil
+	})
+}

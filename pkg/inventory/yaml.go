@@ -296,7 +296,7 @@ func Apply(tx state.Tx, p *Parsed) (Summary, error) {
 						refuse(hp, "host %s is in cluster %s, not %s: apply does not move hosts; `kvmctl host rm %s` first", hd.Name, cur.Cluster, cd.Name, hd.Name)
 					default:
 						// The live condition, and what only `kvmctl lab up` says, stay as they are.
-						want.ResourceState, want.StateReason, want.Lab = cur.ResourceState, cur.StateReason, cur.Lab
+						want.ResourceState, want.StateReason, want.Lab, want.Unknown = cur.ResourceState, cur.StateReason, cur.Lab, cur.Unknown
 						if sameHost(cur, want) {
 							s.Unchanged["hosts"]++
 							continue
