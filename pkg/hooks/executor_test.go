@@ -306,7 +306,13 @@ func TestServiceExecutorRunnerDied(t *testing.T) {
 	}
 	script := readPID(t, pidfile)
 	var runner int
-	eventually(t, "runner pid", func() bool { runner = runnerOf(f, id); return runner != 0 })
+	// The runner records the script's group just after starting it; the script may have written
+	// its pid first. Killed before that, the runner leaves a script nobody watches (the old note).
+	eventually(t, "runner pid and the script's group", func() bool {
+		p, _ := store{dir: filepath.Join(f.state, "stages")}.procs(id)
+		runner = p.PID
+		return runner != 0 && p.PGID != 0
+	})
 	kill(runner, syscall.SIGKILL)
 	kill(-script, syscall.SIGKILL)
 

@@ -457,20 +457,31 @@ func chatty(mib int) string {
 }
 
 // runnerPID is the stage runner's pid, from the <id>.pid file it writes before it starts the
-// script.
+// script, once the script's process group is recorded there too (see groupRecorded).
 func (a *e2eAgent) runnerPID(t *testing.T, id string) int {
 	t.Helper()
-	var p struct {
-		PID int `json:"pid"`
+	return a.groupRecorded(t, id).PID
+}
+
+// groupRecorded waits until the process that started execution id's script (the runner, or
+// the agent) has recorded the script's process group in <id>.pid: killed before that, it leaves
+// a script nobody watches, which is not what these tests are about.
+func (a *e2eAgent) groupRecorded(t *testing.T, id string) (p struct {
+	PID  int `json:"pid"`
+	PGID int `json:"pgid"`
+}) {
+	t.Helper()
+	path := filepath.Join(a.state, "stages", id+".pid")
+	for deadline := time.Now().Add(30 * time.Second); p.PGID <= 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			b, err := os.ReadFile(path)
+			t.Fatalf("process group of %s never recorded: %q, %v", id, b, err)
+		}
+		if b, err := os.ReadFile(path); err == nil {
+			_ = json.Unmarshal(b, &p)
+		}
 	}
-	b, err := os.ReadFile(filepath.Join(a.state, "stages", id+".pid"))
-	if err == nil {
-		err = json.Unmarshal(b, &p)
-	}
-	if err != nil || p.PID <= 0 {
-		t.Fatalf("runner pid of %s: %q, %v", id, b, err)
-	}
-	return p.PID
+	return p
 }
 
 // stillRunning asks the agent about id several times while g's script is held at its gate:
@@ -551,6 +562,7 @@ func TestE2EAgentKilledMidStage(t *testing.T) {
 				t.Fatal(err)
 			}
 			waitFile(t, g.started, 30*time.Second)
+			a.groupRecorded(t, id)
 			a.stop(syscall.SIGKILL)
 			a.start()
 			a.stillRunning(t, id, g)

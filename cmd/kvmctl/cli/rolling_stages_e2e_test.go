@@ -47,6 +47,7 @@ func TestRollingE2EStageOutlivesItsStarter(t *testing.T) {
 			if tc.killRunner {
 				l.killRunner(h1, st.Run.Host("h1").Stages["Maintenance"].ExecID)
 			} else {
+				l.waitGroupRecorded(h1, st.Run.Host("h1").Stages["Maintenance"].ExecID)
 				l.restartAgent(h1)
 			}
 			// The run asks the agent again within a ping interval (1 s); the stage must still be
@@ -100,15 +101,38 @@ func (l *rollingLab) restartAgent(h *lab.HostManifest) {
 	}
 }
 
+// waitGroupRecorded waits until h's agent has recorded the process group of execution id's
+// script (in stages/<id>.pid): a starter killed before that leaves a script nobody watches,
+// which is not what these tests are about.
+func (l *rollingLab) waitGroupRecorded(h *lab.HostManifest, id string) {
+	l.t.Helper()
+	var p struct {
+		PGID int `json:"pgid"`
+	}
+	path := filepath.Join(h.Dir, "state", "stages", id+".pid")
+	for deadline := time.Now().Add(30 * time.Second); p.PGID <= 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			l.t.Fatalf("the process group of %s never recorded in %s", id, path)
+		}
+		if b, err := os.ReadFile(path); err == nil {
+			_ = json.Unmarshal(b, &p)
+		}
+	}
+}
+
 // killRunner SIGKILLs the stage runner of execution id on h, whose pid is in the agent's
 // stages/<id>.pid, once the script runs (it has logged its start).
 func (l *rollingLab) killRunner(h *lab.HostManifest, id string) {
 	l.t.Helper()
 	var p struct {
-		PID int `json:"pid"`
+		PID  int `json:"pid"`
+		PGID int `json:"pgid"`
 	}
 	path := filepath.Join(h.Dir, "state", "stages", id+".pid")
-	for deadline := time.Now().Add(30 * time.Second); p.PID <= 0 || countStage(l.logLines(h.Name), "Maintenance") == 0; time.Sleep(10 * time.Millisecond) {
+	// Killed before it recorded its script's process group, the runner would leave a script
+	// nobody watches: that window (between starting the script and recording it) is not what
+	// this test is about.
+	for deadline := time.Now().Add(30 * time.Second); p.PID <= 0 || p.PGID <= 0 || countStage(l.logLines(h.Name), "Maintenance") == 0; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			l.t.Fatalf("no stage runner of %s in %s, or its script did not start", id, path)
 		}
