@@ -60,3 +60,37 @@ func TestRollingGoldenFinished(t *testing.T) {
 	}
 	teatest.RequireEqualOutput(t, []byte(fm.View()))
 }
+
+// TestRollingProgramWritesNoHostEscapes runs the live view as a program (teatest) over events
+// whose host text carries escape sequences, and checks the bytes it writes to the terminal: the
+// view's own styling is there, the host's title, clipboard and clear-screen sequences are not.
+func TestRollingProgramWritesNoHostEscapes(t *testing.T) {
+	c := &fakeClock{}
+	m := newTestModel(c, RollingOptions{})
+	ch := make(chan events.Event, 8)
+	hostile := "\x1b]0;pwned\x07\x1b]52;c;ZWNobyBoaQ==\x07\x1b[2J\x1b[3J\rFAKE\u009b2J"
+	ch <- events.Event{Time: t0, Type: events.HostStageFinished, Host: "h1", Cluster: "c1", Stage: events.PreFlight,
+		Outcome: events.OutcomeFailed, ExitCode: events.Int(1), LastLine: hostile, Note: hostile}
+	ch <- events.Event{Time: t0, Type: events.RunFinished, RunID: "r1", RunState: events.RunFailed, Message: "PreFlight failed: " + hostile}
+	m.Listen(ch)
+	tm := teatest.NewTestModel(t, m, teatest.WithInitialTermSize(120, 30))
+	var seen []byte
+	teatest.WaitFor(t, tm.Output(), func(b []byte) bool {
+		seen = append(seen[:0], b...)
+		return bytes.Contains(b, []byte("any key"))
+	}, teatest.WithDuration(5*time.Second), teatest.WithCheckInterval(10*time.Millisecond))
+	tm.Type("q")
+	rest, err := io.ReadAll(tm.FinalOutput(t, teatest.WithFinalTimeout(5*time.Second)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := append(seen, rest...)
+	for _, seq := range []string{"\x1b]0;", "\x1b]52;", "\x1b[3J", "\u009b", "\rFAKE"} {
+		if bytes.Contains(out, []byte(seq)) {
+			t.Errorf("the program wrote the host's %q to the terminal", seq)
+		}
+	}
+	if !bytes.Contains(out, []byte(`\u001b]0;pwned`)) {
+		t.Errorf("the host's text is not shown escaped:\n%q", out)
+	}
+}
