@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kvmctl/kvmctl/pkg/api"
 	"github.com/kvmctl/kvmctl/pkg/events"
@@ -223,5 +225,18 @@ func TestStrictBodiesThroughTheAPI(t *testing.T) {
 	// The exact spelling still works.
 	if status, eb := raw.do(http.MethodPost, api.PathStages, `{"run_id":"r1","stage":"PreFlight"}`); status != http.StatusAccepted {
 		t.Errorf("exact body: %d %+v, want 202", status, eb)
+	}
+	// Let that stage end before the test's directories go: its executor still writes there.
+	dir := filepath.Join(cfg.StateDir, "stages")
+	id := hooks.ExecID("r1", events.PreFlight)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		rec, _ := os.ReadFile(filepath.Join(dir, id+".json"))
+		ents, _ := os.ReadDir(dir)
+		if bytes.Contains(rec, []byte(`"completed"`)) && len(ents) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the accepted stage did not end: %s", rec)
+		}
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -344,16 +345,45 @@ func freePorts(n int) ([]int, error) {
 			l.Close()
 		}
 	}()
+	// Ports below the kernel's ephemeral range: an agent restarted on its port must not find it
+	// taken by the source port of some connection (kvmctl's own to the other agents) that the
+	// kernel handed out meanwhile.
+	low := ephemeralLow()
+	if low-1 < portFloor+n {
+		low = 65536 // no room below: take ephemeral ports as before
+	}
 	ports := make([]int, 0, n)
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(ports) < n; tries++ {
+		addr := "127.0.0.1:0"
+		if low <= 65535 && tries < 100*n {
+			addr = fmt.Sprintf("127.0.0.1:%d", portFloor+mrand.IntN(low-portFloor))
+		}
+		l, err := net.Listen("tcp", addr)
 		if err != nil {
+			if addr != "127.0.0.1:0" {
+				continue // taken: try another
+			}
 			return nil, fmt.Errorf("find a free port: %w", err)
 		}
 		ls = append(ls, l)
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
+}
+
+// portFloor is the lowest port the lab picks for its agents.
+const portFloor = 20000
+
+// ephemeralLow is the lowest source port the kernel hands out to outgoing connections.
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	var l, h int
+	if err == nil {
+		if _, err := fmt.Sscanf(string(b), "%d %d", &l, &h); err == nil && l > 0 && h >= l {
+			return l
+		}
+	}
+	return 32768 // Linux's default
 }
 
 type script struct{ name, body string }
