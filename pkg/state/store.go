@@ -27,6 +27,9 @@
 //	  <stream>     -> the stream's kind, subject, last sequence number and end (pkg/journal)
 //	holds/
 //	  cluster/<name>, host/<name> -> who holds the subject now (JSON, pkg/holds)
+//	bmc/
+//	  cluster/<name>, host/<name> -> BMC settings (JSON): a cluster's defaults, a host's overrides;
+//	                  the password is only here
 //	aborts/
 //	  <run id>     -> "1": `rolling abort` asked the run's live kvmctl to stop (read before
 //	                  each of its writes, so kept apart from the run's large record)
@@ -84,7 +87,7 @@ var coreBuckets = []string{BucketMeta, BucketZones, BucketPods, BucketClusters, 
 // Buckets lists every top-level bucket of the current schema, created by Create. Those beyond
 // coreBuckets were added later, without a version bump: a file without them gets them on its
 // next write.
-var Buckets = append(append([]string{}, coreBuckets...), BucketStreams, BucketHolds, BucketAborts)
+var Buckets = append(append([]string{}, coreBuckets...), BucketStreams, BucketHolds, BucketAborts, BucketBMC)
 
 const keyVersion = "version"
 
