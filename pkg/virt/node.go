@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 )
 
@@ -163,4 +164,146 @@ func RenderNodeFile(desc [][]byte, domains []string) []byte {
 	}
 	b.WriteString("</node>\n")
 	return b.Bytes()
+}
+
+// NodeDomain is one domain of a test-driver node file as the file records it: what a lab
+// machine needs to know about the VMs of its host without asking libvirt.
+type NodeDomain struct {
+	Name      string
+	State     State
+	Transient bool
+	// Disks are the source paths of the domain's file and block disks.
+	Disks []string
+}
+
+// nodeFileXML is the part of a node file NodeDomains reads.
+type nodeFileXML struct {
+	Domains []struct {
+		Name     string `xml:"name"`
+		RunState *struct {
+			Value string `xml:",chardata"`
+		} `xml:"http://libvirt.org/schemas/domain/test/1.0 runstate"`
+		Transient *struct{} `xml:"http://libvirt.org/schemas/domain/test/1.0 transient"`
+		Disks     []struct {
+			Source struct {
+				File string `xml:"file,attr"`
+				Dev  string `xml:"dev,attr"`
+			} `xml:"source"`
+		} `xml:"devices>disk"`
+	} `xml:"domain"`
+}
+
+// testStates names the virDomainState numbers of <test:runstate>.
+var testStates = map[int]State{0: StateNoState, 1: StateRunning, 2: StateBlocked, 3: StatePaused,
+	4: StateShutdown, testStateShutoff: StateShutoff, 6: StateCrashed, 7: StatePMSuspended}
+
+// NodeDomains lists the domains of a test-driver node file with the run state the file gives
+// them (running when it gives none, as the test driver reads it).
+func NodeDomains(data []byte) ([]NodeDomain, error) {
+	var n nodeFileXML
+	if err := xml.Unmarshal(data, &n); err != nil {
+		return nil, fmt.Errorf("parse node file: %w", err)
+	}
+	out := make([]NodeDomain, 0, len(n.Domains))
+	for _, d := range n.Domains {
+		nd := NodeDomain{Name: strings.TrimSpace(d.Name), State: StateRunning, Transient: d.Transient != nil}
+		if d.RunState != nil {
+			v, err := strconv.Atoi(strings.TrimSpace(d.RunState.Value))
+			st, ok := testStates[v]
+			if err != nil || !ok {
+				return nil, fmt.Errorf("parse node file: domain %q: run state %q is not a virDomainState", nd.Name, d.RunState.Value)
+			}
+			nd.State = st
+		}
+		for _, disk := range d.Disks {
+			switch {
+			case disk.Source.File != "":
+				nd.Disks = append(nd.Disks, disk.Source.File)
+			case disk.Source.Dev != "":
+				nd.Disks = append(nd.Disks, disk.Source.Dev)
+			}
+		}
+		out = append(out, nd)
+	}
+	return out, nil
+}
+
+// PowerOffNode returns a node file as a host that lost its power leaves it: every persistent
+// domain shut off, every transient one gone (it has no definition to come back from). The rest
+// of the file is kept as it was.
+func PowerOffNode(data []byte) ([]byte, error) {
+	desc, err := NodeDescription(data)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := rawDomains(data)
+	if err != nil {
+		return nil, err
+	}
+	doms, err := NodeDomains(data)
+	if err != nil {
+		return nil, err
+	}
+	if len(doms) != len(raw) {
+		return nil, fmt.Errorf("parse node file: %d domains, %d read", len(raw), len(doms))
+	}
+	var kept []string
+	for i, d := range raw {
+		if doms[i].Transient {
+			continue
+		}
+		off, err := shutOff(d)
+		if err != nil {
+			return nil, fmt.Errorf("node file: domain %q: %w", doms[i].Name, err)
+		}
+		kept = append(kept, off)
+	}
+	return RenderNodeFile(desc, kept), nil
+}
+
+// rawDomains returns the <domain> children of a node file's <node> as written, each without the
+// indentation RenderNodeFile gives it, so that a rewrite does not indent it further.
+func rawDomains(data []byte) ([]string, error) {
+	d := xml.NewDecoder(bytes.NewReader(data))
+	var (
+		out   []string
+		depth int
+		start int64
+	)
+	for {
+		off := d.InputOffset()
+		tok, err := d.RawToken()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("parse node file: %w", err)
+		}
+		switch t := tok.(type) {
+		case xml.StartElement:
+			depth++
+			if depth == 2 && t.Name.Space == "" && t.Name.Local == "domain" {
+				start = off
+			}
+		case xml.EndElement:
+			if depth == 2 && t.Name.Space == "" && t.Name.Local == "domain" {
+				out = append(out, strings.ReplaceAll(string(data[start:d.InputOffset()]), "\n  ", "\n"))
+			}
+			depth--
+		}
+	}
+}
+
+// shutOff sets a domain's <test:runstate> to shut off, adding one when it has none.
+func shutOff(dom string) (string, error) {
+	const open, end = "<test:runstate>", "</test:runstate>"
+	i := strings.Index(dom, open)
+	if i < 0 {
+		return WithTestState(dom, testStateShutoff, false)
+	}
+	j := strings.Index(dom[i:], end)
+	if j < 0 {
+		return "", fmt.Errorf("unterminated %s", open)
+	}
+	return dom[:i+len(open)] + strconv.Itoa(testStateShutoff) + dom[i+j:], nil
 }

@@ -193,6 +193,44 @@ func TestPersistAcrossReopen(t *testing.T) {
 	}
 }
 
+// A lab machine that loses power rewrites its host's node file with virt.PowerOffNode (the agent
+// is dead by then): the test driver must load every VM shut off from it, whether the file was
+// written by NodeXML or by persist.
+func TestPowerOffNodeLoadsShutOff(t *testing.T) {
+	dir := t.TempDir()
+	uri, path := writeNode(t, dir, virt.NodeSpec{HostName: "kvm1", CPUs: 4, MemoryMiB: 8192, VMs: []virt.VMSpec{
+		{Name: "a", VCPUs: 1, MemoryMiB: 512, Disks: []string{filepath.Join(dir, "a.img")}, Running: true},
+	}})
+	def, err := virt.RenderDomainXML(virt.VMSpec{Name: "b", VCPUs: 1, MemoryMiB: 512, Disks: []string{filepath.Join(dir, "b.img")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := open(t, uri)
+	if err := h.DefineAndStart(def, policy(dir)); err != nil {
+		t.Fatalf("DefineAndStart: %v", err)
+	}
+	h.Close()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	off, err := virt.PowerOffNode(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, off, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h = open(t, uri)
+	if got := vmNames(listVMs(t, h)); !reflect.DeepEqual(got, map[string]virt.State{"a": virt.StateShutoff, "b": virt.StateShutoff}) {
+		t.Errorf("after a power loss the test driver loads %v, want a and b shut off", got)
+	}
+	// And they start again, as after a boot.
+	if err := h.Start("a"); err != nil {
+		t.Errorf("Start(a) after the power loss: %v", err)
+	}
+}
+
 func TestDefaultURIDoesNotPersist(t *testing.T) {
 	h := open(t, "test:///default")
 	if h.nodeFile != "" {
