@@ -206,7 +206,8 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 	}()
 	if a.cfg.HeartbeatFile != "" {
 		wg.Go(func() {
-			Heartbeat{Path: a.cfg.HeartbeatFile, Interval: a.cfg.HeartbeatInterval, Now: a.now, Log: a.log}.Run(bgCtx)
+			Heartbeat{Path: a.cfg.HeartbeatFile, Interval: a.cfg.HeartbeatInterval, Now: a.now, Log: a.log,
+				StallFile: a.cfg.LabStorageStallFile}.Run(bgCtx)
 		})
 	}
 	// New already reloaded the maintenance state and the hooks executor recovered the stages

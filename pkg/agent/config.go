@@ -37,6 +37,8 @@ const (
 	KeyHeartbeatInterval       = "heartbeat.interval"
 	KeyBootIDFile              = "boot.id.file"
 	KeyVMDiskDirs              = "vm.disk.dirs"
+	// KeyLabStorageStallFile is for `kvmctl lab` only: see Config.LabStorageStallFile.
+	KeyLabStorageStallFile = "lab.storage.stall.file"
 )
 
 // Defaults of the optional keys.
@@ -76,6 +78,10 @@ type Config struct {
 	// file disks and boot files (kernel, initrd, loader, nvram): the operator's certificate must
 	// not be a way to hand a host file (/etc/shadow) to a guest.
 	VMDiskDirs []string
+	// LabStorageStallFile is for the lab only ("" on a real host): while this file exists, every
+	// heartbeat write blocks, as a write to a hung NFS server does, until the file is removed
+	// (`kvmctl lab storage-stall` and `storage-resume` create and remove it).
+	LabStorageStallFile string
 }
 
 // DefaultConfig returns a Config holding every default; the required keys are empty.
@@ -173,6 +179,13 @@ var keys = []key{
 		c.VMDiskDirs = dirs
 		return nil
 	}, func(c Config) string { return strings.Join(c.VMDiskDirs, ",") }},
+	{KeyLabStorageStallFile, false, func(c *Config, v string) error {
+		if !filepath.IsAbs(v) {
+			return errors.New("want an absolute path (the lab's storage stall flag file), or nothing on a real host")
+		}
+		c.LabStorageStallFile = filepath.Clean(v)
+		return nil
+	}, func(c Config) string { return c.LabStorageStallFile }},
 }
 
 func setString(field func(*Config) *string) func(*Config, string) error {

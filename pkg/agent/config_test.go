@@ -162,7 +162,7 @@ func TestLoadConfigChecksFiles(t *testing.T) {
 	if !errors.As(err, &ce) || len(ce.Problems) != 3 {
 		t.Fatalf("err = %v, want 3 problems", err)
 	}
-	mustContain(t, err.Error(), path, "line 15: \"garbage\"", "line 5: tls.ca: cannot read", "line 13: boot.id.file: cannot read")
+	mustContain(t, err.Error(), path, "line 16: \"garbage\"", "line 5: tls.ca: cannot read", "line 13: boot.id.file: cannot read")
 
 	bad.TLSCA = good.TLSCA
 	bad.BootIDFile = good.BootIDFile
@@ -218,6 +218,7 @@ func TestFormatRoundTrip(t *testing.T) {
 	c.ServiceExecutorDisabled = true
 	c.HeartbeatFile = "/nfs/h"
 	c.HeartbeatInterval = 17 * time.Second
+	c.LabStorageStallFile = "/lab/hosts/h1/storage.stall"
 	got, warns, err := ParseConfig(strings.NewReader(c.Format()))
 	if err != nil || len(warns) != 0 {
 		t.Fatal(warns, err)
@@ -225,7 +226,7 @@ func TestFormatRoundTrip(t *testing.T) {
 	if diff := cmp.Diff(c, got); diff != "" {
 		t.Errorf("round trip (-want +got):\n%s", diff)
 	}
-	if len(KnownKeys()) != 14 {
+	if len(KnownKeys()) != 15 {
 		t.Errorf("KnownKeys = %v", KnownKeys())
 	}
 }

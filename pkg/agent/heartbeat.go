@@ -19,7 +19,13 @@ type Heartbeat struct {
 	// system's, which is what neighbours compare.
 	Now func() time.Time
 	Log *slog.Logger
+	// StallFile is for the lab only (agent.properties lab.storage.stall.file): while it exists,
+	// each write blocks, as one to a hung NFS server does.
+	StallFile string
 }
+
+// stallPoll is how often a stalled write looks whether the lab's stall has ended.
+const stallPoll = 100 * time.Millisecond
 
 // Run writes at once, then every Interval until ctx ends. A failed write is logged and retried
 // at the next tick: shared storage that comes back must find the host writing again.
@@ -37,7 +43,10 @@ func (h Heartbeat) Run(ctx context.Context) {
 	}
 	failing := false
 	beat := func() {
-		err := WriteHeartbeat(h.Path, now())
+		err := h.write(ctx, now, log)
+		if ctx.Err() != nil {
+			return // stopping: a write cut short by the stop is no storage failure
+		}
 		switch {
 		case err != nil && !failing:
 			log.Error("heartbeat write failed; retrying every interval", "file", h.Path, "err", err)
@@ -57,6 +66,32 @@ func (h Heartbeat) Run(ctx context.Context) {
 			beat()
 		}
 	}
+}
+
+// write is one heartbeat write, the unit of storage I/O. In a lab whose storage is stalled it
+// blocks inside the write (a real block, not a skipped beat: what bounds a hung write must see it
+// hang) until the stall ends or the agent stops, then writes the time of that moment.
+func (h Heartbeat) write(ctx context.Context, now func() time.Time, log *slog.Logger) error {
+	if h.StallFile != "" && stalled(h.StallFile) {
+		log.Warn("heartbeat write blocked: the lab's shared storage is stalled", "file", h.Path, "stall_file", h.StallFile)
+		t := time.NewTicker(stallPoll)
+		for stalled(h.StallFile) {
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			case <-t.C:
+			}
+		}
+		t.Stop()
+		log.Info("heartbeat write unblocked: the lab's shared storage is back", "file", h.Path)
+	}
+	return WriteHeartbeat(h.Path, now())
+}
+
+func stalled(flag string) bool {
+	_, err := os.Lstat(flag)
+	return err == nil
 }
 
 // WriteHeartbeat replaces path with a file holding now (RFC 3339, UTC): a temp file in the same

@@ -64,3 +64,41 @@ func TestWriteHeartbeatFails(t *testing.T) {
 		t.Errorf("err = %v", err)
 	}
 }
+
+// In a lab whose storage is stalled, the heartbeat write blocks (nothing is written, the writer
+// is stuck in its write) until the stall file goes; then it writes again. An agent that stops
+// meanwhile is not held up by the stall.
+func TestHeartbeatBlocksWhileLabStorageStalls(t *testing.T) {
+	dir := t.TempDir()
+	path, stall := filepath.Join(dir, "hb"), filepath.Join(dir, "storage.stall")
+	if err := os.WriteFile(stall, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		Heartbeat{Path: path, Interval: 20 * time.Millisecond, StallFile: stall}.Run(ctx)
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if _, err := os.Stat(path); err == nil {
+		t.Fatalf("the heartbeat was written while the storage stalled")
+	}
+	if err := os.Remove(stall); err != nil {
+		t.Fatal(err)
+	}
+	first, _ := waitForHeartbeat(t, path, time.Time{})
+	waitForHeartbeat(t, path, first)
+
+	// Stalled again, then stopped: Run returns without waiting for the storage.
+	if err := os.WriteFile(stall, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return on stop while the storage stalled")
+	}
+}
