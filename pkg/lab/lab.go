@@ -1,30 +1,43 @@
 // Package lab builds a whole KVM fleet on one machine: a state file and fleet PKI of its own,
-// one kvmagent process per simulated host on a 127.0.0.1 port, libvirt's test driver standing
-// in for each host's hypervisor, and a shared directory standing in for NFS. Everything kvmctl
-// can do to a real fleet can be tried on it, and the end-to-end tests run against it.
+// one simulated machine per host with a kvmagent on a 127.0.0.1 port, libvirt's test driver
+// standing in for each host's hypervisor, a shared directory standing in for NFS, and a BMC per
+// machine that speaks IPMI on a 127.0.0.1 UDP port. Everything kvmctl can do to a real fleet can
+// be tried on it, faults included (crash, partition, storage stall, a silent BMC), and the
+// end-to-end tests run against it.
+//
+// Each host is one long-lived machine process (`kvmctl lab machine DIR HOST`, see machine.go):
+// it owns the host's power, starts its agent at power-on and kills it at power-off, writes to
+// the disks of the VMs that run on it every second (their guest I/O), serves its BMC, and
+// forwards kvmctl's connections to the agent through a proxy that a partition cuts.
 //
 // The directory:
 //
-//	DIR/lab.json                 the manifest: hosts, clusters, ports, pids
+//	DIR/lab.json                 the manifest: hosts, clusters, ports, machine pids
 //	DIR/state.db, DIR/pki/       kvmctl's state and the fleet CA, as `kvmctl init` makes them
 //	DIR/shared/                  VM disk files and heartbeat files (the stand-in for NFS)
 //	DIR/hosts/hN/agent.properties
 //	DIR/hosts/hN/tls/            agent.crt, agent.key, ca.crt
 //	DIR/hosts/hN/hooks/          sample stage scripts that log what they would do
 //	DIR/hosts/hN/node.xml        libvirt test-driver node: the host's CPUs, memory and VMs
-//	DIR/hosts/hN/boot_id         the host's boot id; rewriting it simulates a reboot
+//	DIR/hosts/hN/boot_id         the host's boot id; every power-on (and SimulateReboot) rewrites it
 //	DIR/hosts/hN/state/          the agent's own state
 //	DIR/hosts/hN/agent.log       the agent's output
+//	DIR/hosts/hN/machine.log     the machine's output; machine.json its state (power, agent, faults)
+//	DIR/hosts/hN/run/machine.sock  the machine's control socket (directory mode 0700)
+//	DIR/hosts/hN/bmc.password    the BMC user's password (mode 0600); bmc.log every chassis control
+//	DIR/hosts/hN/storage.stall   present while the host's shared storage is stalled
 package lab
 
 import (
-	"crypto/rand"
+	crand "crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
-	mrand "math/rand/v2"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -56,6 +69,9 @@ type Options struct {
 	Clusters int
 	VMs      int    // per host
 	Agent    string // path of the kvmagent binary
+	// Machine is the kvmctl binary that runs each host's machine (`kvmctl lab machine`); empty
+	// for the one FindMachine finds.
+	Machine string
 	// AgentExecutor runs every host's stage scripts inside its agent
 	// (rolling.maintenance.service.executor.disabled=true) instead of through kvmagent-stage.
 	AgentExecutor bool
@@ -66,18 +82,27 @@ type Manifest struct {
 	Dir       string         `json:"dir"`
 	CreatedAt time.Time      `json:"created_at"`
 	Agent     string         `json:"agent"`
+	Machine   string         `json:"machine"`
 	Hosts     []HostManifest `json:"hosts"`
 }
 
-// HostManifest is one simulated host. The HA work adds a machine and a BMC here.
+// HostManifest is one simulated host: its machine, the agent on it and its BMC.
 type HostManifest struct {
 	Name    string `json:"name"`
 	Cluster string `json:"cluster"`
-	Address string `json:"address"`
+	// Address is what kvmctl dials (the inventory's address): the machine's proxy in front of
+	// the agent, which `lab partition` cuts. The agent itself listens on AgentAddress.
+	Address      string `json:"address"`
+	AgentAddress string `json:"agent_address"`
+	// BMCPort is the UDP port of the host's BMC on 127.0.0.1; BMCUser its user, whose password
+	// is in BMCPasswordFile.
+	BMCPort int    `json:"bmc_port"`
+	BMCUser string `json:"bmc_user"`
 	Dir     string `json:"dir"`
 	CPUs    int    `json:"cpus"`
 	MemMiB  uint64 `json:"memory_mib"`
-	PID     int    `json:"pid,omitempty"`
+	// MachinePID is the host's machine process, 0 when the lab did not start it.
+	MachinePID int `json:"machine_pid,omitempty"`
 }
 
 // Config is the path of the host's agent.properties.
@@ -85,6 +110,37 @@ func (h HostManifest) Config() string { return filepath.Join(h.Dir, "agent.prope
 
 // Log is the path of the host's agent log.
 func (h HostManifest) Log() string { return filepath.Join(h.Dir, "agent.log") }
+
+// MachineLog is the path of the host's machine log.
+func (h HostManifest) MachineLog() string { return filepath.Join(h.Dir, "machine.log") }
+
+// MachineStateFile is where the host's machine keeps its state (MachineState).
+func (h HostManifest) MachineStateFile() string { return filepath.Join(h.Dir, "machine.json") }
+
+// ControlSocket is the machine's control socket, in a directory only the owner may enter.
+func (h HostManifest) ControlSocket() string { return filepath.Join(h.Dir, "run", "machine.sock") }
+
+// NodeFile is the host's libvirt test-driver node file.
+func (h HostManifest) NodeFile() string { return filepath.Join(h.Dir, "node.xml") }
+
+// BootIDFile holds the host's boot id.
+func (h HostManifest) BootIDFile() string { return filepath.Join(h.Dir, "boot_id") }
+
+// StallFile exists while the host's shared storage is stalled (agent.properties
+// lab.storage.stall.file names it).
+func (h HostManifest) StallFile() string { return filepath.Join(h.Dir, "storage.stall") }
+
+// BMCPasswordFile holds the password of the host's BMC user (mode 0600; `ipmitool -f` reads it).
+func (h HostManifest) BMCPasswordFile() string { return filepath.Join(h.Dir, "bmc.password") }
+
+// BMCLog is the host's BMC log: one JSON line per chassis control it received (BMCLogEntry).
+func (h HostManifest) BMCLog() string { return filepath.Join(h.Dir, "bmc.log") }
+
+// BMCAddress is the BMC's UDP address.
+func (h HostManifest) BMCAddress() string { return fmt.Sprintf("127.0.0.1:%d", h.BMCPort) }
+
+// SharedDir is the lab's stand-in for NFS: VM disks and heartbeat files.
+func (m *Manifest) SharedDir() string { return filepath.Join(m.Dir, "shared") }
 
 // StatePath is the lab's kvmctl state file.
 func (m *Manifest) StatePath() string { return filepath.Join(m.Dir, "state.db") }
@@ -208,7 +264,7 @@ func Build(o Options) (*Manifest, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "shared"), 0o755); err != nil {
 		return nil, fmt.Errorf("create lab: %w", err)
 	}
-	m := &Manifest{Dir: dir, CreatedAt: time.Now().UTC(), Agent: o.Agent}
+	m := &Manifest{Dir: dir, CreatedAt: time.Now().UTC(), Agent: o.Agent, Machine: o.Machine}
 	st := state.New(m.StatePath())
 	if _, err := st.Create(); err != nil {
 		return nil, err
@@ -220,22 +276,35 @@ func Build(o Options) (*Manifest, error) {
 	for i := 0; i < o.Hosts; i++ {
 		sizes[clusterOf(i, o.Hosts, o.Clusters)]++
 	}
-	ports, err := freePorts(o.Hosts)
+	// Per host: the proxy kvmctl dials and the agent behind it (TCP), and the BMC (UDP).
+	tcp, err := freePorts("tcp", 2*o.Hosts)
 	if err != nil {
 		return nil, err
 	}
+	udp, err := freePorts("udp", o.Hosts)
+	if err != nil {
+		return nil, err
+	}
+	passwords := map[string]string{}
 	for i := 0; i < o.Hosts; i++ {
 		c := clusterOf(i, o.Hosts, o.Clusters)
 		cpus, mem := sizeHost(o.VMs, sizes[c])
+		name := fmt.Sprintf("h%d", i+1)
 		h := HostManifest{
-			Name:    fmt.Sprintf("h%d", i+1),
-			Cluster: fmt.Sprintf("c%d", c+1),
-			Address: fmt.Sprintf("127.0.0.1:%d", ports[i]),
-			Dir:     filepath.Join(dir, "hosts", fmt.Sprintf("h%d", i+1)),
-			CPUs:    cpus,
-			MemMiB:  mem,
+			Name:         name,
+			Cluster:      fmt.Sprintf("c%d", c+1),
+			Address:      fmt.Sprintf("127.0.0.1:%d", tcp[2*i]),
+			AgentAddress: fmt.Sprintf("127.0.0.1:%d", tcp[2*i+1]),
+			BMCPort:      udp[i],
+			BMCUser:      "lab-" + name, // at most 16 bytes, as IPMI wants: hosts go to h500
+			Dir:          filepath.Join(dir, "hosts", name),
+			CPUs:         cpus,
+			MemMiB:       mem,
 		}
 		if err := writeHost(m, h, o.VMs, o.AgentExecutor); err != nil {
+			return nil, fmt.Errorf("lab host %s: %w", h.Name, err)
+		}
+		if passwords[name], err = writeBMCPassword(h); err != nil {
 			return nil, fmt.Errorf("lab host %s: %w", h.Name, err)
 		}
 		m.Hosts = append(m.Hosts, h)
@@ -256,6 +325,10 @@ func Build(o Options) (*Manifest, error) {
 			if _, err := inventory.AddHost(tx, state.Host{Name: h.Name, Cluster: h.Cluster, Address: h.Address, Tags: []string{"lab"}, Lab: true}); err != nil {
 				return err
 			}
+			// Fencing works on a fresh lab: each host's BMC, as `kvmctl bmc set --host` would store it.
+			if err := state.PutBMC(tx, "host", h.Name, h.BMCSettings(passwords[h.Name])); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
@@ -266,7 +339,7 @@ func Build(o Options) (*Manifest, error) {
 }
 
 func writeHost(m *Manifest, h HostManifest, vms int, agentExecutor bool) error {
-	for _, d := range []string{"tls", "hooks"} {
+	for _, d := range []string{"tls", "hooks", "run"} {
 		if err := os.MkdirAll(filepath.Join(h.Dir, d), 0o755); err != nil {
 			return err
 		}
@@ -277,6 +350,10 @@ func writeHost(m *Manifest, h HostManifest, vms int, agentExecutor bool) error {
 	}
 	// The agent refuses hooks in a directory others can write to; keep it tight.
 	if err := os.Chmod(filepath.Join(h.Dir, "hooks"), 0o755); err != nil {
+		return err
+	}
+	// Whoever can reach the machine's control socket can crash the host: the owner only.
+	if err := os.Chmod(filepath.Dir(h.ControlSocket()), 0o700); err != nil {
 		return err
 	}
 	if _, err := pki.IssueAgent(m.PKIDir(), filepath.Join(h.Dir, "tls"), h.Name, []string{"127.0.0.1"}, time.Now()); err != nil {
@@ -317,29 +394,66 @@ state.dir=%[3]s/state
 rolling.maintenance.hooks.dir=%[3]s/hooks
 rolling.maintenance.service.executor.disabled=%[5]t
 heartbeat.file=%[4]s/heartbeat-%[1]s
-heartbeat.interval=2
+heartbeat.interval=1
 boot.id.file=%[3]s/boot_id
 vm.disk.dirs=%[4]s
-`, h.Name, h.Address, h.Dir, filepath.Join(m.Dir, "shared"), agentExecutor)
+# Lab only: kvmctl lab storage-stall creates this file; while it exists heartbeat writes block.
+lab.storage.stall.file=%[6]s
+`, h.Name, h.AgentAddress, h.Dir, m.SharedDir(), agentExecutor, h.StallFile())
 	return os.WriteFile(h.Config(), []byte(props), 0o644)
 }
 
 // SimulateReboot gives host h a new boot id, as a real reboot would.
 func SimulateReboot(h *HostManifest) error {
-	return writeAtomic(filepath.Join(h.Dir, "boot_id"), []byte(newBootID()+"\n"), 0o644)
+	_, err := newBoot(h)
+	return err
+}
+
+// newBoot writes a new boot id for h and returns it.
+func newBoot(h *HostManifest) (string, error) {
+	id := newBootID()
+	return id, writeAtomic(h.BootIDFile(), []byte(id+"\n"), 0o644)
+}
+
+// BMCSettings are the inventory's settings of h's BMC (state.PutBMC): the IPMI driver over
+// lanplus on 127.0.0.1, and HA's action off.
+func (h HostManifest) BMCSettings(password string) state.BMC {
+	return state.BMC{Driver: "ipmi", Address: "127.0.0.1", Port: h.BMCPort, Username: h.BMCUser, Password: password,
+		Interface: "lanplus", Action: "off"}
+}
+
+// BMCPassword reads the password of h's BMC user.
+func (h HostManifest) BMCPassword() (string, error) {
+	b, err := os.ReadFile(h.BMCPasswordFile())
+	if err != nil {
+		return "", fmt.Errorf("bmc password of %s: %w", h.Name, err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// writeBMCPassword gives h's BMC user a fresh password: 96 random bits in 16 characters
+// (IPMI v1.5, the lan interface, takes no more).
+func writeBMCPassword(h HostManifest) (string, error) {
+	var b [12]byte
+	if _, err := crand.Read(b[:]); err != nil {
+		return "", err
+	}
+	pw := base64.RawURLEncoding.EncodeToString(b[:])
+	return pw, writeAtomic(h.BMCPasswordFile(), []byte(pw+"\n"), 0o600)
 }
 
 func newBootID() string {
 	var b [16]byte
-	_, _ = rand.Read(b[:])
+	_, _ = crand.Read(b[:])
 	s := hex.EncodeToString(b[:])
 	return s[0:8] + "-" + s[8:12] + "-" + s[12:16] + "-" + s[16:20] + "-" + s[20:32]
 }
 
-// freePorts asks the kernel for n distinct free loopback ports. They are held open together
-// so no two are the same, then released for the agents to bind.
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
+// freePorts asks the kernel for n distinct free loopback ports of network (tcp or udp). They
+// are held open together so no two are the same, then released for the machines and agents to
+// bind.
+func freePorts(network string, n int) ([]int, error) {
+	var ls []io.Closer
 	defer func() {
 		for _, l := range ls {
 			l.Close()
@@ -356,19 +470,34 @@ func freePorts(n int) ([]int, error) {
 	for tries := 0; len(ports) < n; tries++ {
 		addr := "127.0.0.1:0"
 		if low <= 65535 && tries < 100*n {
-			addr = fmt.Sprintf("127.0.0.1:%d", portFloor+mrand.IntN(low-portFloor))
+			addr = fmt.Sprintf("127.0.0.1:%d", portFloor+rand.IntN(low-portFloor))
 		}
-		l, err := net.Listen("tcp", addr)
+		l, port, err := listenPort(network, addr)
 		if err != nil {
 			if addr != "127.0.0.1:0" {
 				continue // taken: try another
 			}
-			return nil, fmt.Errorf("find a free port: %w", err)
+			return nil, fmt.Errorf("find a free %s port: %w", network, err)
 		}
 		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ports = append(ports, port)
 	}
 	return ports, nil
+}
+
+func listenPort(network, addr string) (io.Closer, int, error) {
+	if network == "udp" {
+		c, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, 0, err
+		}
+		return c, c.LocalAddr().(*net.UDPAddr).Port, nil
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, 0, err
+	}
+	return l, l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // portFloor is the lowest port the lab picks for its agents.

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -69,8 +70,8 @@ func TestBuildWritesAFleet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"host.name=h1", "listen=" + h.Address, "libvirt.uri=test://" + h.Dir + "/node.xml", "boot.id.file=",
-		"rolling.maintenance.service.executor.disabled=false"} {
+	for _, want := range []string{"host.name=h1", "listen=" + h.AgentAddress, "libvirt.uri=test://" + h.Dir + "/node.xml", "boot.id.file=",
+		"rolling.maintenance.service.executor.disabled=false", "heartbeat.interval=1", "lab.storage.stall.file=" + h.StallFile()} {
 		if !strings.Contains(string(props), want) {
 			t.Errorf("agent.properties lacks %q:\n%s", want, props)
 		}
@@ -103,6 +104,33 @@ func TestBuildWritesAFleet(t *testing.T) {
 	if _, err := Build(Options{Dir: dir, Hosts: 3, Clusters: 2, VMs: 2}); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Errorf("second Build = %v, want a refusal", err)
 	}
+	// Every host has its own ports (a proxy and an agent on TCP, a BMC on UDP), its own BMC
+	// user and password, and the inventory points at the proxy and holds the BMC.
+	tcp, udp := map[string]bool{}, map[int]bool{}
+	for _, h := range m.Hosts {
+		for _, a := range []string{h.Address, h.AgentAddress} {
+			if tcp[a] {
+				t.Errorf("%s: address %s used twice", h.Name, a)
+			}
+			tcp[a] = true
+		}
+		if udp[h.BMCPort] || h.BMCPort < portFloor {
+			t.Errorf("%s: BMC port %d used twice or below %d", h.Name, h.BMCPort, portFloor)
+		}
+		udp[h.BMCPort] = true
+		fi, err := os.Stat(h.BMCPasswordFile())
+		if err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: bmc.password %v, %v; want mode 0600", h.Name, fi, err)
+		}
+		if fi, err := os.Stat(filepath.Dir(h.ControlSocket())); err != nil || fi.Mode().Perm() != 0o700 {
+			t.Errorf("%s: control socket directory %v, %v; want mode 0700", h.Name, fi, err)
+		}
+	}
+	pw1, err1 := m.Hosts[0].BMCPassword()
+	pw2, err2 := m.Hosts[1].BMCPassword()
+	if err1 != nil || err2 != nil || len(pw1) != 16 || pw1 == pw2 {
+		t.Errorf("BMC passwords %q, %q (%v, %v): want 16 characters, one per host", pw1, pw2, err1, err2)
+	}
 	st := state.New(m.StatePath())
 	_ = st.View(func(tx state.Tx) error {
 		hs, _ := state.Hosts(tx)
@@ -113,6 +141,11 @@ func TestBuildWritesAFleet(t *testing.T) {
 			if !h.Lab {
 				t.Errorf("host %s is not marked as a lab host", h.Name)
 			}
+		}
+		b, err := state.GetBMC(tx, "host", "h1")
+		want := state.BMC{Driver: "ipmi", Address: "127.0.0.1", Port: m.Hosts[0].BMCPort, Username: "lab-h1", Password: pw1, Interface: "lanplus", Action: "off"}
+		if err != nil || !reflect.DeepEqual(b, want) {
+			t.Errorf("inventory BMC of h1 = %+v, %v; want %+v", b, err, want)
 		}
 		return nil
 	})

@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,19 +36,37 @@ func FindAgent() (string, error) {
 	return filepath.Abs(p)
 }
 
-// Alive reports whether pid is a running (not zombie) kvmagent of host h: a pid the kernel
-// reused for another program is not ours, and is never signalled.
-func Alive(h *HostManifest) bool {
-	if h.PID <= 0 {
+// FindMachine locates the kvmctl that runs the lab's machines (`kvmctl lab machine`): the
+// running executable when it is kvmctl, else a kvmctl beside it, else on PATH.
+func FindMachine() (string, error) {
+	if exe, err := os.Executable(); err == nil {
+		if filepath.Base(exe) == "kvmctl" {
+			return exe, nil
+		}
+		p := filepath.Join(filepath.Dir(exe), "kvmctl")
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath("kvmctl")
+	if err != nil {
+		return "", errs.Refusedf("kvmctl not found on PATH to run the lab's machines: run `make build` and use bin/kvmctl")
+	}
+	return filepath.Abs(p)
+}
+
+// procAlive reports whether pid runs (not a zombie) with a command line that satisfies ours.
+func procAlive(pid int, ours func(args []string) bool) bool {
+	if pid <= 0 {
 		return false
 	}
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", h.PID))
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	// Just after exec.Cmd.Start returns, the kernel may still show an empty command line (the
-	// new program's arguments are not in place yet): that is our agent starting, not gone.
-	if err != nil || (len(cmdline) > 0 && !bytes.Contains(cmdline, []byte(h.Config()))) {
+	// new program's arguments are not in place yet): that is our process starting, not gone.
+	if err != nil || (len(cmdline) > 0 && !ours(strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00"))) {
 		return false
 	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", h.PID))
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return false
 	}
@@ -57,67 +77,127 @@ func Alive(h *HostManifest) bool {
 	return false
 }
 
-// StartAgent starts the agent of host h in its own session, so it outlives kvmctl, with its
-// output appended to its log. It records the pid in h (the caller saves the manifest).
-func StartAgent(m *Manifest, h *HostManifest) error {
-	if Alive(h) {
-		return errs.Refusedf("the agent of %s is already running (pid %d)", h.Name, h.PID)
+// AgentPID is the pid of h's agent as its machine last saved it, 0 for none (see Alive).
+func AgentPID(h *HostManifest) int {
+	st, err := readMachineState(h)
+	if err != nil || !st.Running {
+		return 0
 	}
-	log, err := os.OpenFile(h.Log(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	return st.AgentPID
+}
+
+// Alive reports whether the agent of host h runs: the pid its machine recorded, still a
+// kvmagent of h (a pid the kernel reused for another program is not ours, and is never
+// signalled).
+func Alive(h *HostManifest) bool {
+	return procAlive(AgentPID(h), func(args []string) bool { return slices.Contains(args, h.Config()) })
+}
+
+// MachineAlive reports whether the machine process of h runs.
+func MachineAlive(m *Manifest, h *HostManifest) bool {
+	return procAlive(h.MachinePID, func(args []string) bool {
+		n := len(args)
+		return n >= 3 && args[n-3] == "machine" && args[n-2] == m.Dir && args[n-1] == h.Name
+	})
+}
+
+// opTimeout bounds a quick operation of a machine (all but stopping an agent).
+const opTimeout = 30 * time.Second
+
+// StartAgent starts the agent of host h on its running machine (which reaps it, and kills it
+// with the host's power); m is the lab of h. StartHosts also boots a machine that is not running.
+func StartAgent(_ *Manifest, h *HostManifest) error {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	_, _, err := MachineOp(ctx, h, "start-agent", nil)
+	return err
+}
+
+// KillAgent has h's machine SIGKILL its agent, as a crash of the agent alone would, and returns
+// once it is gone; the host and its VMs run on.
+func KillAgent(h *HostManifest) error {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	_, _, err := MachineOp(ctx, h, "kill-agent", nil)
+	return err
+}
+
+// StopAgent asks the agent of h to stop (SIGTERM) and has it killed when it has not after grace.
+// No agent, or no machine, is no error.
+func StopAgent(h *HostManifest, grace time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), opTimeout+grace)
+	defer cancel()
+	_, _, err := MachineOp(ctx, h, "stop-agent", url.Values{"grace": {grace.String()}})
+	if errs.IsRefused(err) && !Alive(h) {
+		return nil
+	}
+	return err
+}
+
+// startMachine starts the machine of host h in its own session, so it outlives kvmctl, with its
+// output appended to its log. It records the pid in h (the caller saves the manifest).
+func startMachine(m *Manifest, h *HostManifest) error {
+	if m.Machine == "" {
+		p, err := FindMachine()
+		if err != nil {
+			return err
+		}
+		m.Machine = p
+	}
+	log, err := os.OpenFile(h.MachineLog(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
 	defer log.Close()
-	cmd := exec.Command(m.Agent, "run", "--config", h.Config())
+	cmd := exec.Command(m.Machine, "lab", "machine", m.Dir, h.Name)
 	cmd.Dir = h.Dir
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start agent of %s: %w", h.Name, err)
+		return fmt.Errorf("start the machine of %s: %w", h.Name, err)
 	}
-	h.PID = cmd.Process.Pid
-	// Reap it if it dies while we still run, so Alive never sees a zombie of ours.
+	h.MachinePID = cmd.Process.Pid
+	// Reap it if it dies while we still run, so MachineAlive never sees a zombie of ours.
 	go func() { _ = cmd.Wait() }()
 	return nil
 }
 
-// KillAgent sends SIGKILL to the agent of h, as a crash would, and waits until it is gone.
-func KillAgent(h *HostManifest) error {
-	if !Alive(h) {
-		return errs.Refusedf("the agent of %s is not running", h.Name)
+// stopMachine stops the machine of h (SIGTERM: it stops its agent, then itself) and kills it
+// when it has not after grace; an agent left behind is killed too.
+func stopMachine(m *Manifest, h *HostManifest, grace time.Duration) error {
+	if MachineAlive(m, h) {
+		_ = syscall.Kill(h.MachinePID, syscall.SIGTERM)
+		if err := waitGone(grace, func() bool { return MachineAlive(m, h) }); err != nil {
+			_ = syscall.Kill(h.MachinePID, syscall.SIGKILL)
+			if err := waitGone(5*time.Second, func() bool { return MachineAlive(m, h) }); err != nil {
+				return fmt.Errorf("the machine of %s (pid %d) is still running after SIGKILL", h.Name, h.MachinePID)
+			}
+		}
 	}
-	if err := syscall.Kill(h.PID, syscall.SIGKILL); err != nil {
-		return fmt.Errorf("kill agent of %s: %w", h.Name, err)
+	if pid := AgentPID(h); Alive(h) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		if err := waitGone(5*time.Second, func() bool { return Alive(h) }); err != nil {
+			return fmt.Errorf("the agent of %s (pid %d) is still running after SIGKILL", h.Name, pid)
+		}
 	}
-	return waitGone(h, 5*time.Second)
+	h.MachinePID = 0
+	return nil
 }
 
-// StopAgent asks the agent of h to stop (SIGTERM) and kills it when it has not after grace.
-func StopAgent(h *HostManifest, grace time.Duration) error {
-	if !Alive(h) {
-		return nil
-	}
-	_ = syscall.Kill(h.PID, syscall.SIGTERM)
-	if waitGone(h, grace) == nil {
-		return nil
-	}
-	_ = syscall.Kill(h.PID, syscall.SIGKILL)
-	return waitGone(h, 5*time.Second)
-}
-
-func waitGone(h *HostManifest, d time.Duration) error {
+func waitGone(d time.Duration, alive func() bool) error {
 	deadline := time.Now().Add(d)
-	for Alive(h) {
+	for alive() {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the agent of %s (pid %d) is still running after %s", h.Name, h.PID, d)
+			return fmt.Errorf("still running after %s", d)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	return nil
 }
 
-// WaitReady waits until every agent of hosts answers over mutual TLS, or ctx ends. An agent
-// that exits meanwhile fails fast with the tail of its log.
+// WaitReady waits until the machine of every host of hosts answers on its control socket and its
+// agent answers over mutual TLS (directly, not through the proxy a partition cuts), or ctx ends.
+// A machine or agent that exits meanwhile fails fast with the tail of its log.
 func WaitReady(ctx context.Context, m *Manifest, hosts []*HostManifest) error {
 	var wg sync.WaitGroup
 	errc := make(chan error, len(hosts))
@@ -140,10 +220,32 @@ func WaitReady(ctx context.Context, m *Manifest, hosts []*HostManifest) error {
 }
 
 func waitOne(ctx context.Context, m *Manifest, h *HostManifest) error {
-	c, err := api.ClientForHost(m.PKIDir(), h.Name, h.Address)
+	for attempt := 0; ; attempt++ {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := MachineStatus(pctx, h)
+		cancel()
+		if err == nil {
+			break
+		}
+		if h.MachinePID > 0 && !MachineAlive(m, h) {
+			return fmt.Errorf("the machine of %s exited: %s", h.Name, tail(h.MachineLog(), 5))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the machine of %s did not answer on %s: %w (log: %s)", h.Name, h.ControlSocket(), err, h.MachineLog())
+		case <-time.After(backoff.Delay(attempt, 10*time.Millisecond, 250*time.Millisecond)):
+		}
+	}
+	return waitAgent(ctx, m, h)
+}
+
+// waitAgent waits until the agent of h answers on its own address.
+func waitAgent(ctx context.Context, m *Manifest, h *HostManifest) error {
+	c, err := api.ClientForHost(m.PKIDir(), h.Name, h.AgentAddress)
 	if err != nil {
 		return err
 	}
+	defer c.Close()
 	for attempt := 0; ; attempt++ {
 		pctx, cancel := context.WithTimeout(ctx, time.Second)
 		err := c.Healthz(pctx)
@@ -152,11 +254,15 @@ func waitOne(ctx context.Context, m *Manifest, h *HostManifest) error {
 			return nil
 		}
 		if !Alive(h) {
-			return fmt.Errorf("the agent of %s exited: %s", h.Name, tail(h.Log(), 5))
+			st, _ := readMachineState(h)
+			if st.Power == PowerOff {
+				return errs.Refusedf("%s is powered off: `kvmctl lab power-on %s` boots it", h.Name, h.Name)
+			}
+			return fmt.Errorf("the agent of %s is not running (%s): %s", h.Name, st.AgentExit, tail(h.Log(), 5))
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("the agent of %s did not answer on %s: %w (log: %s)", h.Name, h.Address, err, h.Log())
+			return fmt.Errorf("the agent of %s did not answer on %s: %w (log: %s)", h.Name, h.AgentAddress, err, h.Log())
 		case <-time.After(backoff.Delay(attempt, 10*time.Millisecond, 250*time.Millisecond)):
 		}
 	}
@@ -187,11 +293,19 @@ func Up(ctx context.Context, o Options) (*Manifest, error) {
 	return m, StartHosts(ctx, m, hosts)
 }
 
-// StartHosts starts the agents of hosts, saves their pids and waits until all answer.
+// StartHosts brings up hosts: it starts the machine of each that has none running (the machine
+// boots it, agent included) and the agent of each whose machine runs without one; it saves the
+// machines' pids and waits until every agent answers.
 func StartHosts(ctx context.Context, m *Manifest, hosts []*HostManifest) error {
 	var startErr []error
 	for _, h := range hosts {
-		if err := StartAgent(m, h); err != nil {
+		var err error
+		if MachineAlive(m, h) {
+			err = StartAgent(m, h)
+		} else {
+			err = startMachine(m, h)
+		}
+		if err != nil {
 			startErr = append(startErr, err)
 		}
 	}
@@ -204,26 +318,21 @@ func StartHosts(ctx context.Context, m *Manifest, hosts []*HostManifest) error {
 	return WaitReady(ctx, m, hosts)
 }
 
-// Down stops every agent the lab started; with purge it also removes the lab's directory.
+// Down stops every machine the lab started (each stops its agent, BMC and proxy); with purge it
+// also removes the lab's directory.
 func Down(m *Manifest, purge bool) error {
-	// All at once: a lab of 100 agents stops in the time of its slowest one.
+	// All at once: a lab of 100 machines stops in the time of its slowest one.
 	errc := make([]error, len(m.Hosts))
 	var wg sync.WaitGroup
 	for i := range m.Hosts {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			errc[i] = StopAgent(&m.Hosts[i], 5*time.Second)
-		}(i)
+		wg.Go(func() { errc[i] = stopMachine(m, &m.Hosts[i], agentStopGrace+10*time.Second) })
 	}
 	wg.Wait()
 	var all []error
-	for i, err := range errc {
+	for _, err := range errc {
 		if err != nil {
 			all = append(all, err)
-			continue
 		}
-		m.Hosts[i].PID = 0
 	}
 	if err := errors.Join(all...); err != nil {
 		_ = m.Save()
@@ -239,10 +348,43 @@ func Down(m *Manifest, purge bool) error {
 	return m.Save()
 }
 
-// PIDString renders a pid for tables: "-" when not running.
+// PIDString renders the agent's pid for tables: "-" when not running.
 func PIDString(h *HostManifest) string {
 	if !Alive(h) {
 		return "-"
 	}
-	return strconv.Itoa(h.PID)
+	return strconv.Itoa(AgentPID(h))
+}
+
+// HostStatus is what the lab knows of one host right now: its machine, power, agent and faults.
+type HostStatus struct {
+	Host           *HostManifest
+	MachineRunning bool
+	// Power, BootID and Faults are the machine's; Power is "" when no machine runs.
+	Power    string
+	BootID   string
+	Faults   Faults
+	AgentPID int // 0 when no agent runs
+	// AgentExit says how the last agent ended, when none runs.
+	AgentExit string
+}
+
+// Status reports every host of the lab, from what each machine saved and which processes run.
+func Status(m *Manifest) []HostStatus {
+	out := make([]HostStatus, len(m.Hosts))
+	for i := range m.Hosts {
+		h := &m.Hosts[i]
+		hs := HostStatus{Host: h, MachineRunning: MachineAlive(m, h)}
+		if st, err := readMachineState(h); err == nil {
+			hs.BootID, hs.Faults, hs.AgentExit = st.BootID, st.Faults, st.AgentExit
+			if hs.MachineRunning {
+				hs.Power = st.Power
+			}
+		}
+		if Alive(h) {
+			hs.AgentPID, hs.AgentExit = AgentPID(h), ""
+		}
+		out[i] = hs
+	}
+	return out
 }

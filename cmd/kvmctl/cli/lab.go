@@ -3,6 +3,8 @@ package cli
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -29,11 +31,16 @@ func newLabCmd(f *cmdutil.Factory) *cobra.Command {
 	}
 	up := &cobra.Command{
 		Use:   "up [--hosts N] [--clusters M] [--vms K] [--dir DIR]",
-		Short: "Build a fleet on this machine and start an agent per host",
+		Short: "Build a fleet on this machine: a simulated machine, agent and BMC per host",
 		Long: `Up builds a whole fleet in DIR: its own state file and PKI, zone z1, pod p1, clusters c1..cM
-and hosts h1..hN in contiguous blocks, each host a kvmagent on a 127.0.0.1 port with libvirt's
-test driver holding K running VMs (1 vCPU, 1 GiB) whose disks are files in DIR/shared. Hosts are
-sized so that any one host's VMs fit on the others of its cluster.`,
+and hosts h1..hN in contiguous blocks. Each host is a simulated machine (a process of its own that
+outlives this command) running a kvmagent on a 127.0.0.1 port, with libvirt's test driver holding
+K running VMs (1 vCPU, 1 GiB) whose disks are files in DIR/shared that the machine writes to every
+second, as guests would. Each machine has a BMC that speaks IPMI (lanplus and lan) on a 127.0.0.1
+UDP port, with a user and password of its own (DIR/hosts/hN/bmc.password); the inventory holds
+every host's BMC settings, so fencing works at once. kvmctl reaches each agent through a proxy
+of its machine, which ` + "`kvmctl lab partition`" + ` cuts. Hosts are sized so that any one host's VMs
+fit on the others of its cluster.`,
 		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Up.Dir = opts.Dir
@@ -50,14 +57,14 @@ sized so that any one host's VMs fit on the others of its cluster.`,
 
 	status := &cobra.Command{
 		Use:   "status [--dir DIR]",
-		Short: "Show the lab's hosts and whether their agents run",
+		Short: "Show the lab's hosts: power, agent, BMC and faults",
 		Args:  cmdutil.NoArgs,
 		RunE:  func(cmd *cobra.Command, args []string) error { return runLabStatus(opts) },
 	}
 	dirFlag(status)
 	down := &cobra.Command{
 		Use:   "down [--purge] [--dir DIR]",
-		Short: "Stop every agent the lab started; --purge also deletes DIR",
+		Short: "Stop every machine the lab started (agents, BMCs, proxies); --purge also deletes DIR",
 		Args:  cmdutil.NoArgs,
 		RunE:  func(cmd *cobra.Command, args []string) error { return runLabDown(opts) },
 	}
@@ -65,7 +72,7 @@ sized so that any one host's VMs fit on the others of its cluster.`,
 	dirFlag(down)
 	kill := &cobra.Command{
 		Use:   "kill-agent HOST [--dir DIR]",
-		Short: "SIGKILL a host's agent, as a crash would",
+		Short: "SIGKILL a host's agent, as a crash of the agent alone would: the host and its VMs run on",
 		Args:  cmdutil.ExactArgs(1, "one HOST"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Host = args[0]
@@ -75,7 +82,7 @@ sized so that any one host's VMs fit on the others of its cluster.`,
 	dirFlag(kill)
 	start := &cobra.Command{
 		Use:   "start-agent HOST [--dir DIR]",
-		Short: "Start a host's agent again and wait until it answers",
+		Short: "Start a host's agent again (booting its machine if the lab is down) and wait until it answers",
 		Args:  cmdutil.ExactArgs(1, "one HOST"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Host = args[0]
@@ -84,7 +91,8 @@ sized so that any one host's VMs fit on the others of its cluster.`,
 	}
 	cmdutil.DurationVar(start.Flags(), &opts.Timeout, "timeout", opts.Timeout, "how long to wait for the agent to answer")
 	dirFlag(start)
-	return group("lab", "A whole fleet on this machine: local agents, libvirt's test driver", up, status, down, kill, start)
+	children := []*cobra.Command{up, status, down, kill, start, newLabMachineCmd(f)}
+	return group("lab", "A whole fleet on this machine: simulated machines with agents and BMCs, and faults to inject", children...)
 }
 
 func runLabUp(opts *LabOptions) error {
@@ -98,6 +106,13 @@ func runLabUp(opts *LabOptions) error {
 		}
 		opts.Up.Agent = a
 	}
+	if opts.Up.Machine == "" {
+		mc, err := lab.FindMachine()
+		if err != nil {
+			return err
+		}
+		opts.Up.Machine = mc
+	}
 	if _, err := lab.Load(opts.Up.Dir); err == nil {
 		return errs.Refusedf("a lab already exists in %s (`make demo` leaves one in ./kvmlab): use it, or `kvmctl lab down --purge --dir %s` first", opts.Up.Dir, opts.Up.Dir)
 	}
@@ -108,7 +123,7 @@ func runLabUp(opts *LabOptions) error {
 	if err != nil {
 		if m != nil {
 			_ = lab.Down(m, false)
-			return fmt.Errorf("%w\nthe lab's agents were stopped; its files are in %s (`kvmctl lab down --purge --dir %s` removes them)", err, m.Dir, opts.Dir)
+			return fmt.Errorf("%w\nthe lab's machines were stopped; its files are in %s (`kvmctl lab down --purge --dir %s` removes them)", err, m.Dir, opts.Dir)
 		}
 		return err
 	}
@@ -125,37 +140,58 @@ func runLabUp(opts *LabOptions) error {
 }
 
 type labHostJSON struct {
-	Name    string `json:"name"`
-	Cluster string `json:"cluster"`
-	Address string `json:"address"`
-	PID     int    `json:"pid"`
-	Running bool   `json:"running"`
-	Dir     string `json:"dir"`
+	Name         string `json:"name"`
+	Cluster      string `json:"cluster"`
+	Address      string `json:"address"`
+	AgentAddress string `json:"agent_address"`
+	// PID and Running are the agent's.
+	PID            int        `json:"pid"`
+	Running        bool       `json:"running"`
+	AgentExit      string     `json:"agent_exit,omitempty"`
+	MachinePID     int        `json:"machine_pid"`
+	MachineRunning bool       `json:"machine_running"`
+	Power          string     `json:"power"`
+	BootID         string     `json:"boot_id,omitempty"`
+	BMC            labBMCJSON `json:"bmc"`
+	Faults         lab.Faults `json:"faults"`
+	FaultList      []string   `json:"fault_list"`
+	Dir            string     `json:"dir"`
+}
+
+// labBMCJSON is a host's BMC without its password (DIR/hosts/hN/bmc.password holds it).
+type labBMCJSON struct {
+	Address   string `json:"address"`
+	Port      int    `json:"port"`
+	Username  string `json:"username"`
+	Interface string `json:"interface"`
 }
 
 func labJSON(m *lab.Manifest) map[string]any {
-	hosts := make([]labHostJSON, len(m.Hosts))
-	for i := range m.Hosts {
-		h := &m.Hosts[i]
-		alive := lab.Alive(h)
-		pid := 0
-		if alive {
-			pid = h.PID
+	st := lab.Status(m)
+	hosts := make([]labHostJSON, len(st))
+	for i, s := range st {
+		h := s.Host
+		mpid := 0
+		if s.MachineRunning {
+			mpid = h.MachinePID
 		}
-		hosts[i] = labHostJSON{Name: h.Name, Cluster: h.Cluster, Address: h.Address, PID: pid, Running: alive, Dir: h.Dir}
+		hosts[i] = labHostJSON{Name: h.Name, Cluster: h.Cluster, Address: h.Address, AgentAddress: h.AgentAddress,
+			PID: s.AgentPID, Running: s.AgentPID > 0, AgentExit: s.AgentExit, MachinePID: mpid, MachineRunning: s.MachineRunning,
+			Power: s.Power, BootID: s.BootID, Faults: s.Faults, FaultList: nonNil(s.Faults.List()), Dir: h.Dir,
+			BMC: labBMCJSON{Address: "127.0.0.1", Port: h.BMCPort, Username: h.BMCUser, Interface: "lanplus"}}
 	}
 	return map[string]any{"dir": m.Dir, "state": m.StatePath(), "hosts": hosts}
 }
 
+// labTable renders the lab's hosts: power "-" when the machine does not run (the lab is down).
 func labTable(opts *LabOptions, m *lab.Manifest) error {
-	t := opts.F.IO.NewTable("HOST", "CLUSTER", "ADDRESS", "AGENT", "PID")
-	for i := range m.Hosts {
-		h := &m.Hosts[i]
-		running := "stopped"
-		if lab.Alive(h) {
-			running = "running"
+	t := opts.F.IO.NewTable("HOST", "CLUSTER", "ADDRESS", "POWER", "AGENT", "PID", "BMC", "FAULTS")
+	for _, s := range lab.Status(m) {
+		agent, pid := "stopped", "-"
+		if s.AgentPID > 0 {
+			agent, pid = "running", strconv.Itoa(s.AgentPID)
 		}
-		t.AddRow(h.Name, h.Cluster, h.Address, running, lab.PIDString(h))
+		t.AddRow(s.Host.Name, s.Host.Cluster, s.Host.Address, s.Power, agent, pid, s.Host.BMCAddress(), strings.Join(s.Faults.List(), ","))
 	}
 	return t.Render()
 }
@@ -202,11 +238,14 @@ func runLabKillAgent(opts *LabOptions) error {
 	if err != nil {
 		return err
 	}
-	pid := h.PID
-	if err := lab.KillAgent(h); err != nil {
+	pid := lab.AgentPID(h)
+	ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)
+	defer cancel()
+	msg, _, err := lab.MachineOp(ctx, h, "kill-agent", nil)
+	if err != nil {
 		return err
 	}
-	return done(opts.F, map[string]any{"host": h.Name, "pid": pid, "signal": "SIGKILL"}, "killed the agent of %s (pid %d)", h.Name, pid)
+	return done(opts.F, map[string]any{"host": h.Name, "pid": pid, "signal": "SIGKILL"}, "%s", msg)
 }
 
 func runLabStartAgent(opts *LabOptions) error {
@@ -219,5 +258,6 @@ func runLabStartAgent(opts *LabOptions) error {
 	if err := lab.StartHosts(ctx, m, []*lab.HostManifest{h}); err != nil {
 		return err
 	}
-	return done(opts.F, map[string]any{"host": h.Name, "pid": h.PID, "address": h.Address}, "started the agent of %s (pid %d) on %s", h.Name, h.PID, h.Address)
+	pid := lab.AgentPID(h)
+	return done(opts.F, map[string]any{"host": h.Name, "pid": pid, "address": h.Address}, "started the agent of %s (pid %d) on %s", h.Name, pid, h.Address)
 }
