@@ -91,7 +91,8 @@ fit on the others of its cluster.`,
 	}
 	cmdutil.DurationVar(start.Flags(), &opts.Timeout, "timeout", opts.Timeout, "how long to wait for the agent to answer")
 	dirFlag(start)
-	children := []*cobra.Command{up, status, down, kill, start, newLabMachineCmd(f)}
+	children := append([]*cobra.Command{up, status, down, kill, start}, newLabFaultCmds(f)...)
+	children = append(children, newLabMachineCmd(f))
 	return group("lab", "A whole fleet on this machine: simulated machines with agents and BMCs, and faults to inject", children...)
 }
 
