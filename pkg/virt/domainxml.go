@@ -33,12 +33,29 @@ type domainXML struct {
 	Metadata struct {
 		Placement *placementXML `xml:"https://kvmctl.dev/xmlns/placement/1 placement"`
 	} `xml:"metadata"`
-	Disks []struct {
-		Source struct {
-			File string `xml:"file,attr"`
-			Dev  string `xml:"dev,attr"`
-		} `xml:"source"`
-	} `xml:"devices>disk"`
+	Disks []diskXML `xml:"devices>disk"`
+}
+
+// diskXML is a domain's <disk> as kvmctl reads it: its source.
+type diskXML struct {
+	Source struct {
+		File string `xml:"file,attr"`
+		Dev  string `xml:"dev,attr"`
+	} `xml:"source"`
+}
+
+// diskSources returns the source paths of the file and block disks among disks.
+func diskSources(disks []diskXML) []string {
+	var out []string
+	for _, disk := range disks {
+		switch {
+		case disk.Source.File != "":
+			out = append(out, disk.Source.File)
+		case disk.Source.Dev != "":
+			out = append(out, disk.Source.Dev)
+		}
+	}
+	return out
 }
 
 type placementXML struct {
@@ -79,14 +96,7 @@ func ParseDomainXML(domain string) (VM, error) {
 		}
 		vm.MemoryMiB = kib / 1024
 	}
-	for _, disk := range d.Disks {
-		switch {
-		case disk.Source.File != "":
-			vm.Disks = append(vm.Disks, disk.Source.File)
-		case disk.Source.Dev != "":
-			vm.Disks = append(vm.Disks, disk.Source.Dev)
-		}
-	}
+	vm.Disks = diskSources(d.Disks)
 	if p := d.Metadata.Placement; p != nil {
 		for _, t := range p.Tags {
 			if t = strings.TrimSpace(t); t != "" {

@@ -102,9 +102,30 @@ func indent(s string) string {
 // <domain> (cpu, memory, networks, pools, lab annotations, comments) as raw
 // XML, so that a rewrite with RenderNodeFile keeps them as they were.
 func NodeDescription(data []byte) ([][]byte, error) {
+	children, err := nodeChildren(data)
+	if err != nil {
+		return nil, err
+	}
+	var parts [][]byte
+	for _, c := range children {
+		if !c.domain {
+			parts = append(parts, c.raw)
+		}
+	}
+	return parts, nil
+}
+
+// nodeChild is one child of a node file's <node> as written: an element or a comment.
+type nodeChild struct {
+	raw    []byte
+	domain bool // a <domain> element
+}
+
+// nodeChildren splits a node file into the children of its <node>, as written.
+func nodeChildren(data []byte) ([]nodeChild, error) {
 	d := xml.NewDecoder(bytes.NewReader(data))
 	var (
-		parts    [][]byte
+		children []nodeChild
 		depth    int
 		start    int64
 		isDomain bool
@@ -133,20 +154,20 @@ func NodeDescription(data []byte) ([][]byte, error) {
 				isDomain = t.Name.Space == "" && t.Name.Local == "domain"
 			}
 		case xml.EndElement:
-			if depth == 2 && !isDomain {
-				parts = append(parts, data[start:d.InputOffset()])
+			if depth == 2 {
+				children = append(children, nodeChild{raw: data[start:d.InputOffset()], domain: isDomain})
 			}
 			depth--
 		case xml.Comment:
 			if depth == 1 {
-				parts = append(parts, data[off:d.InputOffset()])
+				children = append(children, nodeChild{raw: data[off:d.InputOffset()]})
 			}
 		}
 	}
 	if !sawNode || depth != 0 {
 		return nil, fmt.Errorf("parse node file: no complete <node> element")
 	}
-	return parts, nil
+	return children, nil
 }
 
 // RenderNodeFile joins a node description (from NodeDescription) and domain
@@ -184,12 +205,7 @@ type nodeFileXML struct {
 			Value string `xml:",chardata"`
 		} `xml:"http://libvirt.org/schemas/domain/test/1.0 runstate"`
 		Transient *struct{} `xml:"http://libvirt.org/schemas/domain/test/1.0 transient"`
-		Disks     []struct {
-			Source struct {
-				File string `xml:"file,attr"`
-				Dev  string `xml:"dev,attr"`
-			} `xml:"source"`
-		} `xml:"devices>disk"`
+		Disks     []diskXML `xml:"devices>disk"`
 	} `xml:"domain"`
 }
 
@@ -206,7 +222,7 @@ func NodeDomains(data []byte) ([]NodeDomain, error) {
 	}
 	out := make([]NodeDomain, 0, len(n.Domains))
 	for _, d := range n.Domains {
-		nd := NodeDomain{Name: strings.TrimSpace(d.Name), State: StateRunning, Transient: d.Transient != nil}
+		nd := NodeDomain{Name: strings.TrimSpace(d.Name), State: StateRunning, Transient: d.Transient != nil, Disks: diskSources(d.Disks)}
 		if d.RunState != nil {
 			v, err := strconv.Atoi(strings.TrimSpace(d.RunState.Value))
 			st, ok := testStates[v]
@@ -214,14 +230,6 @@ func NodeDomains(data []byte) ([]NodeDomain, error) {
 				return nil, fmt.Errorf("parse node file: domain %q: run state %q is not a virDomainState", nd.Name, d.RunState.Value)
 			}
 			nd.State = st
-		}
-		for _, disk := range d.Disks {
-			switch {
-			case disk.Source.File != "":
-				nd.Disks = append(nd.Disks, disk.Source.File)
-			case disk.Source.Dev != "":
-				nd.Disks = append(nd.Disks, disk.Source.Dev)
-			}
 		}
 		out = append(out, nd)
 	}
@@ -264,34 +272,17 @@ func PowerOffNode(data []byte) ([]byte, error) {
 // rawDomains returns the <domain> children of a node file's <node> as written, each without the
 // indentation RenderNodeFile gives it, so that a rewrite does not indent it further.
 func rawDomains(data []byte) ([]string, error) {
-	d := xml.NewDecoder(bytes.NewReader(data))
-	var (
-		out   []string
-		depth int
-		start int64
-	)
-	for {
-		off := d.InputOffset()
-		tok, err := d.RawToken()
-		if errors.Is(err, io.EOF) {
-			return out, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("parse node file: %w", err)
-		}
-		switch t := tok.(type) {
-		case xml.StartElement:
-			depth++
-			if depth == 2 && t.Name.Space == "" && t.Name.Local == "domain" {
-				start = off
-			}
-		case xml.EndElement:
-			if depth == 2 && t.Name.Space == "" && t.Name.Local == "domain" {
-				out = append(out, strings.ReplaceAll(string(data[start:d.InputOffset()]), "\n  ", "\n"))
-			}
-			depth--
+	children, err := nodeChildren(data)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, c := range children {
+		if c.domain {
+			out = append(out, strings.ReplaceAll(string(c.raw), "\n  ", "\n"))
 		}
 	}
+	return out, nil
 }
 
 // shutOff sets a domain's <test:runstate> to shut off, adding one when it has none.
