@@ -513,86 +513,76 @@ func (mc *machine) opStopAgent(q url.Values) (string, error) {
 	return fmt.Sprintf("the agent of %s was not running", mc.h.Name), nil
 }
 
-func (mc *machine) opPartition(url.Values) (string, error) {
+// setFault turns the fault at flag on or off, doing apply (when not nil) first, and returns
+// done; it refuses, saying refusal, when the fault already is so.
+func (mc *machine) setFault(flag *bool, on bool, refusal string, apply func() error, done string) (string, error) {
 	mc.mu.Lock()
 	defer mc.mu.Unlock()
-	if mc.st.Faults.Partitioned {
-		return "", errs.Refusedf("%s is already partitioned (`kvmctl lab heal %s` ends it)", mc.h.Name, mc.h.Name)
+	if *flag == on {
+		return "", errs.Refused(errors.New(refusal))
 	}
-	mc.st.Faults.Partitioned = true
-	mc.proxy.setCut(true)
-	mc.log.Info("partitioned")
+	if apply != nil {
+		if err := apply(); err != nil {
+			return "", err
+		}
+	}
+	*flag = on
+	mc.log.Info("faults changed", "faults", strings.Join(mc.st.Faults.List(), ","))
 	mc.saveLocked()
-	return fmt.Sprintf("partitioned %s: kvmctl's connections to its agent at %s hang; the host and its VMs run on", mc.h.Name, mc.h.Address), nil
+	return done, nil
+}
+
+func (mc *machine) opPartition(url.Values) (string, error) {
+	n := mc.h.Name
+	return mc.setFault(&mc.st.Faults.Partitioned, true, fmt.Sprintf("%s is already partitioned (`kvmctl lab heal %s` ends it)", n, n),
+		func() error { mc.proxy.setCut(true); return nil },
+		fmt.Sprintf("partitioned %s: kvmctl's connections to its agent at %s hang; the host and its VMs run on", n, mc.h.Address))
 }
 
 func (mc *machine) opHeal(url.Values) (string, error) {
-	mc.mu.Lock()
-	defer mc.mu.Unlock()
-	if !mc.st.Faults.Partitioned {
-		return "", errs.Refusedf("%s is not partitioned", mc.h.Name)
-	}
-	mc.st.Faults.Partitioned = false
-	mc.proxy.setCut(mc.st.Power == PowerOff)
-	mc.log.Info("healed")
-	mc.saveLocked()
-	return fmt.Sprintf("healed %s: kvmctl reaches its agent at %s again", mc.h.Name, mc.h.Address), nil
+	n := mc.h.Name
+	return mc.setFault(&mc.st.Faults.Partitioned, false, fmt.Sprintf("%s is not partitioned", n),
+		func() error { mc.proxy.setCut(mc.st.Power == PowerOff); return nil },
+		fmt.Sprintf("healed %s: kvmctl reaches its agent at %s again", n, mc.h.Address))
 }
 
 func (mc *machine) opStorageStall(url.Values) (string, error) {
-	mc.mu.Lock()
-	defer mc.mu.Unlock()
-	if mc.st.Faults.StorageStalled {
-		return "", errs.Refusedf("the shared storage of %s is already stalled (`kvmctl lab storage-resume %s` ends it)", mc.h.Name, mc.h.Name)
-	}
-	// The agent's heartbeat writer blocks while this file exists (lab.storage.stall.file).
-	if err := os.WriteFile(mc.h.StallFile(), []byte("stalled by kvmctl lab storage-stall\n"), 0o644); err != nil {
-		return "", fmt.Errorf("stall the storage of %s: %w", mc.h.Name, err)
-	}
-	mc.st.Faults.StorageStalled = true
-	mc.log.Info("storage stalled")
-	mc.saveLocked()
-	return fmt.Sprintf("stalled the shared storage of %s: its heartbeat and VM disk writes block; its agent still answers", mc.h.Name), nil
+	n := mc.h.Name
+	return mc.setFault(&mc.st.Faults.StorageStalled, true,
+		fmt.Sprintf("the shared storage of %s is already stalled (`kvmctl lab storage-resume %s` ends it)", n, n),
+		func() error {
+			// The agent's heartbeat writer blocks while this file exists (lab.storage.stall.file).
+			if err := os.WriteFile(mc.h.StallFile(), []byte("stalled by kvmctl lab storage-stall\n"), 0o644); err != nil {
+				return fmt.Errorf("stall the storage of %s: %w", n, err)
+			}
+			return nil
+		},
+		fmt.Sprintf("stalled the shared storage of %s: its heartbeat and VM disk writes block; its agent still answers", n))
 }
 
 func (mc *machine) opStorageResume(url.Values) (string, error) {
-	mc.mu.Lock()
-	defer mc.mu.Unlock()
-	if !mc.st.Faults.StorageStalled {
-		return "", errs.Refusedf("the shared storage of %s is not stalled", mc.h.Name)
-	}
-	if err := os.Remove(mc.h.StallFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("resume the storage of %s: %w", mc.h.Name, err)
-	}
-	mc.st.Faults.StorageStalled = false
-	mc.log.Info("storage resumed")
-	mc.saveLocked()
-	return fmt.Sprintf("resumed the shared storage of %s: its heartbeat and VM disks are written again", mc.h.Name), nil
+	n := mc.h.Name
+	return mc.setFault(&mc.st.Faults.StorageStalled, false, fmt.Sprintf("the shared storage of %s is not stalled", n),
+		func() error {
+			if err := os.Remove(mc.h.StallFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("resume the storage of %s: %w", n, err)
+			}
+			return nil
+		},
+		fmt.Sprintf("resumed the shared storage of %s: its heartbeat and VM disks are written again", n))
 }
 
 func (mc *machine) opBMCDown(url.Values) (string, error) {
-	mc.mu.Lock()
-	defer mc.mu.Unlock()
-	if mc.st.Faults.BMCDown {
-		return "", errs.Refusedf("the BMC of %s is already down (`kvmctl lab bmc-up %s` brings it back)", mc.h.Name, mc.h.Name)
-	}
-	mc.st.Faults.BMCDown = true
-	mc.bmcDown.Store(true)
-	mc.log.Info("bmc down")
-	mc.saveLocked()
-	return fmt.Sprintf("the BMC of %s stopped answering: IPMI to %s times out; the host itself is not touched", mc.h.Name, mc.h.BMCAddress()), nil
+	n := mc.h.Name
+	return mc.setFault(&mc.st.Faults.BMCDown, true, fmt.Sprintf("the BMC of %s is already down (`kvmctl lab bmc-up %s` brings it back)", n, n),
+		func() error { mc.bmcDown.Store(true); return nil },
+		fmt.Sprintf("the BMC of %s stopped answering: IPMI to %s times out; the host itself is not touched", n, mc.h.BMCAddress()))
 }
 
 func (mc *machine) opBMCOffFails(url.Values) (string, error) {
-	mc.mu.Lock()
-	defer mc.mu.Unlock()
-	if mc.st.Faults.BMCOffFails {
-		return "", errs.Refusedf("the BMC of %s already fails its power offs", mc.h.Name)
-	}
-	mc.st.Faults.BMCOffFails = true
-	mc.log.Info("bmc fails power offs")
-	mc.saveLocked()
-	return fmt.Sprintf("the BMC of %s now answers every power off with an error, and powers off all the same", mc.h.Name), nil
+	n := mc.h.Name
+	return mc.setFault(&mc.st.Faults.BMCOffFails, true, fmt.Sprintf("the BMC of %s already fails its power offs", n), nil,
+		fmt.Sprintf("the BMC of %s now answers every power off with an error, and powers off all the same", n))
 }
 
 func (mc *machine) opBMCUp(url.Values) (string, error) {

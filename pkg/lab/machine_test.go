@@ -1,7 +1,6 @@
 package lab
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -9,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,31 +20,13 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/virt"
 )
 
-// syncBuffer is a log both the machine and the test touch.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // fakeAgent is a stand-in for kvmagent that runs until killed, with the config path in its
 // command line as the real one has it.
 const fakeAgent = "#!/bin/sh\nwhile :; do sleep 1; done\n"
 
 // runTestMachine builds a lab of one host with a fake agent and runs its machine in this
-// process until the test ends.
-func runTestMachine(t *testing.T) (*Manifest, *HostManifest, *syncBuffer) {
+// process until the test ends; its log goes to the host's machine.log.
+func runTestMachine(t *testing.T) (*Manifest, *HostManifest) {
 	t.Helper()
 	dir := t.TempDir()
 	agent := filepath.Join(dir, "fake-kvmagent")
@@ -58,8 +38,12 @@ func runTestMachine(t *testing.T) (*Manifest, *HostManifest, *syncBuffer) {
 		t.Fatal(err)
 	}
 	h := &m.Hosts[0]
+	log, err := os.Create(h.MachineLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { log.Close() })
 	ctx, cancel := context.WithCancel(context.Background())
-	log := &syncBuffer{}
 	done := make(chan error, 1)
 	go func() { done <- RunMachine(ctx, m.Dir, h.Name, log) }()
 	t.Cleanup(func() {
@@ -86,11 +70,11 @@ func runTestMachine(t *testing.T) (*Manifest, *HostManifest, *syncBuffer) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the machine did not come up: %+v, %v\n%s", st, err, log)
+			t.Fatalf("the machine did not come up: %+v, %v\n%s", st, err, tail(h.MachineLog(), 20))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return m, h, log
+	return m, h
 }
 
 func mtime(t *testing.T, path string) time.Time {
@@ -145,7 +129,7 @@ func powerIsOn(t *testing.T, c *client.Client) bool {
 // the node file, on boots with a new boot id; its log holds every control.
 func TestMachineBMCWithGoIPMIClient(t *testing.T) {
 	t.Parallel()
-	m, h, log := runTestMachine(t)
+	m, h := runTestMachine(t)
 	password, err := h.BMCPassword()
 	if err != nil {
 		t.Fatal(err)
@@ -223,7 +207,7 @@ func TestMachineBMCWithGoIPMIClient(t *testing.T) {
 		got = append(got, e.Control+":"+e.PowerBefore+">"+e.PowerAfter+":"+strings.SplitN(e.Result, " ", 2)[0])
 	}
 	if want := "off:on>off:ok on:off>on:ok off:on>off:error"; strings.Join(got, " ") != want {
-		t.Errorf("BMC log: %v, want %s\nmachine log:\n%s", got, want, log)
+		t.Errorf("BMC log: %v, want %s\nmachine log: %s", got, want, tail(h.MachineLog(), 20))
 	}
 }
 
@@ -240,7 +224,7 @@ func mustBootID(t *testing.T, h *HostManifest) string {
 // puts the agent's stall flag in place.
 func TestMachineOperations(t *testing.T) {
 	t.Parallel()
-	m, h, _ := runTestMachine(t)
+	m, h := runTestMachine(t)
 	ctx := context.Background()
 	disk := filepath.Join(m.SharedDir(), "h1-vm2.img")
 	waitWritten(t, disk, time.Time{}.Add(1))

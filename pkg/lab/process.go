@@ -23,36 +23,41 @@ import (
 
 // FindAgent locates the kvmagent binary: beside the running executable, then on PATH.
 func FindAgent() (string, error) {
-	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), "kvmagent")
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
+	if p := findProgram("kvmagent"); p != "" {
+		return p, nil
 	}
-	p, err := exec.LookPath("kvmagent")
-	if err != nil {
-		return "", errs.Refusedf("kvmagent not found beside kvmctl nor on PATH: run `make build` and use bin/kvmctl, or pass --agent PATH")
-	}
-	return filepath.Abs(p)
+	return "", errs.Refusedf("kvmagent not found beside kvmctl nor on PATH: run `make build` and use bin/kvmctl, or pass --agent PATH")
 }
 
 // FindMachine locates the kvmctl that runs the lab's machines (`kvmctl lab machine`): the
 // running executable when it is kvmctl, else a kvmctl beside it, else on PATH.
 func FindMachine() (string, error) {
+	if p := findProgram("kvmctl"); p != "" {
+		return p, nil
+	}
+	return "", errs.Refusedf("kvmctl not found on PATH to run the lab's machines: run `make build` and use bin/kvmctl")
+}
+
+// findProgram returns the absolute path of the program name: the running executable when it is
+// name, else the one beside it, else the one on PATH; "" when there is none.
+func findProgram(name string) string {
 	if exe, err := os.Executable(); err == nil {
-		if filepath.Base(exe) == "kvmctl" {
-			return exe, nil
+		if filepath.Base(exe) == name {
+			return exe
 		}
-		p := filepath.Join(filepath.Dir(exe), "kvmctl")
+		p := filepath.Join(filepath.Dir(exe), name)
 		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p, nil
+			return p
 		}
 	}
-	p, err := exec.LookPath("kvmctl")
+	p, err := exec.LookPath(name)
 	if err != nil {
-		return "", errs.Refusedf("kvmctl not found on PATH to run the lab's machines: run `make build` and use bin/kvmctl")
+		return ""
 	}
-	return filepath.Abs(p)
+	if p, err = filepath.Abs(p); err != nil {
+		return ""
+	}
+	return p
 }
 
 // procAlive reports whether pid runs (not a zombie) with a command line that satisfies ours.

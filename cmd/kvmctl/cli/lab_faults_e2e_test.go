@@ -70,9 +70,7 @@ func TestLabFaultsE2E(t *testing.T) {
 			// Power loss: the agent's port refuses, nothing more is written, the BMC says off.
 			labPortRefuses(t, h.AgentAddress)
 			labQuiet(t, "h1's heartbeat and VM disks after its crash", labHostFiles(m, h)...)
-			if out, err := labIPMI(t, h, "lanplus", nil, "chassis", "power", "status"); err != nil || !strings.Contains(out, "Chassis Power is off") {
-				t.Errorf("ipmitool power status after the crash: %v\n%s", err, out)
-			}
+			labPower(t, h, "off", "after the crash")
 			if st := lab.Status(m)[0]; st.Power != lab.PowerOff || st.AgentPID != 0 {
 				t.Errorf("lab status of h1 after its crash: %+v", st)
 			}
@@ -122,9 +120,7 @@ func TestLabFaultsE2E(t *testing.T) {
 			// The host and its VMs live on: their disks are written; the dead agent's heartbeat is not.
 			labAdvancing(t, "h2's VM disks with its agent dead", labDisks(m, h)...)
 			labQuiet(t, "h2's heartbeat with its agent dead", labHeartbeat(m, h))
-			if out, err := labIPMI(t, h, "lanplus", nil, "chassis", "power", "status"); err != nil || !strings.Contains(out, "Chassis Power is on") {
-				t.Errorf("ipmitool power status with the agent dead: %v\n%s", err, out)
-			}
+			labPower(t, h, "on", "with the agent dead")
 		}},
 		{"partition then heal", func(t *testing.T) {
 			h := e2eLabHost(t, m, "h3")
@@ -168,18 +164,14 @@ func TestLabFaultsE2E(t *testing.T) {
 			}
 			labAdvancing(t, "h5's heartbeat and VM disks with its BMC down", labHostFiles(m, h)...)
 			labOneLine(t, labRun(t, m, 0, "bmc-up", "h5"), "the BMC of h5 answers again")
-			if out, err := labIPMI(t, h, "lanplus", nil, "chassis", "power", "status"); err != nil || !strings.Contains(out, "Chassis Power is on") {
-				t.Errorf("ipmitool after bmc-up: %v\n%s", err, out)
-			}
+			labPower(t, h, "on", "after bmc-up")
 
 			// "Errors on off but reports off": the power goes, the answer is an error.
 			labOneLine(t, labRun(t, m, 0, "bmc-off-fails", "h5"), "the BMC of h5 now answers every power off with an error")
 			if out, err := labIPMI(t, h, "lanplus", nil, "chassis", "power", "off"); err == nil || !strings.Contains(out, "Unspecified error") {
 				t.Errorf("ipmitool power off with bmc-off-fails: %v\n%s; want it to fail", err, out)
 			}
-			if out, err := labIPMI(t, h, "lanplus", nil, "chassis", "power", "status"); err != nil || !strings.Contains(out, "Chassis Power is off") {
-				t.Errorf("ipmitool power status after a failed off: %v\n%s", err, out)
-			}
+			labPower(t, h, "off", "after a failed off")
 			labPortRefuses(t, h.AgentAddress)
 			log := labBMCLog(t, h)
 			if last := log[len(log)-1]; last.Control != lab.ControlOff || last.PowerBefore != lab.PowerOn || last.PowerAfter != lab.PowerOff ||
@@ -265,6 +257,14 @@ func TestLabFaultsE2E(t *testing.T) {
 		wg.Go(func() { t.Run(c.name, c.run) })
 	}
 	wg.Wait()
+}
+
+// labPower checks that ipmitool (lanplus) says h's chassis power is want, when.
+func labPower(t *testing.T, h *lab.HostManifest, want, when string) {
+	t.Helper()
+	if out, err := labIPMI(t, h, "lanplus", nil, "chassis", "power", "status"); err != nil || !strings.Contains(out, "Chassis Power is "+want) {
+		t.Errorf("ipmitool chassis power status %s: %v\n%s; want %q", when, err, out, "Chassis Power is "+want)
+	}
 }
 
 // labNeedIPMITool fails the test when Debian's ipmitool is missing: `make deps` installs it.
