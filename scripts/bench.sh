@@ -69,7 +69,8 @@ up=$("$BIN/kvmctl" host status --json | grep -c '"connection": "Up"')
 echo "hosts Up: $up/100"
 echo "host status wall time, median of 10: $(printf '%s\n' "${times[@]}" | median) ms (min $(printf '%s\n' "${times[@]}" | sort -n | head -1), max $(printf '%s\n' "${times[@]}" | sort -n | tail -1))"
 sleep 2
-pids=$(python3 -c "import json;print(' '.join(str(h['pid']) for h in json.load(open('$WORK/lab100/lab.json'))['hosts']))")
+# The agents' pids: lab.json records the machines, lab status their agents.
+pids=$("$BIN/kvmctl" lab status --json --dir "$WORK/lab100" | python3 -c "import json,sys;print(' '.join(str(h['pid']) for h in json.load(sys.stdin)['hosts']))")
 rss=$(for pid in $pids; do awk '/^VmRSS/ {print $2}' /proc/$pid/status; done | median)
 anon=$(for pid in $pids; do awk '/^RssAnon/ {print $2}' /proc/$pid/status; done | median)
 pss=$(for pid in $pids; do awk '/^Pss:/ {print $2}' /proc/$pid/smaps_rollup; done | median)
