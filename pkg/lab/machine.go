@@ -173,14 +173,15 @@ func RunMachine(ctx context.Context, dir, host string, logw io.Writer) error {
 
 	<-ctx.Done()
 	mc.log.Info("machine stopping", "reason", context.Cause(ctx))
+	// No operation or BMC power-on may start an agent behind the stop.
+	ctl.Close()
+	bmcSrv.Close()
 	mc.mu.Lock()
 	mc.stopAgentLocked(syscall.SIGTERM, agentStopGrace)
 	mc.st.Running = false
 	mc.saveLocked()
 	mc.mu.Unlock()
-	ctl.Close()
 	mc.proxy.Close()
-	bmcSrv.Close()
 	wg.Wait()
 	return nil
 }

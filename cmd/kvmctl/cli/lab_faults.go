@@ -64,7 +64,7 @@ the agent answers kvmctl. --all stalls every host, as an NFS outage would.
 	{op: "storage-resume", all: true, has: func(s lab.HostStatus) bool { return !s.Faults.StorageStalled },
 		allDone: "resumed the shared storage of %s: heartbeats and VM disks are written again",
 		short:   "End a host's storage stall: its heartbeat and VM disks are written again"},
-	{op: "bmc-down", short: "Make a host's BMC stop answering (IPMI times out); the host runs on"},
+	{op: "bmc-down", short: "Make a host's BMC stop answering (IPMI times out); the host is not touched"},
 	{op: "bmc-off-fails", short: "Make a host's BMC answer every power off with an error, and power off all the same"},
 	{op: "bmc-up", short: "Clear a host's BMC faults: it answers, and does what it is told"},
 }
