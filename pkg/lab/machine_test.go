@@ -104,7 +104,8 @@ func ipmiClient(t *testing.T, h *HostManifest, intf client.Interface, suite type
 	if err != nil {
 		t.Fatal(err)
 	}
-	c = c.WithInterface(intf).WithTimeout(2 * time.Second).WithRetry(2)
+	// No retry: a control sent again would be carried out again, and the BMC log checked.
+	c = c.WithInterface(intf).WithTimeout(15 * time.Second).WithRetry(0)
 	if intf == client.InterfaceLanplus {
 		c = c.WithCipherSuiteID(suite)
 	}

@@ -420,10 +420,14 @@ func labAgentStatus(t *testing.T, m *lab.Manifest, h *lab.HostManifest) api.Stat
 }
 
 // labConnection runs `kvmctl host status HOST`, which must exit with code, and returns the host's
-// connection.
+// connection. A host that must answer gets a long timeout, one that must not a short one.
 func labConnection(t *testing.T, m *lab.Manifest, host string, code int) string {
 	t.Helper()
-	out, _ := e2eKvmctl(t, m, code, "--json", "host", "status", host, "--timeout", "2s")
+	timeout := "20s"
+	if code != 0 {
+		timeout = "2s"
+	}
+	out, _ := e2eKvmctl(t, m, code, "--json", "host", "status", host, "--timeout", timeout)
 	var hosts []e2eHost
 	if err := json.Unmarshal([]byte(out), &hosts); err != nil || len(hosts) != 1 {
 		t.Fatalf("host status %s --json: %v\n%s", host, err, out)
@@ -450,7 +454,9 @@ func labIPMIAs(t *testing.T, h *lab.HostManifest, iface string, opts []string, a
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), labDeadline)
 	defer cancel()
-	argv := append([]string{"-I", iface, "-H", "127.0.0.1", "-p", strconv.Itoa(h.BMCPort)}, opts...)
+	// ipmitool sends a request again after a second without an answer, and a BMC would carry
+	// out a control sent twice twice: on a loaded machine, wait longer first (opts may override).
+	argv := append([]string{"-I", iface, "-H", "127.0.0.1", "-p", strconv.Itoa(h.BMCPort), "-N", "10"}, opts...)
 	out, err := exec.CommandContext(ctx, "ipmitool", append(argv, args...)...).CombinedOutput()
 	return string(out), err
 }
