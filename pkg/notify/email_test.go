@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/kvmctl/kvmctl/pkg/notify/notifytest"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
@@ -47,7 +48,7 @@ func readMail(t *testing.T, data []byte) (*mail.Message, string) {
 // The mail arrives with the envelope and headers of the channel, a subject that says what
 // happened, and a plain-text body with the facts and what to do.
 func TestEmailArrives(t *testing.T) {
-	sink := startMailSink(t, "127.0.0.1:0", nil, "", "")
+	sink := notifytest.StartMailServer(t, notifytest.MailOptions{})
 	nf := New([]state.NotifyChannel{mailChannel(sink.Addr)}, Options{Sender: "ops1.example.net"})
 	if err := nf.Notify(context.Background(), fenceOff); err != nil {
 		t.Fatal(err)
@@ -102,7 +103,7 @@ Sent by kvmctl on ops1.example.net through notification channel "mail".
 
 // A result with a newline or non-ASCII text keeps the subject one encoded line.
 func TestEmailSubjectStaysOneLine(t *testing.T) {
-	sink := startMailSink(t, "127.0.0.1:0", nil, "", "")
+	sink := notifytest.StartMailServer(t, notifytest.MailOptions{})
 	n := fenceOff
 	n.Kind, n.Result = KindFenceFailed, "BMC unreachable\r\nBcc: evil@example.net — über"
 	if err := New([]state.NotifyChannel{mailChannel(sink.Addr)}, Options{}).Notify(context.Background(), n); err != nil {
@@ -125,7 +126,7 @@ func TestEmailSubjectStaysOneLine(t *testing.T) {
 // localhost (127.0.0.1 here), and the password appears in nothing the server receives but the
 // login itself.
 func TestEmailLoginOnLocalhost(t *testing.T) {
-	sink := startMailSink(t, "127.0.0.1:0", nil, "kvmctl", testPassword)
+	sink := notifytest.StartMailServer(t, notifytest.MailOptions{Username: "kvmctl", Password: testPassword})
 	c := mailChannel(sink.Addr)
 	c.Username, c.Password = "kvmctl", testPassword
 	if err := New([]state.NotifyChannel{c}, Options{}).Notify(context.Background(), fenceOff); err != nil {
@@ -147,7 +148,7 @@ func TestEmailLoginOnLocalhost(t *testing.T) {
 	if strings.Contains(err.Error(), c.Password) {
 		t.Errorf("the error shows the password: %v", err)
 	}
-	if got := sink.Auths(); !cmp.Equal(got, []string{"kvmctl ok", "kvmctl refused"}) {
+	if got := sink.Logins(); !cmp.Equal(got, []string{"kvmctl ok", "kvmctl refused"}) {
 		t.Errorf("logins %q", got)
 	}
 }
@@ -160,7 +161,7 @@ func TestEmailLoginInClearRefused(t *testing.T) {
 		t.Skipf("no second loopback address here: %v", err)
 	}
 	l.Close()
-	sink := startMailSink(t, l.Addr().String(), nil, "kvmctl", testPassword)
+	sink := notifytest.StartMailServer(t, notifytest.MailOptions{Listen: l.Addr().String(), Username: "kvmctl", Password: testPassword})
 	c := mailChannel(sink.Addr)
 	c.Username, c.Password = "kvmctl", testPassword
 	err = New([]state.NotifyChannel{c}, Options{}).Notify(context.Background(), fenceOff)
@@ -172,16 +173,16 @@ func TestEmailLoginInClearRefused(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "unencrypted connection") {
 		t.Errorf("net/smtp in clear to 127.0.0.2: %v, want its refusal", err)
 	}
-	if len(sink.Auths()) != 0 || len(sink.Mails()) != 0 {
-		t.Errorf("the server saw logins %q and %d mails, want none", sink.Auths(), len(sink.Mails()))
+	if len(sink.Logins()) != 0 || len(sink.Mails()) != 0 {
+		t.Errorf("the server saw logins %q and %d mails, want none", sink.Logins(), len(sink.Mails()))
 	}
 }
 
 // With STARTTLS the session turns to TLS (verified against the channel's CA file) before the
 // login; a server without STARTTLS, or with a certificate of another CA, gets nothing.
 func TestEmailStartTLS(t *testing.T) {
-	serverTLS, caFile := testTLS(t)
-	sink := startMailSink(t, "127.0.0.1:0", serverTLS, "kvmctl", testPassword)
+	serverTLS, caFile := notifytest.ServerTLS(t, t.TempDir())
+	sink := notifytest.StartMailServer(t, notifytest.MailOptions{TLS: serverTLS, Username: "kvmctl", Password: testPassword})
 	c := mailChannel(sink.Addr)
 	c.Username, c.Password, c.StartTLS, c.CAFile = "kvmctl", testPassword, true, caFile
 	if err := New([]state.NotifyChannel{c}, Options{}).Notify(context.Background(), fenceOff); err != nil {
@@ -191,14 +192,14 @@ func TestEmailStartTLS(t *testing.T) {
 		t.Fatalf("mails %+v, want one over TLS after a login", m)
 	}
 
-	_, otherCA := testTLS(t)
+	_, otherCA := notifytest.ServerTLS(t, t.TempDir())
 	c.CAFile = otherCA
 	err := New([]state.NotifyChannel{c}, Options{}).Notify(context.Background(), fenceOff)
 	if err == nil || !strings.Contains(err.Error(), "STARTTLS: tls: failed to verify certificate") {
 		t.Errorf("another CA: %v, want a certificate error", err)
 	}
 
-	plain := startMailSink(t, "127.0.0.1:0", nil, "", "")
+	plain := notifytest.StartMailServer(t, notifytest.MailOptions{})
 	c = mailChannel(plain.Addr)
 	c.StartTLS = true
 	err = New([]state.NotifyChannel{c}, Options{}).Notify(context.Background(), fenceOff)

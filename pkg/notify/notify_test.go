@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kvmctl/kvmctl/pkg/clock"
+	"github.com/kvmctl/kvmctl/pkg/notify/notifytest"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
@@ -17,10 +18,10 @@ import (
 // channel whose CA file is gone and a webhook that fails do not keep the mail, the trap and the
 // good webhook from arriving. Results come in the order of the channels, each naming its own.
 func TestOneChannelFailingStopsNoOther(t *testing.T) {
-	sink := startMailSink(t, "127.0.0.1:0", nil, "", "")
-	trapAddr, traps := startTrapSink(t)
-	good, goodGot := startHook(t, time.Now, func(int) int { return http.StatusOK })
-	bad, _ := startHook(t, time.Now, func(int) int { return http.StatusForbidden })
+	sink := notifytest.StartMailServer(t, notifytest.MailOptions{})
+	traps := notifytest.StartTrapReceiver(t, nil)
+	good := notifytest.StartHook(t, nil, nil)
+	bad := notifytest.StartHook(t, func(int) int { return http.StatusForbidden }, nil)
 	lostCA := hookChannel("https://hooks.example.net/kvmctl")
 	lostCA.Name, lostCA.CAFile = "lost-ca", "/nonexistent/ca.crt"
 	refusing := mailChannel(closedAddr(t))
@@ -29,7 +30,7 @@ func TestOneChannelFailingStopsNoOther(t *testing.T) {
 		refusing,
 		mailChannel(sink.Addr),
 		lostCA,
-		{Name: "traps", Type: state.NotifySNMP, Target: trapAddr, Community: "public"},
+		{Name: "traps", Type: state.NotifySNMP, Target: traps.Addr, Community: "public"},
 		{Name: "bad-hook", Type: state.NotifyWebhook, URL: bad.URL},
 		hookChannel(good.URL),
 	}
@@ -52,10 +53,10 @@ func TestOneChannelFailingStopsNoOther(t *testing.T) {
 			t.Errorf("%s delivered: %v, want %v (%+v)", name, ok[name], w, res)
 		}
 	}
-	if len(sink.Mails()) != 1 || len(goodGot()) != 1 {
+	if len(sink.Mails()) != 1 || len(good.Requests()) != 1 {
 		t.Errorf("the working mail and webhook did not both arrive")
 	}
-	receiveTrap(t, traps)
+	receiveTrap(t, traps.Traps)
 	err := d.Err()
 	for _, s := range []string{"notification channel dead-mail (email): smtp 127.0.0.1:", "connection refused",
 		"notification channel lost-ca (webhook): read CA file: open /nonexistent/ca.crt",

@@ -2,7 +2,6 @@ package notify
 
 import (
 	"context"
-	"net"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,36 +11,9 @@ import (
 	"github.com/gosnmp/gosnmp"
 
 	"github.com/kvmctl/kvmctl/pkg/clock"
+	"github.com/kvmctl/kvmctl/pkg/notify/notifytest"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
-
-// startTrapSink runs gosnmp's TrapListener on a free UDP port of 127.0.0.1 and returns its
-// address and the traps it receives.
-func startTrapSink(t *testing.T) (string, <-chan *gosnmp.SnmpPacket) {
-	t.Helper()
-	// TrapListener does not say which port it got: take a free one, then listen on it.
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := pc.LocalAddr().String()
-	pc.Close()
-	traps := make(chan *gosnmp.SnmpPacket, 16)
-	tl := gosnmp.NewTrapListener()
-	tl.Params = &gosnmp.GoSNMP{Version: gosnmp.Version2c, Community: "public", MaxOids: gosnmp.MaxOids}
-	tl.OnNewTrap = func(p *gosnmp.SnmpPacket, _ *net.UDPAddr) { traps <- p }
-	errc := make(chan error, 1)
-	go func() { errc <- tl.Listen(addr) }()
-	select {
-	case <-tl.Listening():
-	case err := <-errc:
-		t.Fatalf("trap listener: %v", err)
-	case <-time.After(5 * time.Second):
-		t.Fatal("trap listener did not start")
-	}
-	t.Cleanup(tl.Close)
-	return addr, traps
-}
 
 func receiveTrap(t *testing.T, traps <-chan *gosnmp.SnmpPacket) *gosnmp.SnmpPacket {
 	t.Helper()
@@ -70,7 +42,8 @@ func varbinds(t *testing.T, p *gosnmp.SnmpPacket) ([]string, map[string]any) {
 // The trap is SNMPv2c with the channel's community; it carries sysUpTime (the Notifier's age on
 // its clock) and snmpTrapOID (the kind's trap), then every notice object of KVMCTL-MIB in order.
 func TestTrapArrives(t *testing.T) {
-	addr, traps := startTrapSink(t)
+	r := notifytest.StartTrapReceiver(t, nil)
+	addr, traps := r.Addr, r.Traps
 	fake := clock.NewFake(time.Time{})
 	c := state.NotifyChannel{Name: "traps", Type: state.NotifySNMP, Target: addr, Community: "kvm-traps"}
 	nf := New([]state.NotifyChannel{c}, Options{Clock: fake})
@@ -114,7 +87,8 @@ func TestTrapArrives(t *testing.T) {
 // A kind without a trap of its own goes out as kvmctlNotice; a long message is cut to the 255
 // octets of an SnmpAdminString without splitting a character; empty fields are empty strings.
 func TestTrapGenericKindAndLongText(t *testing.T) {
-	addr, traps := startTrapSink(t)
+	r := notifytest.StartTrapReceiver(t, nil)
+	addr, traps := r.Addr, r.Traps
 	c := state.NotifyChannel{Name: "traps", Type: state.NotifySNMP, Target: addr, Community: "public"}
 	n := Notice{Kind: "ha.degraded", Host: "h3", Message: strings.Repeat("é", 200)}
 	if err := New([]state.NotifyChannel{c}, Options{}).Notify(context.Background(), n); err != nil {

@@ -3,12 +3,9 @@ package notify
 import (
 	"context"
 	"encoding/json"
-	"io"
 	"net/http"
 	"net/http/httptest"
-	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/kvmctl/kvmctl/pkg/clock"
+	"github.com/kvmctl/kvmctl/pkg/notify/notifytest"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
@@ -25,42 +23,9 @@ func hookChannel(url string) state.NotifyChannel {
 	return state.NotifyChannel{Name: "hook", Type: state.NotifyWebhook, URL: url, Secret: testSecret}
 }
 
-// hookRequest is what a test webhook received.
-type hookRequest struct {
-	Body      []byte
-	Signature string
-	Verified  error
-}
-
-// startHook serves a webhook that verifies each request's signature on now() and answers with
-// status(n) for the n-th request (0-based).
-func startHook(t *testing.T, now func() time.Time, status func(n int) int) (*httptest.Server, func() []hookRequest) {
-	t.Helper()
-	var mu sync.Mutex
-	var got []hookRequest
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		sig := r.Header.Get(SignatureHeader)
-		mu.Lock()
-		n := len(got)
-		got = append(got, hookRequest{Body: body, Signature: sig, Verified: Verify(testSecret, sig, body, now(), DefaultTolerance)})
-		mu.Unlock()
-		if r.Method != http.MethodPost || r.Header.Get("Content-Type") != "application/json" {
-			http.Error(w, "want a JSON POST", http.StatusBadRequest)
-			return
-		}
-		code := status(n)
-		w.WriteHeader(code)
-		if code >= 300 {
-			io.WriteString(w, "upstream says no\nsecond line")
-		}
-	}))
-	t.Cleanup(srv.Close)
-	return srv, func() []hookRequest {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.Clone(got)
-	}
+// verified checks a received request's signature on now, as a receiver does.
+func verified(r notifytest.HookRequest, now time.Time) error {
+	return Verify(testSecret, r.Header.Get(SignatureHeader), r.Body, now, DefaultTolerance)
 }
 
 // The body is the notice in snake_case JSON with its summary and sender, signed with the
@@ -68,18 +33,22 @@ func startHook(t *testing.T, now func() time.Time, status func(n int) int) (*htt
 // secret, a changed body, or a replay past the tolerance.
 func TestWebhookSigned(t *testing.T) {
 	fake := clock.NewFake(time.Time{})
-	srv, got := startHook(t, fake.Now, func(int) int { return http.StatusNoContent })
-	nf := New([]state.NotifyChannel{hookChannel(srv.URL + "/kvmctl")}, Options{Clock: fake, Sender: "ops1"})
+	hook := notifytest.StartHook(t, func(int) int { return http.StatusNoContent }, nil)
+	nf := New([]state.NotifyChannel{hookChannel(hook.URL + "/kvmctl")}, Options{Clock: fake, Sender: "ops1"})
 	if err := nf.Notify(context.Background(), fenceOff); err != nil {
 		t.Fatal(err)
 	}
-	reqs := got()
+	reqs := hook.Requests()
 	if len(reqs) != 1 {
 		t.Fatalf("%d requests, want 1", len(reqs))
 	}
 	r := reqs[0]
-	if r.Verified != nil {
-		t.Fatalf("signature %q does not verify: %v", r.Signature, r.Verified)
+	sig := r.Header.Get(SignatureHeader)
+	if err := verified(r, fake.Now()); err != nil {
+		t.Fatalf("signature %q does not verify: %v", sig, err)
+	}
+	if r.Method != http.MethodPost || r.Header.Get("Content-Type") != "application/json" || !strings.HasPrefix(r.Header.Get("User-Agent"), "kvmctl/") {
+		t.Errorf("%s with headers %v, want a JSON POST from kvmctl", r.Method, r.Header)
 	}
 	var body map[string]any
 	if err := json.Unmarshal(r.Body, &body); err != nil {
@@ -91,14 +60,14 @@ func TestWebhookSigned(t *testing.T) {
 	if d := cmp.Diff(want, body); d != "" {
 		t.Errorf("body (-want +got):\n%s", d)
 	}
-	if !strings.HasPrefix(r.Signature, "t=1767323045,v1=") {
-		t.Errorf("signature %q, want the fake clock's time", r.Signature)
+	if !strings.HasPrefix(sig, "t=1767323045,v1=") {
+		t.Errorf("signature %q, want the fake clock's time", sig)
 	}
 	for name, err := range map[string]error{
-		"another secret": Verify("another-secret-of-16", r.Signature, r.Body, fake.Now(), DefaultTolerance),
-		"changed body":   Verify(testSecret, r.Signature, append(r.Body, ' '), fake.Now(), DefaultTolerance),
-		"replayed":       Verify(testSecret, r.Signature, r.Body, fake.Now().Add(6*time.Minute), DefaultTolerance),
-		"from the future": Verify(testSecret, r.Signature, r.Body, fake.Now().Add(-6*time.Minute),
+		"another secret": Verify("another-secret-of-16", sig, r.Body, fake.Now(), DefaultTolerance),
+		"changed body":   Verify(testSecret, sig, append(r.Body, ' '), fake.Now(), DefaultTolerance),
+		"replayed":       Verify(testSecret, sig, r.Body, fake.Now().Add(6*time.Minute), DefaultTolerance),
+		"from the future": Verify(testSecret, sig, r.Body, fake.Now().Add(-6*time.Minute),
 			DefaultTolerance),
 		"malformed": Verify(testSecret, "v1=00", r.Body, fake.Now(), DefaultTolerance),
 	} {
@@ -113,13 +82,13 @@ func TestWebhookSigned(t *testing.T) {
 
 // Without a secret, no signature header is sent.
 func TestWebhookUnsigned(t *testing.T) {
-	srv, got := startHook(t, time.Now, func(int) int { return http.StatusOK })
-	c := hookChannel(srv.URL)
+	hook := notifytest.StartHook(t, nil, nil)
+	c := hookChannel(hook.URL)
 	c.Secret = ""
 	if err := New([]state.NotifyChannel{c}, Options{}).Notify(context.Background(), fenceOff); err != nil {
 		t.Fatal(err)
 	}
-	if r := got(); len(r) != 1 || r[0].Signature != "" {
+	if r := hook.Requests(); len(r) != 1 || r[0].Header.Get(SignatureHeader) != "" {
 		t.Errorf("requests %+v, want one without a signature", r)
 	}
 }
@@ -129,13 +98,13 @@ func TestWebhookUnsigned(t *testing.T) {
 // under a fresh signature.
 func TestWebhookRetries(t *testing.T) {
 	fake := clock.NewFake(time.Time{})
-	srv, got := startHook(t, fake.Now, func(n int) int {
+	hook := notifytest.StartHook(t, func(n int) int {
 		if n < 2 {
 			return http.StatusServiceUnavailable
 		}
 		return http.StatusOK
-	})
-	nf := New([]state.NotifyChannel{hookChannel(srv.URL)}, Options{Clock: fake})
+	}, nil)
+	nf := New([]state.NotifyChannel{hookChannel(hook.URL)}, Options{Clock: fake})
 	d := nf.Start(context.Background(), fenceOff)
 	waits := advanceUntil(fake, d.Done())
 	res := d.Wait()
@@ -146,16 +115,16 @@ func TestWebhookRetries(t *testing.T) {
 		waits[1] < 1500*time.Millisecond || waits[1] > 2*time.Second {
 		t.Errorf("waits %v, want about 1s then 2s", waits)
 	}
-	reqs := got()
+	reqs := hook.Requests()
 	if len(reqs) != 3 {
 		t.Fatalf("%d requests, want 3", len(reqs))
 	}
 	for i, r := range reqs {
-		if string(r.Body) != string(reqs[0].Body) || r.Verified != nil {
-			t.Errorf("request %d: body changed or signature does not verify (%v)", i, r.Verified)
+		if err := verified(r, fake.Now()); string(r.Body) != string(reqs[0].Body) || err != nil {
+			t.Errorf("request %d: body changed or signature does not verify (%v)", i, err)
 		}
 	}
-	if reqs[0].Signature == reqs[2].Signature {
+	if reqs[0].Header.Get(SignatureHeader) == reqs[2].Header.Get(SignatureHeader) {
 		t.Errorf("the retry reused the first signature")
 	}
 }
@@ -195,10 +164,10 @@ func TestWebhookNeverAnswers(t *testing.T) {
 // the receiver's first line.
 func TestWebhookPermanentFailures(t *testing.T) {
 	for _, code := range []int{http.StatusUnauthorized, http.StatusNotFound, http.StatusFound} {
-		srv, got := startHook(t, time.Now, func(int) int { return code })
-		r := New([]state.NotifyChannel{hookChannel(srv.URL)}, Options{}).Start(context.Background(), fenceOff).Wait()[0]
-		if r.Attempts != 1 || len(got()) != 1 {
-			t.Errorf("%d: %d attempts, %d requests, want 1", code, r.Attempts, len(got()))
+		hook := notifytest.StartHook(t, func(int) int { return code }, nil)
+		r := New([]state.NotifyChannel{hookChannel(hook.URL)}, Options{}).Start(context.Background(), fenceOff).Wait()[0]
+		if r.Attempts != 1 || len(hook.Requests()) != 1 {
+			t.Errorf("%d: %d attempts, %d requests, want 1", code, r.Attempts, len(hook.Requests()))
 		}
 		want := http.StatusText(code) + " (upstream says no)"
 		if code == http.StatusFound {
@@ -212,10 +181,10 @@ func TestWebhookPermanentFailures(t *testing.T) {
 
 // The end of the caller's context stops the retries at once.
 func TestWebhookStopsWithContext(t *testing.T) {
-	srv, _ := startHook(t, time.Now, func(int) int { return http.StatusBadGateway })
+	hook := notifytest.StartHook(t, func(int) int { return http.StatusBadGateway }, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	fake := clock.NewFake(time.Time{})
-	d := New([]state.NotifyChannel{hookChannel(srv.URL)}, Options{Clock: fake}).Start(ctx, fenceOff)
+	d := New([]state.NotifyChannel{hookChannel(hook.URL)}, Options{Clock: fake}).Start(ctx, fenceOff)
 	fake.BlockUntil(1) // waiting before the second attempt
 	cancel()
 	r := d.Wait()[0]
