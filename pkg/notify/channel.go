@@ -65,14 +65,14 @@ func checkEmail(c state.NotifyChannel) error {
 	}
 	switch {
 	case c.Username != "" && c.Password == "":
-		return fmt.Errorf("SMTP username %q without a password: give the password in a file too", c.Username)
+		return fmt.Errorf("SMTP username %q without a password: give --password-file too", c.Username)
 	case c.Username == "" && c.Password != "":
-		return fmt.Errorf("an SMTP password without a username: give the username too")
+		return fmt.Errorf("an SMTP password without a username: give --username too")
 	case c.Password != "" && !c.StartTLS && !isLocalhost(c.SMTP):
 		// net/smtp's rule too: it sends a password in clear only to this machine.
-		return fmt.Errorf("SMTP login to %s without STARTTLS would send the password in clear: add STARTTLS (the server must offer it), or relay through a mail server on localhost", c.SMTP)
+		return fmt.Errorf("SMTP login to %s without STARTTLS would send the password in clear: add --starttls (the server must offer it), or relay through a mail server on localhost", c.SMTP)
 	case c.CAFile != "" && !c.StartTLS:
-		return fmt.Errorf("a CA file is only used with STARTTLS: add STARTTLS, or leave the CA file out")
+		return fmt.Errorf("a CA file is only used with STARTTLS: add --starttls, or leave --ca-file out")
 	}
 	if err := checkSecret("SMTP password", c.Password); err != nil {
 		return err
@@ -126,7 +126,7 @@ func checkWebhook(c state.NotifyChannel) error {
 	case u.Host == "" || u.Hostname() == "":
 		return fmt.Errorf("invalid webhook URL %q: no host; %s", c.URL, want)
 	case u.User != nil:
-		return fmt.Errorf("invalid webhook URL %q: no user or password in the URL, it would be printed: the receiver checks the body's signature (give a secret file)", c.URL)
+		return fmt.Errorf("invalid webhook URL %q: no user or password in the URL, it would be printed: the receiver checks the body's signature instead (--secret-file)", c.URL)
 	case u.Fragment != "" || strings.Contains(c.URL, "#"):
 		return fmt.Errorf("invalid webhook URL %q: a #fragment is never sent: leave it out", c.URL)
 	}
@@ -136,7 +136,7 @@ func checkWebhook(c state.NotifyChannel) error {
 		}
 	}
 	if c.CAFile != "" && u.Scheme != "https" {
-		return fmt.Errorf("a CA file is only used with an https:// URL: use https, or leave the CA file out")
+		return fmt.Errorf("a CA file is only used with an https:// URL: use https, or leave --ca-file out")
 	}
 	if c.Secret != "" && len(c.Secret) < MinSecretLen {
 		return fmt.Errorf("the webhook secret has %d bytes: use at least %d, e.g. `openssl rand -hex 32`", len(c.Secret), MinSecretLen)

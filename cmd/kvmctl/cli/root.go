@@ -73,6 +73,7 @@ Exit codes: 0 success, 1 the operation failed, 2 bad usage or input refused (not
 		newLabCmd(f),
 		newMaintenanceCmd(f),
 		newRollingCmd(f),
+		newNotifyCmd(f),
 		newHooksCmd(f),
 		newStateCmd(f),
 	)
