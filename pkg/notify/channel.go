@@ -126,7 +126,8 @@ func checkWebhook(c state.NotifyChannel) error {
 	case u.Host == "" || u.Hostname() == "":
 		return fmt.Errorf("invalid webhook URL %q: no host; %s", c.URL, want)
 	case u.User != nil:
-		return fmt.Errorf("invalid webhook URL %q: no user or password in the URL, it would be printed: the receiver checks the body's signature instead (--secret-file)", c.URL)
+		// Redacted: this refusal must not print the password it refuses.
+		return fmt.Errorf("invalid webhook URL %q: no user or password in the URL, it would be printed: the receiver checks the body's signature instead (--secret-file)", u.Redacted())
 	case u.Fragment != "" || strings.Contains(c.URL, "#"):
 		return fmt.Errorf("invalid webhook URL %q: a #fragment is never sent: leave it out", c.URL)
 	}

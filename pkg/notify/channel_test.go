@@ -54,7 +54,7 @@ func TestCheckRefuses(t *testing.T) {
 		{with(hook, func(c *state.NotifyChannel) { c.URL = "ftp://hooks.example.net/" }), `the scheme must be http or https, not "ftp"`},
 		{with(hook, func(c *state.NotifyChannel) { c.URL = "hooks.example.net/kvmctl" }), `the scheme must be http or https, not ""`},
 		{with(hook, func(c *state.NotifyChannel) { c.URL = "https:///kvmctl" }), `no host`},
-		{with(hook, func(c *state.NotifyChannel) { c.URL = "https://u:p@hooks.example.net/" }), `no user or password in the URL`},
+		{with(hook, func(c *state.NotifyChannel) { c.URL = "https://u:pa55@hooks.example.net/" }), `"https://u:xxxxx@hooks.example.net/": no user or password in the URL`},
 		{with(hook, func(c *state.NotifyChannel) { c.URL = "https://hooks.example.net:99999/" }), `the port must be a number from 1 to 65535`},
 		{with(hook, func(c *state.NotifyChannel) { c.URL = "https://hooks.example.net/#x" }), `a #fragment is never sent`},
 		{with(hook, func(c *state.NotifyChannel) { c.URL, c.CAFile = "http://hooks.example.net/", "/ca.pem" }), `a CA file is only used with an https:// URL`},
@@ -68,7 +68,7 @@ func TestCheckRefuses(t *testing.T) {
 		if !errs.IsRefused(err) {
 			t.Errorf("Check: %v is not a refusal (exit 2)", err)
 		}
-		for _, secret := range []string{testPassword, "short"} {
+		for _, secret := range []string{testPassword, "short", "pa55"} {
 			if strings.Contains(err.Error(), secret) {
 				t.Errorf("Check: %v shows the secret", err)
 			}

@@ -75,7 +75,7 @@ func advice(n Notice) string {
 			"automatically until the cap allows it again. See `kvmctl audit list` for what was fenced;\n" +
 			"fence by hand if you must (`kvmctl fence HOST --action off`)."
 	case KindTest:
-		return "This is a test sent by `kvmctl notify test`: if you read it, this channel works.\nNothing happened to any host."
+		return "If you read this, this channel works."
 	}
 	return ""
 }

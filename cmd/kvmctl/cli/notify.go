@@ -250,7 +250,7 @@ func runNotifyTest(ctx context.Context, opts *NotifyOptions) error {
 	}
 	// The state file is closed by now: the sends may take their time (notify.DefaultLimits).
 	nf := notify.New(chans, notify.Options{Clock: opts.F.Clock})
-	n := notify.Notice{Kind: notify.KindTest, Message: "A test notice from `kvmctl notify test`. Nothing happened to any host."}
+	n := notify.Notice{Kind: notify.KindTest, Message: "Sent by `kvmctl notify test` to check this channel: nothing happened to any host."}
 	var out []notifyTestResult
 	failed := 0
 	for _, r := range nf.Start(ctx, n).Wait() {
