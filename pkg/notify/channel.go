@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/kvmctl/kvmctl/pkg/errs"
+	"github.com/kvmctl/kvmctl/pkg/fsutil"
 	"github.com/kvmctl/kvmctl/pkg/inventory"
 	"github.com/kvmctl/kvmctl/pkg/safetext"
 	"github.com/kvmctl/kvmctl/pkg/state"
@@ -226,15 +227,8 @@ func checkSecretFile(what, path string, fi os.FileInfo) error {
 	if !fi.Mode().IsRegular() {
 		return errs.Refusedf("%s file %s is not a regular file: put the secret in a file of its own", what, path)
 	}
-	if mode := fi.Mode().Perm(); mode&0o077 != 0 {
-		exposed := "accessible by group or others"
-		switch {
-		case mode&0o004 != 0:
-			exposed = "readable by others"
-		case mode&0o040 != 0:
-			exposed = "readable by group"
-		}
-		return errs.Refusedf("%s file %s is %s (mode %04o): chmod 600 %s", what, path, exposed, mode, path)
+	if exposed := fsutil.Exposure(fi.Mode()); exposed != "" {
+		return errs.Refusedf("%s file %s is %s (mode %04o): chmod 600 %s", what, path, exposed, fi.Mode().Perm(), path)
 	}
 	return nil
 }
