@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/kvmctl/kvmctl/internal/testnet"
 	"github.com/kvmctl/kvmctl/pkg/notify/notifytest"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
@@ -214,7 +215,7 @@ func TestEmailStartTLS(t *testing.T) {
 // A mail server that accepts the connection and never answers costs the channel its limit, no
 // more.
 func TestEmailBounded(t *testing.T) {
-	c := mailChannel(silentListener(t))
+	c := mailChannel(testnet.Silent(t))
 	nf := New([]state.NotifyChannel{c}, Options{Limits: Limits{Email: 200 * time.Millisecond}})
 	start := time.Now()
 	err := nf.Notify(context.Background(), fenceOff)

@@ -2,43 +2,11 @@ package notify
 
 import (
 	"net"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/kvmctl/kvmctl/pkg/clock"
 )
-
-// silentListener accepts connections and never says a word: a mail server or webhook that hangs.
-func silentListener(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns []net.Conn
-	var mu sync.Mutex
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return l.Addr().String()
-}
 
 // closedAddr returns a 127.0.0.1 address where nothing listens.
 func closedAddr(t *testing.T) string {

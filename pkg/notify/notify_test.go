@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kvmctl/kvmctl/internal/testnet"
 	"github.com/kvmctl/kvmctl/pkg/clock"
 	"github.com/kvmctl/kvmctl/pkg/notify/notifytest"
 	"github.com/kvmctl/kvmctl/pkg/state"
@@ -73,7 +74,7 @@ func TestOneChannelFailingStopsNoOther(t *testing.T) {
 // Start returns at once, even while a channel hangs; the caller learns later, and a channel
 // stops when the caller's context ends.
 func TestStartDoesNotWait(t *testing.T) {
-	hang := silentListener(t)
+	hang := testnet.Silent(t)
 	fake := clock.NewFake(time.Time{})
 	nf := New([]state.NotifyChannel{hookChannel("http://" + hang + "/")}, Options{Clock: fake, Limits: Limits{WebhookAttempt: time.Hour}})
 	ctx, cancel := context.WithCancel(context.Background())
