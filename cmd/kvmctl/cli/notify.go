@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/kvmctl/kvmctl/pkg/cmdutil"
 	"github.com/kvmctl/kvmctl/pkg/errs"
@@ -68,71 +69,72 @@ this machine.`,
 }
 
 func newNotifyAddEmailCmd(f *cmdutil.Factory) *cobra.Command {
-	opts := &NotifyAddOptions{F: f, Channel: state.NotifyChannel{Type: state.NotifyEmail}}
-	c := &cobra.Command{
-		Use:   "email --smtp HOST:PORT --from ADDR --to ADDR[,ADDR] [--name N] [--username U --password-file F] [--starttls] [--ca-file F]",
-		Short: "Add an email channel: a plain-text mail through an SMTP server",
-		Example: `  kvmctl notify add email --smtp smtp.example.net:587 --starttls --from kvmctl@example.net \
+	return newNotifyAddCmd(f, state.NotifyEmail,
+		"email --smtp HOST:PORT --from ADDR --to ADDR[,ADDR] [--name N] [--username U --password-file F] [--starttls] [--ca-file F]",
+		"Add an email channel: a plain-text mail through an SMTP server",
+		`  kvmctl notify add email --smtp smtp.example.net:587 --starttls --from kvmctl@example.net \
     --to ops@example.net,oncall@example.net --username kvmctl --password-file /etc/kvmctl/smtp.pw
   kvmctl notify add email --name local --smtp localhost:25 --from kvmctl@kvm01 --to root@localhost`,
-		Args: cmdutil.NoArgs,
+		func(fl *pflag.FlagSet, opts *NotifyAddOptions) []string {
+			fl.StringVar(&opts.Channel.SMTP, "smtp", "", "host:port of the mail server (required)")
+			fl.StringVar(&opts.Channel.From, "from", "", "sender address (required)")
+			fl.StringSliceVar(&opts.To, "to", nil, "recipient addresses, comma-separated (required)")
+			fl.StringVar(&opts.Channel.Username, "username", "", "log in to the mail server as this user (AUTH PLAIN)")
+			fl.StringVar(&opts.PasswordFile, "password-file", "", "file holding the SMTP password, readable by its owner only")
+			fl.BoolVar(&opts.Channel.StartTLS, "starttls", false, "require STARTTLS before anything else is sent")
+			caFileFlag(fl, opts)
+			return []string{"smtp", "from", "to"}
+		})
+}
+
+func newNotifyAddSNMPCmd(f *cmdutil.Factory) *cobra.Command {
+	return newNotifyAddCmd(f, state.NotifySNMP,
+		"snmp --target HOST:PORT --community C [--name N]",
+		"Add an SNMP channel: an SNMPv2c trap (KVMCTL-MIB, docs/snmp.md)",
+		`  kvmctl notify add snmp --name nms --target 10.0.0.5:162 --community kvm-traps`,
+		func(fl *pflag.FlagSet, opts *NotifyAddOptions) []string {
+			fl.StringVar(&opts.Channel.Target, "target", "", "host:port of the trap receiver, usually port 162 (required)")
+			fl.StringVar(&opts.Channel.Community, "community", "", "SNMPv2c community the receiver accepts (required)")
+			return []string{"target", "community"}
+		})
+}
+
+func newNotifyAddWebhookCmd(f *cmdutil.Factory) *cobra.Command {
+	return newNotifyAddCmd(f, state.NotifyWebhook,
+		"webhook --url URL [--secret-file F] [--ca-file F] [--name N]",
+		"Add a webhook channel: a JSON POST, signed with HMAC-SHA256 when it has a secret",
+		`  openssl rand -hex 32 > /etc/kvmctl/hook.secret; chmod 600 /etc/kvmctl/hook.secret
+  kvmctl notify add webhook --name chatops --url https://hooks.example.net/kvmctl --secret-file /etc/kvmctl/hook.secret`,
+		func(fl *pflag.FlagSet, opts *NotifyAddOptions) []string {
+			fl.StringVar(&opts.Channel.URL, "url", "", "http:// or https:// URL that receives the POST (required)")
+			fl.StringVar(&opts.SecretFile, "secret-file", "", "file holding the signing secret (16 bytes or more), readable by its owner only")
+			caFileFlag(fl, opts)
+			return []string{"url"}
+		})
+}
+
+// newNotifyAddCmd is `notify add TYPE`: flags adds the type's flags and returns those required.
+func newNotifyAddCmd(f *cmdutil.Factory, typ, use, short, example string, flags func(*pflag.FlagSet, *NotifyAddOptions) []string) *cobra.Command {
+	opts := &NotifyAddOptions{F: f, Channel: state.NotifyChannel{Type: typ}}
+	c := &cobra.Command{
+		Use:     use,
+		Short:   short,
+		Example: example,
+		Args:    cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Channel.To = splitList(opts.To)
 			return runNotifyAdd(opts)
 		},
 	}
-	fl := c.Flags()
-	nameFlag(c, &opts.Channel)
-	fl.StringVar(&opts.Channel.SMTP, "smtp", "", "host:port of the mail server (required)")
-	fl.StringVar(&opts.Channel.From, "from", "", "sender address (required)")
-	fl.StringSliceVar(&opts.To, "to", nil, "recipient addresses, comma-separated (required)")
-	fl.StringVar(&opts.Channel.Username, "username", "", "log in to the mail server as this user (AUTH PLAIN)")
-	fl.StringVar(&opts.PasswordFile, "password-file", "", "file holding the SMTP password, readable by its owner only")
-	fl.BoolVar(&opts.Channel.StartTLS, "starttls", false, "require STARTTLS before anything else is sent")
-	fl.StringVar(&opts.Channel.CAFile, "ca-file", "", "PEM file of the CAs the server's certificate must chain to (default: the system's)")
-	for _, name := range []string{"smtp", "from", "to"} {
+	c.Flags().StringVar(&opts.Channel.Name, "name", "", "channel name (default: the type, then TYPE-2, ...)")
+	for _, name := range flags(c.Flags(), opts) {
 		_ = c.MarkFlagRequired(name)
 	}
 	return c
 }
 
-func newNotifyAddSNMPCmd(f *cmdutil.Factory) *cobra.Command {
-	opts := &NotifyAddOptions{F: f, Channel: state.NotifyChannel{Type: state.NotifySNMP}}
-	c := &cobra.Command{
-		Use:     "snmp --target HOST:PORT --community C [--name N]",
-		Short:   "Add an SNMP channel: an SNMPv2c trap (KVMCTL-MIB, docs/snmp.md)",
-		Example: `  kvmctl notify add snmp --name nms --target 10.0.0.5:162 --community kvm-traps`,
-		Args:    cmdutil.NoArgs,
-		RunE:    func(cmd *cobra.Command, args []string) error { return runNotifyAdd(opts) },
-	}
-	nameFlag(c, &opts.Channel)
-	c.Flags().StringVar(&opts.Channel.Target, "target", "", "host:port of the trap receiver, usually port 162 (required)")
-	c.Flags().StringVar(&opts.Channel.Community, "community", "", "SNMPv2c community the receiver accepts (required)")
-	_ = c.MarkFlagRequired("target")
-	_ = c.MarkFlagRequired("community")
-	return c
-}
-
-func newNotifyAddWebhookCmd(f *cmdutil.Factory) *cobra.Command {
-	opts := &NotifyAddOptions{F: f, Channel: state.NotifyChannel{Type: state.NotifyWebhook}}
-	c := &cobra.Command{
-		Use:   "webhook --url URL [--secret-file F] [--ca-file F] [--name N]",
-		Short: "Add a webhook channel: a JSON POST, signed with HMAC-SHA256 when it has a secret",
-		Example: `  openssl rand -hex 32 > /etc/kvmctl/hook.secret; chmod 600 /etc/kvmctl/hook.secret
-  kvmctl notify add webhook --name chatops --url https://hooks.example.net/kvmctl --secret-file /etc/kvmctl/hook.secret`,
-		Args: cmdutil.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error { return runNotifyAdd(opts) },
-	}
-	nameFlag(c, &opts.Channel)
-	c.Flags().StringVar(&opts.Channel.URL, "url", "", "http:// or https:// URL that receives the POST (required)")
-	c.Flags().StringVar(&opts.SecretFile, "secret-file", "", "file holding the signing secret (16 bytes or more), readable by its owner only")
-	c.Flags().StringVar(&opts.Channel.CAFile, "ca-file", "", "PEM file of the CAs the server's certificate must chain to (default: the system's)")
-	_ = c.MarkFlagRequired("url")
-	return c
-}
-
-func nameFlag(c *cobra.Command, ch *state.NotifyChannel) {
-	c.Flags().StringVar(&ch.Name, "name", "", "channel name (default: the type, then TYPE-2, ...)")
+func caFileFlag(fl *pflag.FlagSet, opts *NotifyAddOptions) {
+	fl.StringVar(&opts.Channel.CAFile, "ca-file", "", "PEM file of the CAs the server's certificate must chain to (default: the system's)")
 }
 
 func runNotifyAdd(opts *NotifyAddOptions) error {
