@@ -277,7 +277,7 @@ func runNotifyTest(ctx context.Context, opts *NotifyOptions) error {
 		}
 	}
 	if failed > 0 {
-		return cmdutil.Failf("%d of %d notification channels failed", failed, len(out))
+		return cmdutil.Failf("%d of %s failed", failed, plural(len(out), "notification channel"))
 	}
 	return nil
 }
