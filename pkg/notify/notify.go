@@ -213,6 +213,14 @@ type Delivery struct {
 	results []Result
 }
 
+// Finished returns a Delivery that has already finished with results: what a fake Notifier in
+// an engine's tests returns from its Start.
+func Finished(results ...Result) *Delivery {
+	d := &Delivery{done: make(chan struct{}), results: results}
+	close(d.done)
+	return d
+}
+
 // Done is closed once every channel has finished.
 func (d *Delivery) Done() <-chan struct{} { return d.done }
 

@@ -3,6 +3,7 @@ package notify
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -138,5 +139,17 @@ func TestSummary(t *testing.T) {
 		if got := c.n.Summary(); got != c.want {
 			t.Errorf("%+v: %q, want %q", c.n, got, c.want)
 		}
+	}
+}
+
+// Finished is a delivery that is over, for fakes: Done is closed, Wait and Err report at once.
+func TestFinished(t *testing.T) {
+	d := Finished(Result{Channel: "mail", Type: state.NotifyEmail, Err: errors.New("refused")}, Result{Channel: "hook", Type: state.NotifyWebhook})
+	<-d.Done()
+	if len(d.Wait()) != 2 || d.Err() == nil || d.Err().Error() != "notification channel mail (email): refused" {
+		t.Errorf("Wait %v, Err %v", d.Wait(), d.Err())
+	}
+	if Finished().Err() != nil {
+		t.Errorf("an empty delivery failed")
 	}
 }
