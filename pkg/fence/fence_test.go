@@ -101,7 +101,7 @@ func (b *fakeBMC) sent(cmd string) int {
 func TestExecuteSemantics(t *testing.T) {
 	for _, c := range []struct {
 		name    string
-		bmc     fakeBMC
+		bmc     *fakeBMC
 		action  Action
 		fenced  bool
 		errHas  string
@@ -110,23 +110,23 @@ func TestExecuteSemantics(t *testing.T) {
 		after   Power
 		noteHas string
 	}{
-		{name: "off", bmc: fakeBMC{power: PowerOn}, action: ActionOff, fenced: true, offSent: 1, after: PowerOff},
-		{name: "already off: nothing sent", bmc: fakeBMC{power: PowerOff}, action: ActionOff, fenced: true, offSent: 0, after: PowerOff, noteHas: "already off"},
-		{name: "error from off, power off", bmc: fakeBMC{power: PowerOn, errOnOff: true}, action: ActionOff, fenced: true, offSent: 1, after: PowerOff, noteHas: "but the power is confirmed off"},
-		{name: "error from off, power on", bmc: fakeBMC{power: PowerOn, refuseOff: true}, action: ActionOff, errHas: "not fenced: BMC: completion code 0xc0", offSent: 1},
-		{name: "BMC down", bmc: fakeBMC{power: PowerOn, down: true}, action: ActionOff, errHas: "BMC: no answer"},
-		{name: "power never confirmed", bmc: fakeBMC{power: PowerOn, stuck: true}, action: ActionOff, errHas: "not fenced: power not confirmed off within 30s: it still reads on", offSent: 1},
-		{name: "reboot: off, confirmed, on", bmc: fakeBMC{power: PowerOn}, action: ActionReboot, fenced: true, offSent: 1, onSent: 1, after: PowerOn},
-		{name: "reboot of an off host: on only", bmc: fakeBMC{power: PowerOff}, action: ActionReboot, fenced: true, onSent: 1, after: PowerOn},
-		{name: "on", bmc: fakeBMC{power: PowerOff}, action: ActionOn, onSent: 1, after: PowerOn},
-		{name: "already on", bmc: fakeBMC{power: PowerOn}, action: ActionOn, after: PowerOn, noteHas: "already on"},
-		{name: "blink", bmc: fakeBMC{power: PowerOn}, action: ActionBlink},
-		{name: "status", bmc: fakeBMC{power: PowerOn}, action: ActionStatus, after: PowerOn},
-		{name: "test against a dead BMC", bmc: fakeBMC{down: true}, action: ActionTest, errHas: "BMC: no answer"},
+		{name: "off", bmc: &fakeBMC{power: PowerOn}, action: ActionOff, fenced: true, offSent: 1, after: PowerOff},
+		{name: "already off: nothing sent", bmc: &fakeBMC{power: PowerOff}, action: ActionOff, fenced: true, offSent: 0, after: PowerOff, noteHas: "already off"},
+		{name: "error from off, power off", bmc: &fakeBMC{power: PowerOn, errOnOff: true}, action: ActionOff, fenced: true, offSent: 1, after: PowerOff, noteHas: "but the power is confirmed off"},
+		{name: "error from off, power on", bmc: &fakeBMC{power: PowerOn, refuseOff: true}, action: ActionOff, errHas: "not fenced: BMC: completion code 0xc0", offSent: 1},
+		{name: "BMC down", bmc: &fakeBMC{power: PowerOn, down: true}, action: ActionOff, errHas: "BMC: no answer"},
+		{name: "power never confirmed", bmc: &fakeBMC{power: PowerOn, stuck: true}, action: ActionOff, errHas: "not fenced: power not confirmed off within 30s: it still reads on", offSent: 1},
+		{name: "reboot: off, confirmed, on", bmc: &fakeBMC{power: PowerOn}, action: ActionReboot, fenced: true, offSent: 1, onSent: 1, after: PowerOn},
+		{name: "reboot of an off host: on only", bmc: &fakeBMC{power: PowerOff}, action: ActionReboot, fenced: true, onSent: 1, after: PowerOn},
+		{name: "on", bmc: &fakeBMC{power: PowerOff}, action: ActionOn, onSent: 1, after: PowerOn},
+		{name: "already on", bmc: &fakeBMC{power: PowerOn}, action: ActionOn, after: PowerOn, noteHas: "already on"},
+		{name: "blink", bmc: &fakeBMC{power: PowerOn}, action: ActionBlink},
+		{name: "status", bmc: &fakeBMC{power: PowerOn}, action: ActionStatus, after: PowerOn},
+		{name: "test against a dead BMC", bmc: &fakeBMC{down: true}, action: ActionTest, errHas: "BMC: no answer"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				b := &c.bmc
+				b := c.bmc
 				out, err := Execute(context.Background(), clock.Real(), b, c.action, Timing{Confirm: 30 * time.Second, Poll: time.Second})
 				if c.errHas == "" && err != nil || c.errHas != "" && (err == nil || !strings.Contains(err.Error(), c.errHas)) {
 					t.Fatalf("Execute = %+v, %v; want error %q", out, err, c.errHas)
