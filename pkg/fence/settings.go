@@ -144,6 +144,22 @@ func Get(b state.BMC, name string) (string, error) {
 	return f.get(b), nil
 }
 
+// Set sets field name of b to value ("" clears it); an unknown name, or a port that is not a
+// number, is an error. Values are not checked: pkg/inventory's ValidBMC does that.
+func Set(b *state.BMC, name, value string) error {
+	f, err := lookupField(name)
+	if err != nil {
+		return err
+	}
+	if name == FieldPort && value != "" {
+		if _, err := strconv.Atoi(value); err != nil {
+			return fmt.Errorf("invalid BMC port %q: use a number from 1 to 65535", value)
+		}
+	}
+	f.set(b, value)
+	return nil
+}
+
 // Unset clears field name of b; an unknown name is an error that lists the known ones.
 func Unset(b *state.BMC, name string) error {
 	f, err := lookupField(name)
