@@ -29,14 +29,7 @@ func newExec(b state.BMC, host string, opts Options) *execDriver {
 // Status runs the status template; its output says on or off (see parsePower).
 func (d *execDriver) Status(ctx context.Context) (Power, error) {
 	out, err := d.run(ctx, "status")
-	if err != nil {
-		return PowerUnknown, err
-	}
-	p, err := parsePower(out)
-	if err != nil {
-		return PowerUnknown, fmt.Errorf("status of host %s's BMC (exec): %w", d.host, err)
-	}
-	return p, nil
+	return powerOf(out, err, fmt.Sprintf("status of host %s's BMC (exec)", d.host))
 }
 
 // Off runs the off template.

@@ -55,14 +55,7 @@ func (d *ipmitoolDriver) run(ctx context.Context, what string, args ...string) (
 // Status runs `chassis power status` and reads "Chassis Power is on|off".
 func (d *ipmitoolDriver) Status(ctx context.Context) (Power, error) {
 	out, err := d.run(ctx, "chassis power status", "chassis", "power", "status")
-	if err != nil {
-		return PowerUnknown, err
-	}
-	p, err := parsePower(out)
-	if err != nil {
-		return PowerUnknown, fmt.Errorf("chassis power status of host %s's BMC (ipmitool): %w", d.host, err)
-	}
-	return p, nil
+	return powerOf(out, err, fmt.Sprintf("chassis power status of host %s's BMC (ipmitool)", d.host))
 }
 
 // Off runs `chassis power off`.

@@ -147,3 +147,16 @@ func parsePower(out string) (Power, error) {
 	}
 	return Power(strings.ToLower(m[1])), nil
 }
+
+// powerOf is the power state a program that ran (err is how it ended) printed; what names the
+// request in the error of output that says no state.
+func powerOf(out string, err error, what string) (Power, error) {
+	if err != nil {
+		return PowerUnknown, err
+	}
+	p, err := parsePower(out)
+	if err != nil {
+		return PowerUnknown, fmt.Errorf("%s: %w", what, err)
+	}
+	return p, nil
+}

@@ -111,13 +111,32 @@ func ValidPassword(pw string) error {
 	return nil
 }
 
-// maxPasswordFile is the largest password file read: IPMI's passwords have 20 bytes at most,
-// an exec program's may be longer, and none is a kilobyte.
-const maxPasswordFile = 4096
+// maxPassword is the most a password file or pipe may hold: IPMI's passwords have 20 bytes at
+// most, an exec program's may be longer, and none is a kilobyte.
+const maxPassword = 4096
 
-// ReadPasswordFile reads a BMC password from path: a regular file that neither group nor
-// others may read or write (chmod 600), holding the password and at most one newline after
-// it. The errors never show the file's content.
+// ReadPassword reads a BMC password from r, where from names (a password file PATH, standard
+// input): the password and at most one newline after it. The errors never show what r holds.
+func ReadPassword(r io.Reader, from string) (string, error) {
+	data, err := io.ReadAll(io.LimitReader(r, maxPassword+1))
+	if err != nil {
+		return "", fmt.Errorf("read the password from %s: %w", from, err)
+	}
+	if len(data) > maxPassword {
+		return "", fmt.Errorf("%s holds more than %d bytes: it should hold the password alone", from, maxPassword)
+	}
+	pw := strings.TrimSuffix(strings.TrimSuffix(string(data), "\n"), "\r")
+	if pw == "" {
+		return "", fmt.Errorf("%s holds no password", from)
+	}
+	if err := ValidPassword(pw); err != nil {
+		return "", fmt.Errorf("%s: %w", from, err)
+	}
+	return pw, nil
+}
+
+// ReadPasswordFile reads a BMC password from path (see ReadPassword): a regular file that
+// neither group nor others may read or write (chmod 600).
 func ReadPasswordFile(path string) (string, error) {
 	// Stat first: opening a FIFO would wait for a writer.
 	fi, err := os.Stat(path)
@@ -138,21 +157,7 @@ func ReadPasswordFile(path string) (string, error) {
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		return "", fmt.Errorf("password file %s has mode %04o: group or others may read or change it; run `chmod 600 %s`", path, perm, path)
 	}
-	data, err := io.ReadAll(io.LimitReader(f, maxPasswordFile+1))
-	if err != nil {
-		return "", fmt.Errorf("password file: %w", err)
-	}
-	if len(data) > maxPasswordFile {
-		return "", fmt.Errorf("password file %s is larger than %d bytes: it should hold the password alone", path, maxPasswordFile)
-	}
-	pw := strings.TrimSuffix(strings.TrimSuffix(string(data), "\n"), "\r")
-	if pw == "" {
-		return "", fmt.Errorf("password file %s is empty", path)
-	}
-	if err := ValidPassword(pw); err != nil {
-		return "", fmt.Errorf("password file %s: %w", path, err)
-	}
-	return pw, nil
+	return ReadPassword(f, "password file "+path)
 }
 
 // removeBMC deletes the BMC settings of a cluster or host that is removed.

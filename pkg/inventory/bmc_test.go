@@ -122,7 +122,7 @@ func TestBMCRefusals(t *testing.T) {
 		"world-readable file": {"secrets/c1.pw", "open.pw", "f.yaml:10: password file " + dir + "/open.pw has mode 0644: group or others may read or change it; run `chmod 600"},
 		"missing file":        {"secrets/c1.pw", "nope.pw", "f.yaml:10: password file: stat " + dir + "/nope.pw: no such file"},
 		"a directory":         {"secrets/c1.pw", "adir", "f.yaml:10: password file " + dir + "/adir is not a regular file"},
-		"empty file":          {"secrets/c1.pw", "empty.pw", "f.yaml:10: password file " + dir + "/empty.pw is empty"},
+		"empty file":          {"secrets/c1.pw", "empty.pw", "f.yaml:10: password file " + dir + "/empty.pw holds no password"},
 		"control character":   {"secrets/c1.pw", "ctl.pw", "control character U+001B at byte 6 (the password is not shown)"},
 		"the password itself": {"password_file: secrets/c1.pw", "password: s3cret-Pw", `f.yaml:10: unknown field "password"`},
 		"unknown driver":      {"driver: ipmi", "driver: redfish", `f.yaml:8: unknown BMC driver "redfish": use ipmi, ipmitool, exec`},
@@ -189,7 +189,7 @@ func TestReadPasswordFile(t *testing.T) {
 	if pw, err := ReadPasswordFile(filepath.Join(dir, "crlf")); pw != "pw" || err != nil {
 		t.Errorf("crlf: %q, %v", pw, err)
 	}
-	for name, want := range map[string]string{"two": "control character U+000A at byte 2", "big": "larger than 4096 bytes", "group": "has mode 0620"} {
+	for name, want := range map[string]string{"two": "control character U+000A at byte 2", "big": "holds more than 4096 bytes", "group": "has mode 0620"} {
 		if _, err := ReadPasswordFile(filepath.Join(dir, name)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v; want %q", name, err, want)
 		}

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"io"
 	"sort"
 	"strings"
 
@@ -225,18 +224,8 @@ func readPasswordStdin(f *cmdutil.Factory) (string, error) {
 	if f.IO.IsStdinTTY() {
 		return "", errs.Refusedf("--password-stdin reads a pipe, not a terminal (it would show the password): pipe it in, or use --password-file F")
 	}
-	data, err := io.ReadAll(io.LimitReader(f.IO.In, 4097))
+	pw, err := inventory.ReadPassword(f.IO.In, "standard input")
 	if err != nil {
-		return "", fmt.Errorf("read the password from standard input: %w", err)
-	}
-	if len(data) > 4096 {
-		return "", errs.Refusedf("standard input holds more than 4096 bytes: pipe in the password alone")
-	}
-	pw := strings.TrimSuffix(strings.TrimSuffix(string(data), "\n"), "\r")
-	if pw == "" {
-		return "", errs.Refusedf("standard input holds no password")
-	}
-	if err := inventory.ValidPassword(pw); err != nil {
 		return "", errs.Refused(err)
 	}
 	return pw, nil
