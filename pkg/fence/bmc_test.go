@@ -12,7 +12,7 @@ import (
 	"github.com/bougou/go-ipmi/pkg/hal"
 	"github.com/bougou/go-ipmi/pkg/server"
 	"github.com/bougou/go-ipmi/pkg/transport/udp"
-	"github.com/bougou/go-ipmi/pkg/types"
+	ipmitypes "github.com/bougou/go-ipmi/pkg/types"
 
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
@@ -61,16 +61,16 @@ func (c *testChassis) Identify(_ context.Context, seconds uint8) error {
 func (c *testChassis) IntrusionState(context.Context) (bool, error) {
 	return false, hal.ErrNotSupported
 }
-func (c *testChassis) SetBootFlags(context.Context, *types.BootOptionParam_BootFlags) error {
+func (c *testChassis) SetBootFlags(context.Context, *ipmitypes.BootOptionParam_BootFlags) error {
 	return hal.ErrNotSupported
 }
-func (c *testChassis) GetBootFlags(context.Context) (*types.BootOptionParam_BootFlags, error) {
+func (c *testChassis) GetBootFlags(context.Context) (*ipmitypes.BootOptionParam_BootFlags, error) {
 	return nil, hal.ErrNotSupported
 }
-func (c *testChassis) SetBootInfoAcknowledge(context.Context, *types.BootOptionParam_BootInfoAcknowledge) error {
+func (c *testChassis) SetBootInfoAcknowledge(context.Context, *ipmitypes.BootOptionParam_BootInfoAcknowledge) error {
 	return hal.ErrNotSupported
 }
-func (c *testChassis) GetBootInfoAcknowledge(context.Context) (*types.BootOptionParam_BootInfoAcknowledge, error) {
+func (c *testChassis) GetBootInfoAcknowledge(context.Context) (*ipmitypes.BootOptionParam_BootInfoAcknowledge, error) {
 	return nil, hal.ErrNotSupported
 }
 

@@ -22,22 +22,16 @@ const (
 	InterfaceLan     = "lan"     // IPMI v1.5
 )
 
-// HA actions on a dead host (seed 002: "do nothing, power off, reboot or issue led blink").
-const (
-	ActionNone   = "none"
-	ActionOff    = "off"
-	ActionReboot = "reboot"
-	ActionBlink  = "blink"
-)
-
 // DefaultPort is the BMC's UDP port when none is set (RMCP, IPMI's LAN port).
 const DefaultPort = 623
 
-// Drivers, Interfaces and Actions list the known values, the default first.
+// Drivers, Interfaces and HAActions list the known values, the default first.
 var (
 	Drivers    = []string{DriverIPMI, DriverIPMITool, DriverExec}
 	Interfaces = []string{InterfaceLanplus, InterfaceLan}
-	Actions    = []string{ActionNone, ActionOff, ActionReboot, ActionBlink}
+	// HAActions are what HA may do to a dead host, the BMC setting "action" (seed 002: "do
+	// nothing, power off, reboot or issue led blink").
+	HAActions = []string{"none", "off", "reboot", "blink"}
 	// TemplateActions are the exec driver's per-action templates (state.BMC.Actions keys).
 	TemplateActions = []string{"off", "on", "reboot", "blink", "status", "test"}
 )
@@ -232,7 +226,7 @@ func withDefaults(b state.BMC) state.BMC {
 		b.Interface = InterfaceLanplus
 	}
 	if b.Action == "" {
-		b.Action = ActionNone
+		b.Action = HAActions[0]
 	}
 	return b
 }

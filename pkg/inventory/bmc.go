@@ -43,7 +43,7 @@ func ValidBMC(b state.BMC) error {
 	for _, err := range []error{
 		oneOf("driver", "driver", b.Driver, fence.Drivers),
 		oneOf("interface", "interface", b.Interface, fence.Interfaces),
-		oneOf("action", "action", b.Action, fence.Actions),
+		oneOf("action", "action", b.Action, fence.HAActions),
 	} {
 		if err != nil {
 			return err

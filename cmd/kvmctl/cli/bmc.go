@@ -100,7 +100,7 @@ inside the words. The status template's last line of output says the power state
 	fl.BoolVar(&opts.PasswordStdin, "password-stdin", false, "read the password from standard input (a pipe)")
 	set.MarkFlagsMutuallyExclusive("password-file", "password-stdin")
 	fl.String(fence.FieldInterface, "", "IPMI interface: lanplus (IPMI v2.0 RMCP+, default) or lan (IPMI v1.5)")
-	fl.String(fence.FieldAction, "", "what HA does to a dead host: "+strings.Join(fence.Actions, ", ")+" (default none)")
+	fl.String(fence.FieldAction, "", "what HA does to a dead host: "+strings.Join(fence.HAActions, ", ")+" (default none)")
 	fl.String(fence.FieldExec, "", "the exec driver's program: an absolute path")
 	for _, a := range fence.TemplateActions {
 		fl.String(fence.TemplateField(a), "", "the exec driver's command line for "+a)
