@@ -8,22 +8,23 @@ import (
 	"slices"
 	"strconv"
 
+	"github.com/kvmctl/kvmctl/pkg/bmcconf"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
 // execDriver runs the operator's program through a template per action (seed 002), or
-// DefaultTemplate with the exec program: split into words once, variables substituted inside
+// bmcconf.DefaultTemplate with the exec program: split into words once, variables substituted inside
 // the words, run without a shell. $IPMI_PASSWORD_FILE is a file of mode 0600 that holds the
 // password while the program runs and is removed afterwards.
 type execDriver struct {
 	b     state.BMC
 	host  string
 	opts  Options
-	tmpls map[string]template
+	tmpls map[string]*bmcconf.Template
 }
 
 func newExec(b state.BMC, host string, opts Options) *execDriver {
-	return &execDriver{b: b, host: host, opts: opts, tmpls: templates(b)}
+	return &execDriver{b: b, host: host, opts: opts, tmpls: bmcconf.Templates(b)}
 }
 
 // Status runs the status template; its output says on or off (see parsePower).
@@ -68,20 +69,20 @@ func (d *execDriver) run(ctx context.Context, a string) (string, error) {
 			a, d.host, ErrUnsupported, a, d.host, a)
 	}
 	vals := map[string]string{
-		VarExec: d.b.Exec, VarUsername: d.b.Username, VarPassword: d.b.Password, VarAction: a,
-		VarHost: d.b.Address, VarPort: strconv.Itoa(d.b.Port), VarInterface: d.b.Interface,
+		bmcconf.VarExec: d.b.Exec, bmcconf.VarUsername: d.b.Username, bmcconf.VarPassword: d.b.Password, bmcconf.VarAction: a,
+		bmcconf.VarHost: d.b.Address, bmcconf.VarPort: strconv.Itoa(d.b.Port), bmcconf.VarInterface: d.b.Interface,
 	}
-	if slices.Contains(t.vars(), VarPasswordFile) {
+	if slices.Contains(t.Vars(), bmcconf.VarPasswordFile) {
 		path, err := d.passwordFile()
 		if err != nil {
 			return "", fmt.Errorf("%s of host %s's BMC (exec): %w", a, d.host, err)
 		}
 		defer os.Remove(path)
-		vals[VarPasswordFile] = path
+		vals[bmcconf.VarPasswordFile] = path
 	}
 	ctx, cancel := context.WithTimeout(ctx, d.opts.Budget())
 	defer cancel()
-	out, err := program{argv: t.expand(vals), secret: d.b.Password}.run(ctx)
+	out, err := program{argv: t.Expand(vals), secret: d.b.Password}.run(ctx)
 	if err != nil {
 		return out, fmt.Errorf("%s of host %s's BMC (exec): %w", a, d.host, err)
 	}

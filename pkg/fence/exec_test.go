@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/kvmctl/kvmctl/pkg/bmcconf"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
@@ -50,7 +51,7 @@ esac
 // with spaces intact; the status output read as the power state.
 func TestExecDriverDefaultTemplate(t *testing.T) {
 	script, argvLog, _ := fenceScript(t)
-	b := state.BMC{Driver: DriverExec, Exec: script, Address: "10.0.0.9", Username: "ad min", Password: testPassword}
+	b := state.BMC{Driver: bmcconf.DriverExec, Exec: script, Address: "10.0.0.9", Username: "ad min", Password: testPassword}
 	d := open(t, b, fast)
 	ctx := context.Background()
 	if err := d.Off(ctx); err != nil {
@@ -78,7 +79,7 @@ func TestExecDriverDefaultTemplate(t *testing.T) {
 	if diff := cmp.Diff(want, runs(t, argvLog)[0]); diff != "" {
 		t.Errorf("argv of off (-want +got):\n%s", diff)
 	}
-	if got := PasswordInArgs(b); len(got) != len(TemplateActions) {
+	if got := bmcconf.PasswordInArgs(b); len(got) != len(bmcconf.TemplateActions) {
 		t.Errorf("PasswordInArgs = %q; want every action: the default template passes it", got)
 	}
 }
@@ -89,7 +90,7 @@ func TestExecDriverPasswordFile(t *testing.T) {
 	script, argvLog, fileLog := fenceScript(t)
 	tmp := t.TempDir()
 	tmpl := script + ` --user "$IPMI_USERNAME" --password-file $IPMI_PASSWORD_FILE --host ${IPMI_HOST}:$IPMI_PORT --command $IPMI_ACTION 'a; rm -rf /' "$(id)" '$HOME'`
-	b := state.BMC{Driver: DriverExec, Address: "bmc1.example", Username: `o'brien "x"`, Password: "pa ss;$(reboot)",
+	b := state.BMC{Driver: bmcconf.DriverExec, Address: "bmc1.example", Username: `o'brien "x"`, Password: "pa ss;$(reboot)",
 		Actions: map[string]string{"off": tmpl, "status": tmpl}}
 	d := open(t, b, Options{TempDir: tmp})
 	if err := d.Off(context.Background()); err != nil {
@@ -114,7 +115,7 @@ func TestExecDriverPasswordFile(t *testing.T) {
 	if _, err := os.Stat(argv[3]); !os.IsNotExist(err) {
 		t.Errorf("the password file is still there: %v", err)
 	}
-	if got := PasswordInArgs(b); len(got) != 0 {
+	if got := bmcconf.PasswordInArgs(b); len(got) != 0 {
 		t.Errorf("PasswordInArgs = %q; want none", got)
 	}
 	// Without an exec program, an action without a template of its own is unsupported.
@@ -126,7 +127,7 @@ func TestExecDriverPasswordFile(t *testing.T) {
 // A program that fails is an error with the end of its stderr, the password never in it.
 func TestExecDriverFailureShowsStderrWithoutPassword(t *testing.T) {
 	script, _, _ := fenceScript(t)
-	b := state.BMC{Driver: DriverExec, Address: "10.0.0.9", Username: "u", Password: testPassword,
+	b := state.BMC{Driver: bmcconf.DriverExec, Address: "10.0.0.9", Username: "u", Password: testPassword,
 		Actions: map[string]string{"off": script + " --fail $IPMI_PASSWORD_FILE", "on": script + " --fail x"}}
 	d := open(t, b, fast)
 	err := d.Off(context.Background())
@@ -145,7 +146,7 @@ func TestExecDriverFailureShowsStderrWithoutPassword(t *testing.T) {
 // A program that hangs, its children with it, is killed once the budget is spent.
 func TestExecDriverTimeoutIsBounded(t *testing.T) {
 	script, _, _ := fenceScript(t)
-	b := state.BMC{Driver: DriverExec, Actions: map[string]string{"off": script + " --hang"}}
+	b := state.BMC{Driver: bmcconf.DriverExec, Actions: map[string]string{"off": script + " --hang"}}
 	opts := Options{Timeout: 200 * time.Millisecond, Attempts: 1}
 	d := open(t, b, opts)
 	start := time.Now()
@@ -157,7 +158,7 @@ func TestExecDriverTimeoutIsBounded(t *testing.T) {
 
 // A status whose output says neither on nor off is an error, not a guess.
 func TestExecDriverStatusNotUnderstood(t *testing.T) {
-	b := state.BMC{Driver: DriverExec, Actions: map[string]string{"status": "/bin/echo power maybe"}}
+	b := state.BMC{Driver: bmcconf.DriverExec, Actions: map[string]string{"status": "/bin/echo power maybe"}}
 	p, err := open(t, b, fast).Status(context.Background())
 	if err == nil || p != PowerUnknown || !strings.Contains(err.Error(), `"power maybe"`) {
 		t.Errorf("Status = %v, %v", p, err)

@@ -12,6 +12,7 @@ import (
 	"github.com/bougou/go-ipmi/pkg/client"
 	"github.com/bougou/go-ipmi/pkg/command/chassis"
 
+	"github.com/kvmctl/kvmctl/pkg/bmcconf"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
@@ -176,7 +177,7 @@ func (d *ipmiDriver) attempt(ctx context.Context, op func(context.Context, *clie
 			return true, err
 		}
 		intf := client.InterfaceLanplus
-		if d.b.Interface == InterfaceLan {
+		if d.b.Interface == bmcconf.InterfaceLan {
 			intf = client.InterfaceLan
 		}
 		// One datagram per message: the retries are do's, with their backoff.

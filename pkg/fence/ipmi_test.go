@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/kvmctl/kvmctl/pkg/bmcconf"
 	"github.com/kvmctl/kvmctl/pkg/clock"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
@@ -29,10 +30,10 @@ func open(t *testing.T, b state.BMC, opts Options) Driver {
 // Every Driver method of the native driver reaches a real BMC, over RMCP+ and over IPMI v1.5,
 // as the chassis request the Driver documents.
 func TestIPMIDriverDrivesTheChassis(t *testing.T) {
-	for _, intf := range []string{InterfaceLanplus, InterfaceLan} {
+	for _, intf := range []string{bmcconf.InterfaceLanplus, bmcconf.InterfaceLan} {
 		t.Run(intf, func(t *testing.T) {
 			bmc := startBMC(t)
-			d := open(t, bmc.settings(DriverIPMI, intf), fast)
+			d := open(t, bmc.settings(bmcconf.DriverIPMI, intf), fast)
 			ctx := context.Background()
 			if p, err := d.Status(ctx); err != nil || p != PowerOn {
 				t.Fatalf("Status = %v, %v; want on", p, err)
@@ -69,10 +70,10 @@ func TestIPMIDriverDrivesTheChassis(t *testing.T) {
 // A wrong password is refused by the BMC, at once: it is not retried (a BMC may lock the user
 // out), the chassis is told nothing, and the error never shows either password.
 func TestIPMIDriverWrongPassword(t *testing.T) {
-	for _, intf := range []string{InterfaceLanplus, InterfaceLan} {
+	for _, intf := range []string{bmcconf.InterfaceLanplus, bmcconf.InterfaceLan} {
 		t.Run(intf, func(t *testing.T) {
 			bmc := startBMC(t)
-			b := bmc.settings(DriverIPMI, intf)
+			b := bmc.settings(bmcconf.DriverIPMI, intf)
 			b.Password = "not-the-Pw"
 			opts := fast
 			opts.Timeout = 2 * time.Second
@@ -89,7 +90,7 @@ func TestIPMIDriverWrongPassword(t *testing.T) {
 			if calls := bmc.chassis.Calls(); len(calls) != 0 {
 				t.Errorf("the chassis was told %q", calls)
 			}
-			if intf == InterfaceLanplus && time.Since(start) >= opts.Timeout {
+			if intf == bmcconf.InterfaceLanplus && time.Since(start) >= opts.Timeout {
 				t.Errorf("a refused login took %s: it was waited on or retried", time.Since(start))
 			}
 		})
@@ -99,7 +100,7 @@ func TestIPMIDriverWrongPassword(t *testing.T) {
 // A BMC that does not answer fails a call within the configured bound: every attempt within
 // Timeout, and the waits between them.
 func TestIPMIDriverTimeoutIsBounded(t *testing.T) {
-	for _, intf := range []string{InterfaceLanplus, InterfaceLan} {
+	for _, intf := range []string{bmcconf.InterfaceLanplus, bmcconf.InterfaceLan} {
 		t.Run(intf, func(t *testing.T) {
 			b := state.BMC{Address: "127.0.0.1", Port: silentPort(t), Username: testUser, Password: testPassword, Interface: intf}
 			opts := Options{Timeout: 200 * time.Millisecond, Attempts: 3, Backoff: 20 * time.Millisecond}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/kvmctl/kvmctl/pkg/bmcconf"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
@@ -55,12 +56,12 @@ func runs(t *testing.T, log string) [][]string {
 // ipmitool drives the same in-process BMC over both interfaces; the password reaches it
 // through its environment, never its arguments.
 func TestIPMIToolDriverDrivesTheChassis(t *testing.T) {
-	for _, intf := range []string{InterfaceLanplus, InterfaceLan} {
+	for _, intf := range []string{bmcconf.InterfaceLanplus, bmcconf.InterfaceLan} {
 		t.Run(intf, func(t *testing.T) {
 			bmc := startBMC(t)
 			wrapper, argvLog, envLog := ipmitool(t)
 			opts := Options{Timeout: time.Second, Attempts: 2, IPMITool: wrapper}
-			d := open(t, bmc.settings(DriverIPMITool, intf), opts)
+			d := open(t, bmc.settings(bmcconf.DriverIPMITool, intf), opts)
 			ctx := context.Background()
 			if p, err := d.Status(ctx); err != nil || p != PowerOn {
 				t.Fatalf("Status = %v, %v; want on", p, err)
@@ -104,7 +105,7 @@ func TestIPMIToolDriverDrivesTheChassis(t *testing.T) {
 func TestIPMIToolDriverWrongPassword(t *testing.T) {
 	bmc := startBMC(t)
 	wrapper, _, _ := ipmitool(t)
-	b := bmc.settings(DriverIPMITool, InterfaceLanplus)
+	b := bmc.settings(bmcconf.DriverIPMITool, bmcconf.InterfaceLanplus)
 	b.Password = "not-the-Pw"
 	d := open(t, b, Options{Timeout: time.Second, Attempts: 1, IPMITool: wrapper})
 	err := d.Off(context.Background())
@@ -123,7 +124,7 @@ func TestIPMIToolDriverWrongPassword(t *testing.T) {
 // ipmitool against a BMC that does not answer is killed once the driver's budget is spent.
 func TestIPMIToolDriverTimeoutIsBounded(t *testing.T) {
 	wrapper, _, _ := ipmitool(t)
-	b := state.BMC{Driver: DriverIPMITool, Address: "127.0.0.1", Port: silentPort(t), Username: testUser, Password: testPassword}
+	b := state.BMC{Driver: bmcconf.DriverIPMITool, Address: "127.0.0.1", Port: silentPort(t), Username: testUser, Password: testPassword}
 	opts := Options{Timeout: time.Second, Attempts: 1, IPMITool: wrapper}
 	d := open(t, b, opts)
 	start := time.Now()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kvmctl/kvmctl/pkg/backoff"
+	"github.com/kvmctl/kvmctl/pkg/bmcconf"
 	"github.com/kvmctl/kvmctl/pkg/clock"
 	"github.com/kvmctl/kvmctl/pkg/errs"
 	"github.com/kvmctl/kvmctl/pkg/state"
@@ -101,7 +102,7 @@ const (
 // command that sets it; so are settings that driver cannot use. Nothing is sent to the BMC
 // until a method is called.
 func Open(b state.BMC, host string, opts Options) (Driver, error) {
-	b = withDefaults(b)
+	b = bmcconf.WithDefaults(b)
 	if missing := Missing(b); len(missing) > 0 {
 		return nil, errs.Refused(incomplete(host, missing))
 	}
@@ -110,9 +111,9 @@ func Open(b state.BMC, host string, opts Options) (Driver, error) {
 	}
 	opts = opts.withDefaults()
 	switch b.Driver {
-	case DriverIPMITool:
+	case bmcconf.DriverIPMITool:
 		return newIPMITool(b, host, opts), nil
-	case DriverExec:
+	case bmcconf.DriverExec:
 		return newExec(b, host, opts), nil
 	default:
 		return newIPMI(b, host, opts)
@@ -122,20 +123,20 @@ func Open(b state.BMC, host string, opts Options) (Driver, error) {
 // usable checks what the driver of b needs of its values; the values themselves were checked
 // when they were set (pkg/inventory's ValidBMC).
 func usable(b state.BMC) error {
-	if !slices.Contains(Drivers, b.Driver) {
-		return fmt.Errorf("unknown driver %q: use %s", b.Driver, strings.Join(Drivers, ", "))
+	if !slices.Contains(bmcconf.Drivers, b.Driver) {
+		return fmt.Errorf("unknown driver %q: use %s", b.Driver, strings.Join(bmcconf.Drivers, ", "))
 	}
-	if b.Driver == DriverExec {
+	if b.Driver == bmcconf.DriverExec {
 		return nil
 	}
-	if !slices.Contains(Interfaces, b.Interface) {
-		return fmt.Errorf("unknown interface %q: use %s", b.Interface, strings.Join(Interfaces, " or "))
+	if !slices.Contains(bmcconf.Interfaces, b.Interface) {
+		return fmt.Errorf("unknown interface %q: use %s", b.Interface, strings.Join(bmcconf.Interfaces, " or "))
 	}
 	if len(b.Username) > maxUsername {
 		return fmt.Errorf("the username has %d bytes: IPMI allows %d", len(b.Username), maxUsername)
 	}
 	limit := maxPassword
-	if b.Interface == InterfaceLan {
+	if b.Interface == bmcconf.InterfaceLan {
 		limit = maxPasswordLan15
 	}
 	if len(b.Password) > limit {

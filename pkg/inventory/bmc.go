@@ -11,7 +11,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/kvmctl/kvmctl/pkg/fence"
+	"github.com/kvmctl/kvmctl/pkg/bmcconf"
 	"github.com/kvmctl/kvmctl/pkg/safetext"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
@@ -30,8 +30,8 @@ func (e *BMCError) Unwrap() error { return e.Err }
 
 // ValidBMC checks every BMC setting of b that is set, as an operator gives them: a known
 // driver, interface and action; an address that is a host name or an IP address; a port from 1
-// to 65535; an absolute exec path; templates that split into words (fence.CheckTemplate); no
-// control character anywhere. Whether the settings are complete is fence.Missing's question,
+// to 65535; an absolute exec path; templates that split into words (bmcconf.CheckTemplate); no
+// control character anywhere. Whether the settings are complete is bmcconf.Missing's question,
 // asked of a host's effective settings.
 func ValidBMC(b state.BMC) error {
 	oneOf := func(key, what, v string, known []string) error {
@@ -41,9 +41,9 @@ func ValidBMC(b state.BMC) error {
 		return &BMCError{key, fmt.Errorf("unknown BMC %s %q: use %s", what, v, strings.Join(known, ", "))}
 	}
 	for _, err := range []error{
-		oneOf("driver", "driver", b.Driver, fence.Drivers),
-		oneOf("interface", "interface", b.Interface, fence.Interfaces),
-		oneOf("action", "action", b.Action, fence.HAActions),
+		oneOf("driver", "driver", b.Driver, bmcconf.Drivers),
+		oneOf("interface", "interface", b.Interface, bmcconf.Interfaces),
+		oneOf("action", "action", b.Action, bmcconf.HAActions),
 	} {
 		if err != nil {
 			return err
@@ -73,10 +73,10 @@ func ValidBMC(b state.BMC) error {
 	}
 	for _, a := range slices.Sorted(maps.Keys(b.Actions)) {
 		key := "actions." + a
-		if !slices.Contains(fence.TemplateActions, a) {
-			return &BMCError{key, fmt.Errorf("unknown BMC template action %q: use %s", a, strings.Join(fence.TemplateActions, ", "))}
+		if !slices.Contains(bmcconf.TemplateActions, a) {
+			return &BMCError{key, fmt.Errorf("unknown BMC template action %q: use %s", a, strings.Join(bmcconf.TemplateActions, ", "))}
 		}
-		if err := fence.CheckTemplate(a, b.Actions[a]); err != nil {
+		if err := bmcconf.CheckTemplate(a, b.Actions[a]); err != nil {
 			return &BMCError{key, err}
 		}
 	}

@@ -13,8 +13,8 @@ import (
 	"github.com/goccy/go-yaml/ast"
 	"github.com/goccy/go-yaml/parser"
 
+	"github.com/kvmctl/kvmctl/pkg/bmcconf"
 	"github.com/kvmctl/kvmctl/pkg/errs"
-	"github.com/kvmctl/kvmctl/pkg/fence"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
@@ -427,7 +427,7 @@ func applyBMC(tx state.Tx, kind, name string, d *BMCDoc) (bool, error) {
 		want.Password = cur.Password
 	}
 	want.Unknown = cur.Unknown
-	if len(fence.Changed(cur, want)) == 0 {
+	if len(bmcconf.Changed(cur, want)) == 0 {
 		return false, nil
 	}
 	return true, state.PutBMC(tx, kind, name, want)

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/kvmctl/kvmctl/pkg/bmcconf"
 	"github.com/kvmctl/kvmctl/pkg/cmdutil"
 	"github.com/kvmctl/kvmctl/pkg/errs"
 	"github.com/kvmctl/kvmctl/pkg/fence"
@@ -19,7 +20,7 @@ type BMCOptions struct {
 	F       *cmdutil.Factory
 	Cluster string
 	Host    string
-	// Values are the fields `bmc set` was given, by field name (fence.FieldNames), as text.
+	// Values are the fields `bmc set` was given, by field name (bmcconf.FieldNames), as text.
 	Values map[string]string
 	// PasswordFile and PasswordStdin say where `bmc set` reads a new password.
 	PasswordFile  string
@@ -59,7 +60,7 @@ or IPMI v1.5 with lan), ipmitool (Debian's ipmitool; the password reaches it thr
 environment), exec (your program). The exec driver runs, for an action without a template of
 its own, the template of seed 002:
 
-  ` + fence.DefaultTemplate + `
+  ` + bmcconf.DefaultTemplate + `
 
 which passes the password among the program's arguments, where every local user can read it.
 A template of your own (--action-off, --action-on, --action-reboot, --action-blink,
@@ -79,7 +80,7 @@ inside the words. The status template's last line of output says the power state
 		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Values = map[string]string{}
-			for _, name := range fence.FieldNames() {
+			for _, name := range bmcconf.FieldNames() {
 				if fl := cmd.Flags().Lookup(name); fl != nil && fl.Changed {
 					opts.Values[name] = fl.Value.String()
 				}
@@ -92,28 +93,28 @@ inside the words. The status template's last line of output says the power state
 	}
 	scope(set)
 	fl := set.Flags()
-	fl.String(fence.FieldDriver, "", "driver: "+strings.Join(fence.Drivers, ", ")+" (default ipmi)")
-	fl.String(fence.FieldAddress, "", "the BMC's host name or IP address")
-	fl.Int(fence.FieldPort, 0, "the BMC's UDP port (default 623)")
-	fl.String(fence.FieldUsername, "", "the BMC user")
+	fl.String(bmcconf.FieldDriver, "", "driver: "+strings.Join(bmcconf.Drivers, ", ")+" (default ipmi)")
+	fl.String(bmcconf.FieldAddress, "", "the BMC's host name or IP address")
+	fl.Int(bmcconf.FieldPort, 0, "the BMC's UDP port (default 623)")
+	fl.String(bmcconf.FieldUsername, "", "the BMC user")
 	fl.StringVar(&opts.PasswordFile, "password-file", "", "read the password from this file (mode 0600; one line)")
 	fl.BoolVar(&opts.PasswordStdin, "password-stdin", false, "read the password from standard input (a pipe)")
 	set.MarkFlagsMutuallyExclusive("password-file", "password-stdin")
-	fl.String(fence.FieldInterface, "", "IPMI interface: lanplus (IPMI v2.0 RMCP+, default) or lan (IPMI v1.5)")
-	fl.String(fence.FieldAction, "", "what HA does to a dead host: "+strings.Join(fence.HAActions, ", ")+" (default none)")
-	fl.String(fence.FieldExec, "", "the exec driver's program: an absolute path")
-	for _, a := range fence.TemplateActions {
-		fl.String(fence.TemplateField(a), "", "the exec driver's command line for "+a)
+	fl.String(bmcconf.FieldInterface, "", "IPMI interface: lanplus (IPMI v2.0 RMCP+, default) or lan (IPMI v1.5)")
+	fl.String(bmcconf.FieldAction, "", "what HA does to a dead host: "+strings.Join(bmcconf.HAActions, ", ")+" (default none)")
+	fl.String(bmcconf.FieldExec, "", "the exec driver's program: an absolute path")
+	for _, a := range bmcconf.TemplateActions {
+		fl.String(bmcconf.TemplateField(a), "", "the exec driver's command line for "+a)
 	}
 
 	unset := &cobra.Command{
 		Use:   "unset (--cluster C | --host H) [FIELD...]",
 		Short: "Clear BMC settings of a cluster or a host (all of them when no FIELD is named)",
 		Long: "Unset clears the named fields, or all the settings when none is named; a host then inherits its\ncluster's. Fields: " +
-			strings.Join(fence.FieldNames(), ", ") + ".",
+			strings.Join(bmcconf.FieldNames(), ", ") + ".",
 		Example: `  kvmctl bmc unset --host kvm01 address port
   kvmctl bmc unset --cluster c1`,
-		ValidArgs: fence.FieldNames(),
+		ValidArgs: bmcconf.FieldNames(),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			opts.Fields = args
 			return runBMCUnset(opts)
@@ -155,10 +156,10 @@ func runBMCSet(opts *BMCOptions) error {
 		if v == "" {
 			return errs.Refusedf("--%s needs a value: `kvmctl bmc unset` clears a field", name)
 		}
-		if name == fence.FieldPort && v == "0" {
-			return errs.Refusedf("invalid BMC port 0: use 1 to 65535 (`kvmctl bmc unset` returns the port to %d)", fence.DefaultPort)
+		if name == bmcconf.FieldPort && v == "0" {
+			return errs.Refusedf("invalid BMC port 0: use 1 to 65535 (`kvmctl bmc unset` returns the port to %d)", bmcconf.DefaultPort)
 		}
-		if err := fence.Set(&given, name, v); err != nil {
+		if err := bmcconf.Set(&given, name, v); err != nil {
 			return errs.Refused(err)
 		}
 	}
@@ -192,12 +193,12 @@ func runBMCSet(opts *BMCOptions) error {
 			return err
 		}
 		next := cur
-		for _, f := range fence.FieldNames() {
-			if v, _ := fence.Get(given, f); v != "" {
-				_ = fence.Set(&next, f, v)
+		for _, f := range bmcconf.FieldNames() {
+			if v, _ := bmcconf.Get(given, f); v != "" {
+				_ = bmcconf.Set(&next, f, v)
 			}
 		}
-		res.Changed, res.Settings = nonNil(fence.Changed(cur, next)), bmcFields(next)
+		res.Changed, res.Settings = nonNil(bmcconf.Changed(cur, next)), bmcFields(next)
 		if kind == "host" {
 			cb, err := state.GetBMC(tx, "cluster", cluster)
 			if err != nil {
@@ -234,7 +235,7 @@ func readPasswordStdin(f *cmdutil.Factory) (string, error) {
 // warnPasswordInArgs says on stderr when the effective settings of kind name run a program
 // with the password among its arguments.
 func warnPasswordInArgs(f *cmdutil.Factory, kind, name string, effective state.BMC) {
-	if actions := fence.PasswordInArgs(effective); len(actions) > 0 {
+	if actions := bmcconf.PasswordInArgs(effective); len(actions) > 0 {
 		fmt.Fprintf(f.IO.ErrOut, "kvmctl: warning: the exec driver of %s %s passes the password among the program's arguments for %s, where every local user can read it: give those actions templates with $IPMI_PASSWORD_FILE instead (see `kvmctl bmc set --help`)\n",
 			kind, name, strings.Join(actions, ", "))
 	}
@@ -258,7 +259,7 @@ func bmcFree(tx state.Tx, kind, name string) (cluster string, err error) {
 
 func runBMCUnset(opts *BMCOptions) error {
 	for _, f := range opts.Fields {
-		if err := fence.Unset(&state.BMC{}, f); err != nil {
+		if err := bmcconf.Unset(&state.BMC{}, f); err != nil {
 			return errs.Refused(err)
 		}
 	}
@@ -276,10 +277,10 @@ func runBMCUnset(opts *BMCOptions) error {
 		if len(opts.Fields) > 0 {
 			next = cur
 			for _, f := range opts.Fields {
-				_ = fence.Unset(&next, f)
+				_ = bmcconf.Unset(&next, f)
 			}
 		}
-		res.Changed, res.Settings = nonNil(fence.Changed(cur, next)), bmcFields(next)
+		res.Changed, res.Settings = nonNil(bmcconf.Changed(cur, next)), bmcFields(next)
 		return state.PutBMC(tx, kind, name, next)
 	})
 	if err != nil {
@@ -294,9 +295,9 @@ func runBMCUnset(opts *BMCOptions) error {
 // bmcFields are the fields b sets, by name, the password as "set".
 func bmcFields(b state.BMC) map[string]string {
 	out := map[string]string{}
-	b = fence.Redacted(b)
-	for _, f := range fence.FieldNames() {
-		if v, _ := fence.Get(b, f); v != "" {
+	b = bmcconf.Redacted(b)
+	for _, f := range bmcconf.FieldNames() {
+		if v, _ := bmcconf.Get(b, f); v != "" {
 			out[f] = v
 		}
 	}
@@ -340,14 +341,14 @@ func runBMCShow(opts *BMCOptions) error {
 	}); err != nil {
 		return err
 	}
-	v.Missing, v.PasswordInArgs = nonNil(fence.Missing(eff)), fence.PasswordInArgs(eff)
-	for _, f := range fence.FieldNames() {
-		val, _ := fence.Get(fence.Redacted(eff), f)
+	v.Missing, v.PasswordInArgs = nonNil(fence.Missing(eff)), bmcconf.PasswordInArgs(eff)
+	for _, f := range bmcconf.FieldNames() {
+		val, _ := bmcconf.Get(bmcconf.Redacted(eff), f)
 		switch {
-		case f == fence.FieldPassword && val == "":
+		case f == bmcconf.FieldPassword && val == "":
 			val = "unset"
-		case val == "" && fence.Default(f) != "":
-			val, v.Sources[f] = fence.Default(f), "default"
+		case val == "" && bmcconf.Default(f) != "":
+			val, v.Sources[f] = bmcconf.Default(f), "default"
 		}
 		v.Settings[f] = val
 	}
@@ -356,7 +357,7 @@ func runBMCShow(opts *BMCOptions) error {
 	}
 	w := opts.F.IO.Out
 	fmt.Fprintf(w, "%-15s %s (cluster %s)\n", "host:", v.Host, v.Cluster)
-	for _, f := range fence.FieldNames() {
+	for _, f := range bmcconf.FieldNames() {
 		val := v.Settings[f]
 		if val == "" {
 			val = "-"
@@ -410,13 +411,13 @@ func runBMCList(opts *BMCOptions) error {
 	for _, e := range entries {
 		s := e.Settings
 		var tmpls []string
-		for _, a := range fence.TemplateActions {
-			if s[fence.TemplateField(a)] != "" {
+		for _, a := range bmcconf.TemplateActions {
+			if s[bmcconf.TemplateField(a)] != "" {
 				tmpls = append(tmpls, a)
 			}
 		}
-		t.AddRow(e.Kind, e.Name, s[fence.FieldDriver], s[fence.FieldAddress], s[fence.FieldPort], s[fence.FieldUsername],
-			s[fence.FieldPassword], s[fence.FieldInterface], s[fence.FieldAction], s[fence.FieldExec], strings.Join(tmpls, ","))
+		t.AddRow(e.Kind, e.Name, s[bmcconf.FieldDriver], s[bmcconf.FieldAddress], s[bmcconf.FieldPort], s[bmcconf.FieldUsername],
+			s[bmcconf.FieldPassword], s[bmcconf.FieldInterface], s[bmcconf.FieldAction], s[bmcconf.FieldExec], strings.Join(tmpls, ","))
 	}
 	return t.Render()
 }

@@ -1,4 +1,4 @@
-package fence
+package bmcconf
 
 import (
 	"fmt"
@@ -49,9 +49,9 @@ func Variables() []string {
 // part is a piece of a word: literal text, or a variable (v set).
 type part struct{ lit, v string }
 
-// template is a command line split into words once; variables are substituted inside the
+// Template is a command line split into words once; variables are substituted inside the
 // words, so a value with spaces or quotes stays one argument and is never read as syntax.
-type template struct {
+type Template struct {
 	words [][]part
 }
 
@@ -60,34 +60,36 @@ type template struct {
 // path, and it does not use both $IPMI_PASSWORD and $IPMI_PASSWORD_FILE (the file form exists
 // to keep the password out of the arguments).
 func CheckTemplate(action, t string) error {
-	_, err := parseTemplate(action, t)
+	_, err := ParseTemplate(action, t)
 	return err
 }
 
-func parseTemplate(action, s string) (template, error) {
+// ParseTemplate splits the template of action into words and finds its variables, with the
+// checks of CheckTemplate.
+func ParseTemplate(action, s string) (*Template, error) {
 	what := action + " template"
 	words, err := argv.Split(what, s)
 	if err != nil {
-		return template{}, err
+		return nil, err
 	}
 	if len(words) == 0 {
-		return template{}, fmt.Errorf("the %s is empty: give the command line to run", what)
+		return nil, fmt.Errorf("the %s is empty: give the command line to run", what)
 	}
-	var t template
+	t := &Template{}
 	for _, w := range words {
 		parts, err := splitVars(w)
 		if err != nil {
-			return template{}, fmt.Errorf("%s: %w", what, err)
+			return nil, fmt.Errorf("%s: %w", what, err)
 		}
 		t.words = append(t.words, parts)
 	}
 	first := t.words[0]
 	if !(len(first) == 1 && (first[0].v == VarExec || first[0].v == "" && filepath.IsAbs(first[0].lit))) {
-		return template{}, fmt.Errorf("the %s must start with $%s or an absolute program path, not %q", what, VarExec, words[0])
+		return nil, fmt.Errorf("the %s must start with $%s or an absolute program path, not %q", what, VarExec, words[0])
 	}
-	vars := t.vars()
+	vars := t.Vars()
 	if slices.Contains(vars, VarPassword) && slices.Contains(vars, VarPasswordFile) {
-		return template{}, fmt.Errorf("the %s uses both $%s and $%s: use only $%s, which keeps the password out of the program's arguments",
+		return nil, fmt.Errorf("the %s uses both $%s and $%s: use only $%s, which keeps the password out of the program's arguments",
 			what, VarPassword, VarPasswordFile, VarPasswordFile)
 	}
 	return t, nil
@@ -147,8 +149,8 @@ func varName(s string) (string, int) {
 	return s[:n], n
 }
 
-// vars lists the variables the template uses, each once.
-func (t template) vars() []string {
+// Vars lists the variables the template uses, each once.
+func (t *Template) Vars() []string {
 	var out []string
 	for _, w := range t.words {
 		for _, p := range w {
@@ -160,8 +162,20 @@ func (t template) vars() []string {
 	return out
 }
 
-// expand substitutes vals into the words: one argument per word, whatever the values hold.
-func (t template) expand(vals map[string]string) []string {
+// Needs lists the fields the template's variables read (bmcconf.FieldNames).
+func (t *Template) Needs() []string {
+	var out []string
+	for _, v := range t.Vars() {
+		if f := variables[v]; f != "" && !slices.Contains(out, f) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// Expand substitutes vals, by variable name, into the words: one argument per word, whatever
+// the values hold.
+func (t *Template) Expand(vals map[string]string) []string {
 	out := make([]string, len(t.words))
 	for i, w := range t.words {
 		var b strings.Builder
@@ -177,10 +191,10 @@ func (t template) expand(vals map[string]string) []string {
 	return out
 }
 
-// templates returns the template each action of b runs: its own, or the default one when b has
+// Templates returns the template each action of b runs: its own, or DefaultTemplate when b has
 // an exec program. Templates that do not parse are left out (they were refused when set).
-func templates(b state.BMC) map[string]template {
-	out := map[string]template{}
+func Templates(b state.BMC) map[string]*Template {
+	out := map[string]*Template{}
 	for _, a := range TemplateActions {
 		s, ok := b.Actions[a]
 		if !ok {
@@ -189,7 +203,7 @@ func templates(b state.BMC) map[string]template {
 			}
 			s = DefaultTemplate
 		}
-		if t, err := parseTemplate(a, s); err == nil {
+		if t, err := ParseTemplate(a, s); err == nil {
 			out[a] = t
 		}
 	}
@@ -200,13 +214,13 @@ func templates(b state.BMC) map[string]template {
 // password itself ($IPMI_PASSWORD, as the default template does), for a warning: every local
 // user can read a program's arguments.
 func PasswordInArgs(b state.BMC) []string {
-	if withDefaults(b).Driver != DriverExec {
+	if WithDefaults(b).Driver != DriverExec {
 		return nil
 	}
 	var out []string
-	ts := templates(b)
+	ts := Templates(b)
 	for _, a := range TemplateActions {
-		if t, ok := ts[a]; ok && slices.Contains(t.vars(), VarPassword) {
+		if t, ok := ts[a]; ok && slices.Contains(t.Vars(), VarPassword) {
 			out = append(out, a)
 		}
 	}
