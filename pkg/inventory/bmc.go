@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/kvmctl/kvmctl/pkg/bmcconf"
 	"github.com/kvmctl/kvmctl/pkg/safetext"
@@ -138,17 +139,14 @@ func ReadPassword(r io.Reader, from string) (string, error) {
 // ReadPasswordFile reads a BMC password from path (see ReadPassword): a regular file that
 // neither group nor others may read or write (chmod 600).
 func ReadPasswordFile(path string) (string, error) {
-	// Stat first: opening a FIFO would wait for a writer.
-	fi, err := os.Stat(path)
-	if err != nil {
-		return "", fmt.Errorf("password file: %w", err)
-	}
-	f, err := os.Open(path)
+	// Without O_NONBLOCK, opening a FIFO would wait for a writer; a regular file ignores it.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return "", fmt.Errorf("password file: %w", err)
 	}
 	defer f.Close()
-	if fi, err = f.Stat(); err != nil {
+	fi, err := f.Stat()
+	if err != nil {
 		return "", fmt.Errorf("password file: %w", err)
 	}
 	if !fi.Mode().IsRegular() {

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -120,7 +121,7 @@ func TestBMCRefusals(t *testing.T) {
 	name := filepath.Join(dir, "f.yaml")
 	for what, c := range map[string]struct{ old, new, want string }{
 		"world-readable file": {"secrets/c1.pw", "open.pw", "f.yaml:10: password file " + dir + "/open.pw has mode 0644: group or others may read or change it; run `chmod 600"},
-		"missing file":        {"secrets/c1.pw", "nope.pw", "f.yaml:10: password file: stat " + dir + "/nope.pw: no such file"},
+		"missing file":        {"secrets/c1.pw", "nope.pw", "f.yaml:10: password file: open " + dir + "/nope.pw: no such file"},
 		"a directory":         {"secrets/c1.pw", "adir", "f.yaml:10: password file " + dir + "/adir is not a regular file"},
 		"empty file":          {"secrets/c1.pw", "empty.pw", "f.yaml:10: password file " + dir + "/empty.pw holds no password"},
 		"control character":   {"secrets/c1.pw", "ctl.pw", "control character U+001B at byte 6 (the password is not shown)"},
@@ -186,6 +187,13 @@ func TestReadPasswordFile(t *testing.T) {
 	writePassword(t, dir, "two", "pw\n\n", 0o600)
 	writePassword(t, dir, "big", strings.Repeat("x", 5000), 0o600)
 	writePassword(t, dir, "group", "pw", 0o620)
+	// A FIFO is refused at once, not waited on for a writer.
+	if err := syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadPasswordFile(filepath.Join(dir, "fifo")); err == nil || !strings.Contains(err.Error(), "is not a regular file") {
+		t.Errorf("fifo: %v", err)
+	}
 	if pw, err := ReadPasswordFile(filepath.Join(dir, "crlf")); pw != "pw" || err != nil {
 		t.Errorf("crlf: %q, %v", pw, err)
 	}
