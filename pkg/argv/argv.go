@@ -6,6 +6,7 @@ package argv
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/mattn/go-shellwords"
 
@@ -27,8 +28,12 @@ func Split(what, s string) ([]string, error) {
 		return nil, fmt.Errorf("split %s: %w (check its quotes)", what, err)
 	}
 	if p.Position >= 0 {
-		return nil, fmt.Errorf("split %s: unquoted %q at offset %d: quote it: it runs without a shell",
-			what, s[p.Position], p.Position)
+		// The parser stops at a redirection's file descriptor ("2>"): name the operator with it.
+		op := fmt.Sprintf("%q", s[p.Position])
+		if n := strings.IndexAny(s[p.Position:], ";&|<>"); n > 0 {
+			op = fmt.Sprintf("%q", s[p.Position:p.Position+n+1])
+		}
+		return nil, fmt.Errorf("split %s: unquoted %s at offset %d: quote it: it runs without a shell", what, op, p.Position)
 	}
 	return words, nil
 }

@@ -315,6 +315,8 @@ type bmcShowView struct {
 	Sources map[string]string `json:"sources"`
 	// Missing lists the fields the driver needs and nothing sets.
 	Missing []string `json:"missing"`
+	// Unusable says why the driver cannot use complete settings (a password too long for IPMI).
+	Unusable string `json:"unusable,omitempty"`
 	// PasswordInArgs lists the exec driver's actions that pass the password as an argument.
 	PasswordInArgs []string `json:"password_in_args,omitempty"`
 }
@@ -342,6 +344,14 @@ func runBMCShow(opts *BMCOptions) error {
 		return err
 	}
 	v.Missing, v.PasswordInArgs = nonNil(fence.Missing(eff)), bmcconf.PasswordInArgs(eff)
+	if len(v.Missing) == 0 {
+		// Open sends nothing: it builds the driver, or says why it cannot.
+		if d, err := fence.Open(eff, opts.Host, fence.Options{}); err != nil {
+			v.Unusable = err.Error()
+		} else {
+			_ = d.Close()
+		}
+	}
 	for _, f := range bmcconf.FieldNames() {
 		val, _ := bmcconf.Get(bmcconf.Redacted(eff), f)
 		switch {
@@ -371,6 +381,9 @@ func runBMCShow(opts *BMCOptions) error {
 		fmt.Fprintf(w, "%-15s %s: kvmctl cannot reach this BMC until `kvmctl bmc set` sets them\n", "missing:", strings.Join(v.Missing, ", "))
 	} else {
 		fmt.Fprintf(w, "%-15s -\n", "missing:")
+	}
+	if v.Unusable != "" {
+		fmt.Fprintf(w, "%-15s %s\n", "unusable:", v.Unusable)
 	}
 	if len(v.PasswordInArgs) > 0 {
 		fmt.Fprintf(w, "%-15s %s (the password is among the program's arguments)\n", "warning:", strings.Join(v.PasswordInArgs, ", "))
