@@ -301,6 +301,7 @@ var snapshotCommands = [][]string{
 	{"--json", "cluster", "list"},
 	{"--json", "host", "list"},
 	{"--json", "config", "list"},
+	{"--json", "bmc", "list"},
 }
 
 // cmdSnapshot runs `snapshot FILE [kvmctl flags...]`: it writes to FILE what the read-only
