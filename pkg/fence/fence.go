@@ -137,7 +137,22 @@ func Execute(ctx context.Context, clk clock.Clock, d Driver, a Action, t Timing)
 	}
 
 	switch a {
-	case ActionStatus, ActionTest:
+	case ActionTest:
+		// A driver with a test of its own (the exec driver's "test" template) runs it; every
+		// driver then shows it can read the power.
+		if tr, ok := d.(Tester); ok {
+			out.Sent = append(out.Sent, "test")
+			if err := tr.Test(ctx); err != nil && !errors.Is(err, ErrUnsupported) {
+				return out, bmcErr(err)
+			}
+		}
+		p, err := status()
+		out.Before = p
+		if err != nil {
+			return out, bmcErr(err)
+		}
+		return out, nil
+	case ActionStatus:
 		p, err := status()
 		out.Before = p
 		if err != nil {

@@ -274,7 +274,8 @@ func ClusterHosts(tx state.Tx, name string) ([]state.Host, error) {
 	return in, nil
 }
 
-// RemoveCluster deletes a cluster that has no hosts; otherwise it names them.
+// RemoveCluster deletes a cluster that has no hosts, and its BMC settings; otherwise it names
+// the hosts.
 func RemoveCluster(tx state.Tx, name string) error {
 	if _, err := state.GetCluster(tx, name); err != nil {
 		return NotFound("cluster", name, "clusters")
@@ -290,10 +291,13 @@ func RemoveCluster(tx state.Tx, name string) error {
 		}
 		return errs.Refusedf("cluster %s has hosts %s: remove them first (kvmctl host rm NAME)", name, strings.Join(names, ", "))
 	}
+	if err := removeBMC(tx, "cluster", name); err != nil {
+		return err
+	}
 	return tx.Delete(state.BucketClusters, name)
 }
 
-// RemoveHost deletes a host that is not in maintenance.
+// RemoveHost deletes a host that is not in maintenance, and its BMC settings.
 func RemoveHost(tx state.Tx, name string) error {
 	h, err := state.GetHost(tx, name)
 	if err != nil {
@@ -304,6 +308,9 @@ func RemoveHost(tx state.Tx, name string) error {
 		return errs.Refusedf("host %s is in %s: cancel maintenance first (kvmctl maintenance cancel %s)", name, h.ResourceState, name)
 	}
 	if err := tx.Delete(state.BucketHostStatus, name); err != nil {
+		return err
+	}
+	if err := removeBMC(tx, "host", name); err != nil {
 		return err
 	}
 	return tx.Delete(state.BucketHosts, name)

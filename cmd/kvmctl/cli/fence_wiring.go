@@ -1,17 +1,14 @@
 package cli
 
 import (
-	"errors"
-
 	"github.com/kvmctl/kvmctl/pkg/cmdutil"
 	"github.com/kvmctl/kvmctl/pkg/fence"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
-// bmcDriver opens the driver of a host's effective BMC settings. (Placeholder until the drivers
-// land.)
+// bmcDriver opens the driver of a host's effective BMC settings.
 func bmcDriver(b state.BMC, host string) (fence.Driver, error) {
-	return nil, errors.New("no BMC driver in this build")
+	return fence.Open(b, host, fence.Options{})
 }
 
 // notifier sends the fence path's notices through the configured channels. (Placeholder until

@@ -67,6 +67,7 @@ Exit codes: 0 success, 1 the operation failed, 2 bad usage or input refused (not
 		newPodCmd(f),
 		newClusterCmd(f),
 		newHostCmd(f),
+		newBMCCmd(f),
 		newInventoryCmd(f),
 		newConfigCmd(f),
 		newPKICmd(f),

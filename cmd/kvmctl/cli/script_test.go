@@ -302,6 +302,7 @@ var snapshotCommands = [][]string{
 	{"--json", "cluster", "list"},
 	{"--json", "host", "list"},
 	{"--json", "config", "list"},
+	{"--json", "bmc", "list"},
 	{"--json", "notify", "list"},
 }
 
