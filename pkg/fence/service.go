@@ -34,6 +34,10 @@ type Notice struct {
 	Action  Action
 	Result  string
 	Message string
+	// Failed marks a result whose action failed (Result says why).
+	Failed bool
+	// CapReached marks a refusal by the rate cap.
+	CapReached bool
 }
 
 // Notifier sends notices (email, SNMP trap, webhook); it returns what failed, per channel.
@@ -56,7 +60,7 @@ type Service struct {
 	Notify Notifier
 	// Events receives the audit records once written (a progress view).
 	Events events.Sink
-	// NotifyWait bounds how long Do waits for the notifications after the action (default 10 s):
+	// NotifyWait bounds how long Do waits for the notifications after the action (default 20 s, past a webhook's retries):
 	// sending never delays the action itself.
 	NotifyWait time.Duration
 	// Who names the asker in the audit ("" = this process's user, machine and pid).
@@ -267,7 +271,7 @@ func (s *Service) Do(ctx context.Context, req Request) (Result, error) {
 	if refused != nil {
 		s.emit(*refused)
 		res.NotifyErrors = s.notify(ctx, Notice{Kind: events.FenceRefused, Time: now, AuditID: id, Host: t.host.Name, Cluster: t.host.Cluster,
-			Action: req.Action, Result: "refused", Message: refusal.Error()})
+			Action: req.Action, Result: "refused", Message: refusal.Error(), CapReached: errors.Is(refusal, ErrCapReached)})
 		return res, errs.Refused(refusal)
 	}
 	for _, w := range written {
@@ -296,7 +300,7 @@ func (s *Service) Do(ctx context.Context, req Request) (Result, error) {
 	kind, what := events.FenceResult, "done"
 	switch {
 	case actErr != nil:
-		what = "FAILED: " + actErr.Error()
+		what = actErr.Error()
 	case out.Fenced:
 		what = "power confirmed off"
 		if req.Action == ActionReboot {
@@ -306,7 +310,7 @@ func (s *Service) Do(ctx context.Context, req Request) (Result, error) {
 		what = out.Note
 	}
 	res.NotifyErrors = s.notify(ctx, Notice{Kind: kind, Time: end, AuditID: id, Host: t.host.Name, Cluster: t.host.Cluster,
-		Action: req.Action, Result: what, Message: req.Reason})
+		Action: req.Action, Result: what, Message: req.Reason, Failed: actErr != nil})
 	if rerr != nil {
 		// The BMC acted; the record of it could not be written. The next fence or audit list
 		// reconciles the intent by asking the BMC.
@@ -328,7 +332,7 @@ func (s *Service) notify(ctx context.Context, n Notice) []string {
 	}
 	wait := s.NotifyWait
 	if wait <= 0 {
-		wait = 10 * time.Second
+		wait = 20 * time.Second
 	}
 	nctx, cancel := clock.WithTimeout(context.WithoutCancel(ctx), s.clock(), wait)
 	defer cancel()

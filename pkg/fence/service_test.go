@@ -116,7 +116,7 @@ func TestIntentWrittenBeforeTheBMCIsCalled(t *testing.T) {
 			!evs[1].Fenced || evs[1].PowerBefore != "on" || evs[1].PowerAfter != "off" || !strings.Contains(strings.Join(evs[1].Sent, ","), "off") {
 			t.Errorf("audit = %+v", evs)
 		}
-		if len(l.sent) != 1 || l.sent[0].Result != "power confirmed off" || l.sent[0].Host != "h1" {
+		if len(l.sent) != 1 || l.sent[0].Result != "power confirmed off" || l.sent[0].Host != "h1" || l.sent[0].Failed {
 			t.Errorf("notices = %+v", l.sent)
 		}
 		var hs []holds.Hold
@@ -169,7 +169,7 @@ func TestRateCap(t *testing.T) {
 		if l.bmcs["h4"].sent("off")+l.bmcs["h4"].sent("status") != 0 {
 			t.Errorf("the refused fence reached h4's BMC: %v", l.bmcs["h4"].log)
 		}
-		if last := l.sent[len(l.sent)-1]; last.Kind != events.FenceRefused || last.Host != "h4" {
+		if last := l.sent[len(l.sent)-1]; last.Kind != events.FenceRefused || last.Host != "h4" || !last.CapReached || last.Failed {
 			t.Errorf("last notice %+v, want the refusal", last)
 		}
 		if got := types(l.audit(t, "h4")); got != "fence.refused" {
@@ -322,6 +322,31 @@ func TestNotificationFailureAudited(t *testing.T) {
 		}
 		if got := types(l.audit(t, "h1")); got != "fence.intent fence.result notify.failed" {
 			t.Errorf("audit: %s", got)
+		}
+	})
+}
+
+// A BMC that does not answer: the result is audited as not fenced, the hold is released, and
+// the notice is marked failed (fence.failed to the channels), with the BMC's error.
+func TestFailedActionNotifiedAsFailed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t, map[string][]string{"c1": {"h1"}})
+		l.bmcs["h1"].down = true
+		res, err := l.service(1, nil).Do(context.Background(), Request{Host: "h1", Action: ActionOff})
+		if err == nil || res.Outcome.Fenced {
+			t.Fatalf("Do = %+v, %v, want a failure", res, err)
+		}
+		evs := l.audit(t, "h1")
+		if types(evs) != "fence.intent fence.result" || evs[1].Fenced || !strings.Contains(evs[1].Message, "no answer") {
+			t.Errorf("audit = %+v", evs)
+		}
+		if len(l.sent) != 1 || !l.sent[0].Failed || l.sent[0].CapReached || !strings.Contains(l.sent[0].Result, "no answer") {
+			t.Errorf("notices = %+v", l.sent)
+		}
+		var hs []holds.Hold
+		_ = l.st.View(func(tx state.Tx) (err error) { hs, err = holds.List(tx); return err })
+		if len(hs) != 0 {
+			t.Errorf("holds left: %+v", hs)
 		}
 	})
 }

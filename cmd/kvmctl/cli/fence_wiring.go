@@ -11,6 +11,5 @@ func bmcDriver(b state.BMC, host string) (fence.Driver, error) {
 	return fence.Open(b, host, fence.Options{})
 }
 
-// notifier sends the fence path's notices through the configured channels. (Placeholder until
-// the notifications land.)
-func notifier(*cmdutil.Factory) fence.Notifier { return nil }
+// notifier sends the fence path's notices through the configured channels.
+func notifier(f *cmdutil.Factory) fence.Notifier { return fenceNotifier(f) }

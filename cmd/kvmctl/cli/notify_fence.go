@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"strings"
 
 	"github.com/kvmctl/kvmctl/pkg/cmdutil"
 	"github.com/kvmctl/kvmctl/pkg/events"
@@ -32,11 +31,8 @@ func (fn fenceNotices) Notify(ctx context.Context, n fence.Notice) error {
 	return nf.Notify(ctx, noticeOfFence(n))
 }
 
-// failedPrefix starts the Result of a fence.result whose action failed (pkg/fence).
-const failedPrefix = "FAILED: "
-
 // noticeOfFence says a fence notice in notify's words: a result whose action failed is
-// fence.failed, a refusal (the fence path notifies only the rate cap's) fence.cap_reached, any
+// fence.failed, the rate cap's refusal fence.cap_reached, any
 // other result fence.action.
 func noticeOfFence(n fence.Notice) notify.Notice {
 	out := notify.Notice{Kind: notify.Kind(n.Kind), Time: n.Time, AuditID: n.AuditID, Host: n.Host, Cluster: n.Cluster,
@@ -44,11 +40,13 @@ func noticeOfFence(n fence.Notice) notify.Notice {
 	switch n.Kind {
 	case events.FenceResult:
 		out.Kind = notify.KindFenceAction
-		if strings.HasPrefix(n.Result, failedPrefix) {
-			out.Kind, out.Result = notify.KindFenceFailed, strings.TrimPrefix(n.Result, failedPrefix)
+		if n.Failed {
+			out.Kind = notify.KindFenceFailed
 		}
 	case events.FenceRefused:
-		out.Kind = notify.KindFenceCapReached
+		if n.CapReached {
+			out.Kind = notify.KindFenceCapReached
+		}
 	}
 	return out
 }

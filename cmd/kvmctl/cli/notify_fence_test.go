@@ -19,7 +19,7 @@ import (
 )
 
 // The fence path's notices reach the channels of the state file in notify's words: a power
-// action confirmed, a failed one (fence.failed, without pkg/fence's "FAILED: " prefix), the rate
+// action confirmed, a failed one (fence.failed), the rate
 // cap's refusal; a failing channel comes back as the error the fence path audits.
 func TestFenceNotifier(t *testing.T) {
 	var got []notify.Payload
@@ -54,8 +54,8 @@ func TestFenceNotifier(t *testing.T) {
 	n := fenceNotifier(f)
 	for _, fn := range []fence.Notice{
 		{Kind: events.FenceResult, Time: at, AuditID: "f1", Host: "h2", Cluster: "c1", Action: fence.ActionOff, Result: "power confirmed off"},
-		{Kind: events.FenceResult, Time: at, AuditID: "f2", Host: "h2", Cluster: "c1", Action: fence.ActionOff, Result: "FAILED: BMC unreachable"},
-		{Kind: events.FenceRefused, Time: at, AuditID: "f3", Host: "h3", Cluster: "c1", Action: fence.ActionOff, Result: "refused",
+		{Kind: events.FenceResult, Time: at, AuditID: "f2", Host: "h2", Cluster: "c1", Action: fence.ActionOff, Result: "BMC unreachable", Failed: true},
+		{Kind: events.FenceRefused, Time: at, AuditID: "f3", Host: "h3", Cluster: "c1", Action: fence.ActionOff, Result: "refused", CapReached: true,
 			Message: "rate cap reached: 3 power-downs in cluster c1 within the last 1h0m0s"},
 	} {
 		if err := n.Notify(context.Background(), fn); err != nil {
