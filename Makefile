@@ -1,6 +1,6 @@
 # kvmctl — build, test and try the tool. Every target works on a fresh Debian machine:
-# `make deps` installs what the cgo build of libvirt and the tests need when it is missing. Only
-# kvmagent links libvirt: kvmctl and kvmagent-stage are built with CGO_ENABLED=0.
+# `make deps` installs what the cgo build of libvirt and the tests (ipmitool) need when it is
+# missing. Only kvmagent links libvirt: kvmctl and kvmagent-stage are built with CGO_ENABLED=0.
 
 GO      ?= go
 BIN     := bin
@@ -13,16 +13,18 @@ LDFLAGS := -X github.com/kvmctl/kvmctl/pkg/buildinfo.Version=$(VERSION)
 
 all: build
 
-## deps: install with apt-get what is missing (libvirt-dev and pkg-config for libvirt.org/go/libvirt,
-## ipmitool for the lab's BMC tests), then download Go modules
+## deps: install libvirt-dev and pkg-config, and ipmitool (the fence tests and the lab's BMC tests
+## drive a BMC with it), with apt-get when missing, then download Go modules
 deps:
-	@missing=""; \
-	pkg-config --exists libvirt 2>/dev/null || missing=" libvirt-dev pkg-config"; \
-	command -v ipmitool >/dev/null 2>&1 || missing="$$missing ipmitool"; \
-	if [ -n "$$missing" ]; then \
-		echo "installing$$missing (libvirt.org/go/libvirt needs libvirt-dev, the lab's BMC tests ipmitool)"; \
+	@if ! pkg-config --exists libvirt 2>/dev/null; then \
+		echo "installing libvirt-dev and pkg-config (needed by libvirt.org/go/libvirt)"; \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libvirt-dev pkg-config >/dev/null; \
+	fi
+	@if ! command -v ipmitool >/dev/null 2>&1; then \
+		echo "installing ipmitool (the ipmitool fence driver's and the lab's BMC tests run it)"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ipmitool >/dev/null; \
 	fi
 	$(GO) mod download
 

@@ -16,6 +16,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/kvmctl/kvmctl/pkg/fsutil"
 	"github.com/kvmctl/kvmctl/pkg/hooks"
 	"github.com/kvmctl/kvmctl/pkg/pki"
 )
@@ -458,15 +459,9 @@ func checkKeyMode(path string) string {
 		return fmt.Sprintf("cannot stat: %v", err)
 	}
 	mode := fi.Mode().Perm()
-	if mode&0o077 == 0 {
+	what := fsutil.Exposure(mode)
+	if what == "" {
 		return ""
-	}
-	what := "accessible by group or others"
-	switch {
-	case mode&0o004 != 0:
-		what = "readable by others"
-	case mode&0o040 != 0:
-		what = "readable by group"
 	}
 	return fmt.Sprintf("%s %s is %s (mode %04o): chmod 600 %s", KeyTLSKey, path, what, mode, path)
 }

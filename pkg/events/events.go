@@ -50,6 +50,14 @@ const (
 	VMMigrationFailed     Type = "vm.migration_failed"
 	ActionStarted         Type = "action.started"
 	ActionFinished        Type = "action.finished"
+	// The audit stream of power actions: an intent is written before the BMC is called, its
+	// result after; a refusal (cap, hold) instead of an intent; a reconciliation settles an
+	// intent whose kvmctl died before the result.
+	FenceIntent     Type = "fence.intent"
+	FenceResult     Type = "fence.result"
+	FenceRefused    Type = "fence.refused"
+	FenceReconciled Type = "fence.reconciled"
+	NotifyFailed    Type = "notify.failed"
 )
 
 // Event is one thing that happened. Every field but Time and Type is optional and typed: a
@@ -86,9 +94,23 @@ type Event struct {
 	MaxUnavailable int   `json:"max_unavailable,omitempty"`
 	PreviousPID    int   `json:"previous_pid,omitempty"`
 	DurationMS     int64 `json:"duration_ms,omitempty"`
-	// Action is what a standalone maintenance action does (enable, cancel).
-	Action  string `json:"action,omitempty"`
-	Message string `json:"message,omitempty"`
+	// Action is what a standalone maintenance action does (enable, cancel), or a power action
+	// (off, reboot, blink, ...).
+	Action string `json:"action,omitempty"`
+	// AuditID ties a power action's intent, result and notifications together.
+	AuditID string `json:"audit_id,omitempty"`
+	// Who asked (an operator: user@machine pid N; HA: ha watch pid N) and why, with the evidence
+	// a decision rested on.
+	Who      string `json:"who,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+	Evidence string `json:"evidence,omitempty"`
+	// PowerBefore and PowerAfter are the chassis power states the BMC reported; Sent the BMC
+	// requests in order; Fenced says the power was confirmed off.
+	PowerBefore string   `json:"power_before,omitempty"`
+	PowerAfter  string   `json:"power_after,omitempty"`
+	Sent        []string `json:"sent,omitempty"`
+	Fenced      bool     `json:"fenced,omitempty"`
+	Message     string   `json:"message,omitempty"`
 }
 
 // Int returns a pointer to n, for ExitCode.
@@ -260,6 +282,15 @@ func Line(e Event) string {
 	kv("vm", e.VM)
 	kv("to", e.To)
 	kv("action", e.Action)
+	kv("audit_id", e.AuditID)
+	kv("who", quoteIfSpaced(e.Who))
+	kv("reason", quoteIfSpaced(e.Reason))
+	kv("power_before", e.PowerBefore)
+	kv("power_after", e.PowerAfter)
+	kv("sent", strings.Join(e.Sent, ","))
+	if e.Fenced {
+		kv("fenced", "true")
+	}
 	kv("outcome", string(e.Outcome))
 	kv("run_state", string(e.RunState))
 	if e.ExitCode != nil {

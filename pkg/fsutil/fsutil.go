@@ -1,4 +1,5 @@
-// Package fsutil holds the one way kvmctl and kvmagent replace a file that must survive a crash.
+// Package fsutil holds the one way kvmctl and kvmagent replace a file that must survive a crash,
+// and the one rule for a file that must be its owner's alone (a key, a secret).
 package fsutil
 
 import (
@@ -44,4 +45,19 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// Exposure says who besides its owner may reach a file of mode perm ("readable by others",
+// "readable by group", "accessible by group or others"), or "" when nobody may: a private key or
+// a secret file must be its owner's alone.
+func Exposure(perm os.FileMode) string {
+	switch perm = perm.Perm(); {
+	case perm&0o077 == 0:
+		return ""
+	case perm&0o004 != 0:
+		return "readable by others"
+	case perm&0o040 != 0:
+		return "readable by group"
+	}
+	return "accessible by group or others"
 }

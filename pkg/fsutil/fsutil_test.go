@@ -28,3 +28,15 @@ func TestWriteFileAtomic(t *testing.T) {
 		t.Errorf("write into a missing directory succeeded")
 	}
 }
+
+func TestExposure(t *testing.T) {
+	for mode, want := range map[os.FileMode]string{
+		0o600: "", 0o400: "", 0o700: "",
+		0o644: "readable by others", 0o604: "readable by others", 0o640: "readable by group",
+		0o620: "accessible by group or others", 0o602: "accessible by group or others", 0o610: "accessible by group or others",
+	} {
+		if got := Exposure(mode); got != want {
+			t.Errorf("Exposure(%04o) = %q, want %q", mode, got, want)
+		}
+	}
+}

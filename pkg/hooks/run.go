@@ -12,10 +12,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/mattn/go-shellwords"
-
+	"github.com/kvmctl/kvmctl/pkg/argv"
 	"github.com/kvmctl/kvmctl/pkg/events"
-	"github.com/kvmctl/kvmctl/pkg/safetext"
 )
 
 // SplitPayload splits a payload into words by shell quoting rules, without expanding variables
@@ -23,21 +21,7 @@ import (
 // (; & | < >) that would silently cut the payload short, is an error.
 func SplitPayload(payload string) ([]string, error) {
 	// The agent refuses control characters in a payload; kvmctl says so before anything runs.
-	if err := safetext.Check("payload", payload); err != nil {
-		return nil, err
-	}
-	p := shellwords.NewParser()
-	p.ParseEnv = false
-	p.ParseBacktick = false
-	words, err := p.Parse(payload)
-	if err != nil {
-		return nil, fmt.Errorf("split payload: %w (check its quotes)", err)
-	}
-	if p.Position >= 0 {
-		return nil, fmt.Errorf("split payload: unquoted %q at offset %d: quote it, scripts run without a shell",
-			payload[p.Position], p.Position)
-	}
-	return words, nil
+	return argv.Split("payload", payload)
 }
 
 // runSpec is one script execution, already resolved and split.

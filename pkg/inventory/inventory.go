@@ -36,19 +36,26 @@ var dnsName = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)
 // port a plain number from 1 to 65535 (no sign, no leading zero, so one endpoint has one
 // spelling and duplicate addresses are caught).
 func ValidAddress(addr string) error {
-	if err := safetext.Check("address", addr); err != nil {
+	return ValidHostPort("address", addr, "host:port of the host's kvmagent, e.g. 10.0.0.11:9250")
+}
+
+// ValidHostPort checks any host:port an operator gives (an agent, a mail server, a trap
+// receiver) by ValidAddress's rule; what names the value in the refusal and want says what to
+// give instead of a value that is not host:port.
+func ValidHostPort(what, addr, want string) error {
+	if err := safetext.Check(what, addr); err != nil {
 		return err
 	}
 	h, p, err := net.SplitHostPort(addr)
 	if err != nil || h == "" {
-		return fmt.Errorf("invalid address %q: want host:port of the host's kvmagent, e.g. 10.0.0.11:9250", addr)
+		return fmt.Errorf("invalid %s %q: want %s", what, addr, want)
 	}
 	if net.ParseIP(h) == nil && (len(h) > 253 || !dnsName.MatchString(h)) {
-		return fmt.Errorf("invalid address %q: %q is neither an IP address nor a DNS name", addr, h)
+		return fmt.Errorf("invalid %s %q: %q is neither an IP address nor a DNS name", what, addr, h)
 	}
 	n, err := strconv.Atoi(p)
 	if err != nil || n < 1 || n > 65535 || strconv.Itoa(n) != p {
-		return fmt.Errorf("invalid address %q: the port must be a number from 1 to 65535", addr)
+		return fmt.Errorf("invalid %s %q: the port must be a number from 1 to 65535", what, addr)
 	}
 	return nil
 }
@@ -267,7 +274,8 @@ func ClusterHosts(tx state.Tx, name string) ([]state.Host, error) {
 	return in, nil
 }
 
-// RemoveCluster deletes a cluster that has no hosts; otherwise it names them.
+// RemoveCluster deletes a cluster that has no hosts, and its BMC settings; otherwise it names
+// the hosts.
 func RemoveCluster(tx state.Tx, name string) error {
 	if _, err := state.GetCluster(tx, name); err != nil {
 		return NotFound("cluster", name, "clusters")
@@ -283,10 +291,13 @@ func RemoveCluster(tx state.Tx, name string) error {
 		}
 		return errs.Refusedf("cluster %s has hosts %s: remove them first (kvmctl host rm NAME)", name, strings.Join(names, ", "))
 	}
+	if err := removeBMC(tx, "cluster", name); err != nil {
+		return err
+	}
 	return tx.Delete(state.BucketClusters, name)
 }
 
-// RemoveHost deletes a host that is not in maintenance.
+// RemoveHost deletes a host that is not in maintenance, and its BMC settings.
 func RemoveHost(tx state.Tx, name string) error {
 	h, err := state.GetHost(tx, name)
 	if err != nil {
@@ -297,6 +308,9 @@ func RemoveHost(tx state.Tx, name string) error {
 		return errs.Refusedf("host %s is in %s: cancel maintenance first (kvmctl maintenance cancel %s)", name, h.ResourceState, name)
 	}
 	if err := tx.Delete(state.BucketHostStatus, name); err != nil {
+		return err
+	}
+	if err := removeBMC(tx, "host", name); err != nil {
 		return err
 	}
 	return tx.Delete(state.BucketHosts, name)

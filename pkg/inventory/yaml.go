@@ -2,7 +2,10 @@ package inventory
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"maps"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -10,6 +13,7 @@ import (
 	"github.com/goccy/go-yaml/ast"
 	"github.com/goccy/go-yaml/parser"
 
+	"github.com/kvmctl/kvmctl/pkg/bmcconf"
 	"github.com/kvmctl/kvmctl/pkg/errs"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
@@ -18,6 +22,7 @@ import (
 // hold hosts. Resource states are not part of it: they are the fleet's live condition, not its
 // shape. Nor is a host's lab mark: only `kvmctl lab up` sets it, since it lets kvmctl carry VM
 // definitions between hosts, and a file applied to the state must not be a way to turn it on.
+// Nor is a BMC password: a bmc block names a file that holds it (BMCDoc).
 type Document struct {
 	Zones []ZoneDoc `yaml:"zones" json:"zones"`
 }
@@ -36,7 +41,9 @@ type PodDoc struct {
 
 // ClusterDoc is one cluster and its hosts.
 type ClusterDoc struct {
-	Name  string    `yaml:"name" json:"name"`
+	Name string `yaml:"name" json:"name"`
+	// BMC holds the BMC settings the cluster's hosts inherit.
+	BMC   *BMCDoc   `yaml:"bmc,omitempty" json:"bmc,omitempty"`
 	Hosts []HostDoc `yaml:"hosts,omitempty" json:"hosts,omitempty"`
 }
 
@@ -48,6 +55,46 @@ type HostDoc struct {
 	SSH     *state.SSH `yaml:"ssh,omitempty" json:"ssh,omitempty"`
 	// RestartCommand restarts the agent over SSH (default `systemctl restart kvmagent`).
 	RestartCommand string `yaml:"restart_command,omitempty" json:"restart_command,omitempty"`
+	// BMC holds the host's own BMC settings, over its cluster's.
+	BMC *BMCDoc `yaml:"bmc,omitempty" json:"bmc,omitempty"`
+}
+
+// BMCDoc is a cluster's or a host's BMC settings (state.BMC, `kvmctl bmc set`). The password
+// is never in the file: PasswordFile names a file that holds it (mode 0600, relative to the
+// inventory file's directory), read when the file is applied. Export writes no password at
+// all, and a block without password_file keeps the password the state has.
+type BMCDoc struct {
+	Driver       string            `yaml:"driver,omitempty" json:"driver,omitempty"`
+	Address      string            `yaml:"address,omitempty" json:"address,omitempty"`
+	Port         int               `yaml:"port,omitempty" json:"port,omitempty"`
+	Username     string            `yaml:"username,omitempty" json:"username,omitempty"`
+	PasswordFile string            `yaml:"password_file,omitempty" json:"password_file,omitempty"`
+	Interface    string            `yaml:"interface,omitempty" json:"interface,omitempty"`
+	Action       string            `yaml:"action,omitempty" json:"action,omitempty"`
+	Exec         string            `yaml:"exec,omitempty" json:"exec,omitempty"`
+	Actions      map[string]string `yaml:"actions,omitempty" json:"actions,omitempty"`
+
+	// password is what PasswordFile holds, read by Parse.
+	password string
+}
+
+// settings are the BMC settings the block gives (its password, if Parse read one).
+func (d *BMCDoc) settings() state.BMC {
+	return state.BMC{Driver: d.Driver, Address: d.Address, Port: d.Port, Username: d.Username, Password: d.password,
+		Interface: d.Interface, Action: d.Action, Exec: d.Exec, Actions: maps.Clone(d.Actions)}
+}
+
+// bmcDoc is the block of stored settings b; nil when b sets nothing a file holds.
+func bmcDoc(b state.BMC) *BMCDoc {
+	d := &BMCDoc{Driver: b.Driver, Address: b.Address, Port: b.Port, Username: b.Username, Interface: b.Interface,
+		Action: b.Action, Exec: b.Exec, Actions: maps.Clone(b.Actions)}
+	if len(d.Actions) == 0 {
+		d.Actions = nil
+	}
+	if d.settings().IsZero() {
+		return nil
+	}
+	return d
 }
 
 // Parsed is a document that passed its own checks, with the position of each element so that
@@ -118,11 +165,13 @@ func Parse(name string, data []byte) (*Parsed, error) {
 					add(cp, err)
 				}
 				unique("cluster", c.Name, cp)
+				p.checkBMC(ps, cp, c.BMC)
 				for hi, hd := range c.Hosts {
 					hp := fmt.Sprintf("%s.hosts[%d]", cp, hi)
 					if err := ValidHost(hd.host()); err != nil {
 						add(hp, err)
 					}
+					p.checkBMC(ps, hp, hd.BMC)
 					unique("host", hd.Name, hp)
 					unique("address", hd.Address, hp+".address")
 				}
@@ -133,6 +182,32 @@ func Parse(name string, data []byte) (*Parsed, error) {
 		return nil, err
 	}
 	return p, nil
+}
+
+// checkBMC checks a bmc block at path and reads its password file, relative to the directory
+// of the inventory file; each problem is reported at the line of its key.
+func (p *Parsed) checkBMC(ps *problems, path string, d *BMCDoc) {
+	if d == nil {
+		return
+	}
+	path += ".bmc"
+	if d.PasswordFile != "" {
+		file := d.PasswordFile
+		if !filepath.IsAbs(file) {
+			file = filepath.Join(filepath.Dir(p.name), file)
+		}
+		pw, err := ReadPasswordFile(file)
+		if err != nil {
+			ps.add(path+".password_file", err.Error)
+		}
+		d.password = pw
+	}
+	var be *BMCError
+	if err := ValidBMC(d.settings()); errors.As(err, &be) {
+		ps.add(path+"."+be.Key, err.Error)
+	} else if err != nil {
+		ps.add(path, err.Error)
+	}
 }
 
 // maxProblems is how many problems of one file are reported, each with its line.
@@ -204,12 +279,15 @@ type Summary struct {
 	Created   map[string]int `json:"created"`
 	Updated   map[string]int `json:"updated"`
 	Unchanged map[string]int `json:"unchanged"`
-	// UpdatedHosts names the existing hosts the file changed.
+	// UpdatedHosts names the existing hosts the file changed (their BMC settings included).
 	UpdatedHosts []string `json:"updated_hosts,omitempty"`
+	// UpdatedClusters names the existing clusters whose BMC settings the file changed.
+	UpdatedClusters []string `json:"updated_clusters,omitempty"`
 }
 
 // Apply writes a parsed document into tx: missing entities are created (Enabled), existing
-// hosts get the file's address, tags and SSH, and nothing absent from the file is removed. An
+// hosts get the file's address, tags and SSH, clusters and hosts with a bmc block get its BMC
+// settings (see applyBMC), and nothing absent from the file is removed. An
 // entity the file places under another parent than the state does is refused: apply never moves
 // things, so a typo cannot carry a cluster's hosts to another pod. Any refusal leaves tx to be
 // rolled back by the caller, so a file applies whole or not at all.
@@ -266,13 +344,25 @@ func Apply(tx state.Tx, p *Parsed) (Summary, error) {
 					if err := state.PutCluster(tx, c); err != nil {
 						return s, err
 					}
+					if _, err := applyBMC(tx, "cluster", cd.Name, cd.BMC); err != nil {
+						return s, err
+					}
 					s.Created["clusters"]++
 				case err != nil:
 					return s, err
 				case cur.Pod != pd.Name:
 					refuse(cp, "cluster %s is in pod %s, not %s: apply does not move clusters; remove it first", cd.Name, cur.Pod, pd.Name)
 				default:
-					s.Unchanged["clusters"]++
+					changed, err := applyBMC(tx, "cluster", cd.Name, cd.BMC)
+					if err != nil {
+						return s, err
+					}
+					if !changed {
+						s.Unchanged["clusters"]++
+						break
+					}
+					s.Updated["clusters"]++
+					s.UpdatedClusters = append(s.UpdatedClusters, cd.Name)
 				}
 				for hi, hd := range cd.Hosts {
 					hp := fmt.Sprintf("%s.hosts[%d]", cp, hi)
@@ -289,6 +379,9 @@ func Apply(tx state.Tx, p *Parsed) (Summary, error) {
 						if err := state.PutHost(tx, want); err != nil {
 							return s, err
 						}
+						if _, err := applyBMC(tx, "host", hd.Name, hd.BMC); err != nil {
+							return s, err
+						}
 						s.Created["hosts"]++
 					case err != nil:
 						return s, err
@@ -297,7 +390,11 @@ func Apply(tx state.Tx, p *Parsed) (Summary, error) {
 					default:
 						// The live condition, and what only `kvmctl lab up` says, stay as they are.
 						want.ResourceState, want.StateReason, want.Lab, want.Unknown = cur.ResourceState, cur.StateReason, cur.Lab, cur.Unknown
-						if sameHost(cur, want) {
+						bmcChanged, err := applyBMC(tx, "host", hd.Name, hd.BMC)
+						if err != nil {
+							return s, err
+						}
+						if sameHost(cur, want) && !bmcChanged {
 							s.Unchanged["hosts"]++
 							continue
 						}
@@ -312,6 +409,28 @@ func Apply(tx state.Tx, p *Parsed) (Summary, error) {
 		}
 	}
 	return s, ps.err()
+}
+
+// applyBMC gives a cluster or host (kind) the settings of its bmc block d, and reports whether
+// they changed. Without a block nothing changes; a block without password_file keeps the
+// password the state has (export writes none), and fields a newer kvmctl stored are kept.
+func applyBMC(tx state.Tx, kind, name string, d *BMCDoc) (bool, error) {
+	if d == nil {
+		return false, nil
+	}
+	cur, err := state.GetBMC(tx, kind, name)
+	if err != nil {
+		return false, err
+	}
+	want := d.settings()
+	if want.Password == "" {
+		want.Password = cur.Password
+	}
+	want.Unknown = cur.Unknown
+	if len(bmcconf.Changed(cur, want)) == 0 {
+		return false, nil
+	}
+	return true, state.PutBMC(tx, kind, name, want)
 }
 
 func sameHost(a, b state.Host) bool {
@@ -338,6 +457,10 @@ func Export(tx state.Tx) (Document, error) {
 	if err != nil {
 		return Document{}, err
 	}
+	bmcs, err := state.ListBMC(tx)
+	if err != nil {
+		return Document{}, err
+	}
 	doc := Document{Zones: []ZoneDoc{}}
 	for _, z := range zones {
 		zd := ZoneDoc{Name: z.Name}
@@ -350,12 +473,13 @@ func Export(tx state.Tx) (Document, error) {
 				if c.Pod != p.Name {
 					continue
 				}
-				cd := ClusterDoc{Name: c.Name}
+				cd := ClusterDoc{Name: c.Name, BMC: bmcDoc(bmcs[state.BMCKey("cluster", c.Name)])}
 				for _, h := range hosts {
 					if h.Cluster != c.Name {
 						continue
 					}
-					hd := HostDoc{Name: h.Name, Address: h.Address, Tags: h.Tags, RestartCommand: h.RestartCommand}
+					hd := HostDoc{Name: h.Name, Address: h.Address, Tags: h.Tags, RestartCommand: h.RestartCommand,
+						BMC: bmcDoc(bmcs[state.BMCKey("host", h.Name)])}
 					if len(hd.Tags) == 0 {
 						hd.Tags = nil
 					}

@@ -46,6 +46,9 @@ const (
 	AgentRestartTimeout    = "kvm.ssh.agent.restart.timeout"
 	JournalKeep            = "kvmctl.journal.keep"
 	JournalDays            = "kvmctl.journal.days"
+	FenceTimeout           = "kvm.ha.fence.timeout"
+	FenceMaxCount          = "kvm.ha.fence.max.count"
+	FenceWindow            = "kvm.ha.fence.window"
 )
 
 // Registry lists every known key in the order `config list` shows them.
@@ -66,6 +69,12 @@ var Registry = []Key{
 		Description: "vCPUs a host may carry per physical CPU when VMs are placed"},
 	{Name: MemOverprovisioning, Type: Float, Default: "1", Min: 0.1, Max: 16,
 		Description: "memory a host may promise per byte of RAM when VMs are placed"},
+	{Name: FenceTimeout, Type: Int, Default: "30", Min: 1, Max: 3600,
+		Description: "seconds a power action may take to show in the BMC's power status; unconfirmed is not fenced"},
+	{Name: FenceMaxCount, Type: Int, Default: "3", Min: 1, Max: 1000,
+		Description: "power-downs allowed within kvm.ha.fence.window, per cluster and fleet-wide; the next is refused and notified (seed 002)"},
+	{Name: FenceWindow, Type: Int, Default: "3600", Min: 60, Max: 7 * 24 * 3600,
+		Description: "seconds over which kvm.ha.fence.max.count power-downs are counted"},
 	{Name: JournalKeep, Type: Int, Default: "200", Min: 1, Max: 1000000,
 		Description: "finished rolling runs (and, apart, finished maintenance actions) whose journal the state file keeps"},
 	{Name: JournalDays, Type: Int, Default: "90", Min: 1, Max: 36500,

@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/kvmctl/kvmctl/internal/testnet"
 	"github.com/kvmctl/kvmctl/pkg/sshx"
 	"github.com/kvmctl/kvmctl/pkg/sshx/sshtest"
 )
@@ -268,33 +269,8 @@ func TestRunContextTimeoutWhileCommandRuns(t *testing.T) {
 
 // A peer that accepts TCP but never speaks SSH must not hold Run past its timeout.
 func TestRunHandshakeTimeout(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns []net.Conn
-	var mu sync.Mutex
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
 	f := newFixture(t, ok(""))
-	f.target.Addr = ln.Addr().String()
+	f.target.Addr = testnet.Silent(t)
 
 	for _, tc := range []struct {
 		name    string

@@ -30,6 +30,9 @@
 //	bmc/
 //	  cluster/<name>, host/<name> -> BMC settings (JSON): a cluster's defaults, a host's overrides;
 //	                  the password is only here
+//	notify/
+//	  <channel>    -> a notification channel (JSON): email, snmp or webhook; its SMTP password or
+//	                  webhook secret is only here
 //	aborts/
 //	  <run id>     -> "1": `rolling abort` asked the run's live kvmctl to stop (read before
 //	                  each of its writes, so kept apart from the run's large record)
@@ -87,7 +90,7 @@ var coreBuckets = []string{BucketMeta, BucketZones, BucketPods, BucketClusters, 
 // Buckets lists every top-level bucket of the current schema, created by Create. Those beyond
 // coreBuckets were added later, without a version bump: a file without them gets them on its
 // next write.
-var Buckets = append(append([]string{}, coreBuckets...), BucketStreams, BucketHolds, BucketAborts, BucketBMC)
+var Buckets = append(append([]string{}, coreBuckets...), BucketStreams, BucketHolds, BucketAborts, BucketBMC, BucketNotify)
 
 const keyVersion = "version"
 

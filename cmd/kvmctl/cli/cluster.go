@@ -138,3 +138,18 @@ func runClusterSetState(opts *ClusterOptions, to string) error {
 	}
 	return done(opts.F, v, "cluster %s: %s -> %s", opts.Name, before, to)
 }
+
+// clusterFree refuses a change to what every host of cluster name inherits (its BMC settings)
+// while a run, a maintenance action or a fence holds the cluster or one of its hosts: the
+// holder reads the settings as it goes.
+func clusterFree(tx state.Tx, name string) error {
+	subjects := []holds.Subject{holds.Cluster(name)}
+	hosts, err := inventory.ClusterHosts(tx, name)
+	if err != nil {
+		return err
+	}
+	for _, h := range hosts {
+		subjects = append(subjects, holds.Host(h.Name))
+	}
+	return orchestrate.Free(tx, holds.Local(), subjects...)
+}

@@ -28,8 +28,13 @@ func newInventoryCmd(f *cmdutil.Factory) *cobra.Command {
 		Short: "Create or update zones, pods, clusters and hosts from a YAML file, all or nothing",
 		Long: `Apply validates the whole file first and writes it in one transaction: either everything
 is applied or nothing is. Entities missing from the state are created (Enabled), hosts get the
-file's address, tags and ssh settings, and nothing absent from the file is removed. Applying the
-same file twice changes nothing. Use -f - to read standard input.`,
+file's address, tags and ssh settings, clusters and hosts with a bmc block get its BMC settings,
+and nothing absent from the file is removed. Applying the same file twice changes nothing. Use
+-f - to read standard input.
+
+A bmc block never holds the password: password_file names a file that does (mode 0600; a
+relative path is read from the YAML file's directory). A block without password_file keeps the
+password kvmctl has; export writes no password.`,
 		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error { return runInventoryApply(opts) },
 	}
@@ -74,6 +79,11 @@ func runInventoryApply(opts *InventoryOptions) error {
 		for _, h := range sum.UpdatedHosts {
 			if err := hostFree(tx, h); err != nil {
 				return fmt.Errorf("%s changes host %s: %w", name, h, err)
+			}
+		}
+		for _, c := range sum.UpdatedClusters {
+			if err := clusterFree(tx, c); err != nil {
+				return fmt.Errorf("%s changes the BMC settings of cluster %s: %w", name, c, err)
 			}
 		}
 		return nil

@@ -67,14 +67,18 @@ Exit codes: 0 success, 1 the operation failed, 2 bad usage or input refused (not
 		newPodCmd(f),
 		newClusterCmd(f),
 		newHostCmd(f),
+		newBMCCmd(f),
 		newInventoryCmd(f),
 		newConfigCmd(f),
 		newPKICmd(f),
 		newLabCmd(f),
 		newMaintenanceCmd(f),
 		newRollingCmd(f),
+		newNotifyCmd(f),
 		newHooksCmd(f),
 		newStateCmd(f),
+		newFenceCmd(f),
+		newAuditCmd(f),
 	)
 	// Cobra's completion command prints help and exits 0 when the shell is missing or unknown;
 	// like every other group, it refuses instead.

@@ -67,6 +67,7 @@ func TestScripts(t *testing.T) {
 			"mode":     cmdMode,
 			"snapshot": cmdSnapshot,
 			"noagents": cmdNoAgents,
+			"sink":     cmdSink,
 		},
 	})
 }
@@ -301,6 +302,8 @@ var snapshotCommands = [][]string{
 	{"--json", "cluster", "list"},
 	{"--json", "host", "list"},
 	{"--json", "config", "list"},
+	{"--json", "bmc", "list"},
+	{"--json", "notify", "list"},
 }
 
 // cmdSnapshot runs `snapshot FILE [kvmctl flags...]`: it writes to FILE what the read-only
