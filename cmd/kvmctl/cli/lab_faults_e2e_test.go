@@ -74,6 +74,15 @@ func TestLabFaultsE2E(t *testing.T) {
 			if st := lab.Status(m)[0]; st.Power != lab.PowerOff || st.AgentPID != 0 {
 				t.Errorf("lab status of h1 after its crash: %+v", st)
 			}
+			// The inventory holds h1's BMC from lab up on: kvmctl fences it, and finds it off
+			// with nothing sent (its BMC log holds no control).
+			out, _ = e2eKvmctl(t, m, 0, "fence", "h1", "--action", "off", "--yes", "--reason", "lab crash test")
+			if !strings.Contains(out, "h1: power confirmed off (status)") || !strings.Contains(out, "already off: nothing sent") {
+				t.Errorf("kvmctl fence h1 --action off after its crash printed %q", out)
+			}
+			if log, err := lab.ReadBMCLog(h); err != nil || len(log) != 0 {
+				t.Errorf("h1's BMC log after fencing an already-off h1: %+v, %v; want no control", log, err)
+			}
 
 			// Power on: a new boot id, the agent answers, the VMs are shut off until started.
 			out = labRun(t, m, 0, "power-on", "h1")
@@ -177,6 +186,12 @@ func TestLabFaultsE2E(t *testing.T) {
 			if last := log[len(log)-1]; last.Control != lab.ControlOff || last.PowerBefore != lab.PowerOn || last.PowerAfter != lab.PowerOff ||
 				!strings.HasPrefix(last.Result, "error") {
 				t.Errorf("h5's BMC log ends with %+v, want an off from on to off that answered an error", last)
+			}
+			// kvmctl's fence, with the BMC settings lab up stored: the error, and the power off.
+			labRun(t, m, 0, "power-on", "h5")
+			out, _ := e2eKvmctl(t, m, 0, "fence", "h5", "--action", "off", "--yes", "--reason", "lab bmc-off-fails test")
+			if !strings.Contains(out, "h5: power confirmed off (status, off, status)") || !strings.Contains(out, "off returned an error") {
+				t.Errorf("kvmctl fence h5 --action off with bmc-off-fails printed %q", out)
 			}
 			labOneLine(t, labRun(t, m, 0, "bmc-up", "h5"), "the BMC of h5 answers again")
 			labRefused(t, m, "bmc-up h5 again", "has no fault", "bmc-up", "h5")
