@@ -159,22 +159,28 @@ func (s *Service) load(tx state.Tx, name string) (target, error) {
 }
 
 // powerDowns counts the power-down intents in the audit since from, in cluster and fleet-wide.
-func powerDowns(tx state.Tx, cluster string, from time.Time) (inCluster, fleet int, err error) {
+func powerDowns(tx state.Tx, cluster string, from time.Time) (inCluster, fleet []time.Time, err error) {
 	recs, err := journal.Read(tx, AuditStream, 0)
 	if err != nil {
-		return 0, 0, err
+		return nil, nil, err
 	}
 	for _, r := range recs {
 		e := r.Event
 		if e.Type != events.FenceIntent || e.Time.Before(from) || !Action(e.Action).PowersDown() {
 			continue
 		}
-		fleet++
+		fleet = append(fleet, e.Time)
 		if e.Cluster == cluster {
-			inCluster++
+			inCluster = append(inCluster, e.Time)
 		}
 	}
 	return inCluster, fleet, nil
+}
+
+// nextAllowed is when a power-down is allowed again among times (ascending, at least limit of
+// them): once all but limit-1 have left the window.
+func nextAllowed(times []time.Time, limit int, window time.Duration) time.Time {
+	return times[len(times)-limit].Add(window)
 }
 
 // Do carries out req on its host's BMC.
@@ -244,14 +250,15 @@ func (s *Service) Do(ctx context.Context, req Request) (Result, error) {
 			if err != nil {
 				return err
 			}
-			if inCluster >= t.cap || fleet >= t.cap {
-				scope := "cluster " + t.host.Cluster
-				n := inCluster
-				if fleet >= t.cap && inCluster < t.cap {
-					scope, n = "the fleet", fleet
+			if len(inCluster) >= t.cap || len(fleet) >= t.cap {
+				scope, counted := "cluster "+t.host.Cluster, inCluster
+				if len(fleet) >= t.cap && len(inCluster) < t.cap {
+					scope, counted = "the fleet", fleet
 				}
+				next := nextAllowed(counted, t.cap, t.window)
 				return refuse(fmt.Errorf("%w: %d power-downs in %s within the last %s (kvm.ha.fence.max.count %d per kvm.ha.fence.window): "+
-					"nothing was sent; wait, or raise the cap if this is not a storm", ErrCapReached, n, scope, t.window, t.cap))
+					"nothing was sent; the next is allowed at %s (in %s); if this is not a storm, raise the cap with `kvmctl config set kvm.ha.fence.max.count N`",
+					ErrCapReached, len(counted), scope, t.window, t.cap, next.UTC().Format(time.RFC3339), next.Sub(now).Round(time.Second)))
 			}
 		}
 		hold := holds.Hold{Kind: holds.Fencing, ID: id, Host: t.host.Name, Since: now, What: fmt.Sprintf("fence %s of %s", req.Action, t.host.Name)}

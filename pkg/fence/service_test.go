@@ -163,8 +163,9 @@ func TestRateCap(t *testing.T) {
 			t.Fatalf("on h1: %v", err)
 		}
 		_, err := s.Do(ctx, Request{Host: "h4", Action: ActionOff})
-		if !errs.IsRefused(err) || !errors.Is(err, ErrCapReached) || !strings.Contains(err.Error(), "3 power-downs in cluster c1") {
-			t.Fatalf("4th off = %v, want the cap", err)
+		if !errs.IsRefused(err) || !errors.Is(err, ErrCapReached) || !strings.Contains(err.Error(), "3 power-downs in cluster c1") ||
+			!strings.Contains(err.Error(), "the next is allowed at 2000-01-01T01:00:00Z (in 56m56s)") {
+			t.Fatalf("4th off = %v, want the cap, and when the first leaves the window", err)
 		}
 		if l.bmcs["h4"].sent("off")+l.bmcs["h4"].sent("status") != 0 {
 			t.Errorf("the refused fence reached h4's BMC: %v", l.bmcs["h4"].log)

@@ -121,6 +121,8 @@ func runFence(ctx context.Context, opts *FenceOptions) error {
 		fmt.Fprintf(w, "%s: power confirmed off, then on (%s)\n", opts.Host, strings.Join(o.Sent, ", "))
 	case o.Fenced:
 		fmt.Fprintf(w, "%s: power confirmed off (%s)\n", opts.Host, strings.Join(o.Sent, ", "))
+	case action == fence.ActionBlink:
+		fmt.Fprintf(w, "%s: identify sent: its chassis light blinks; the power is not touched\n", opts.Host)
 	default:
 		fmt.Fprintf(w, "%s: %s done, power %s (%s)\n", opts.Host, action, o.After, strings.Join(o.Sent, ", "))
 	}
@@ -227,9 +229,18 @@ func runAuditList(ctx context.Context, opts *AuditOptions) error {
 		result := e.Message
 		switch e.Type {
 		case events.FenceIntent:
-			result = "intent: " + e.Reason
+			result = "intent"
+			if e.Reason != "" {
+				result += ": " + e.Reason
+			}
+			if e.Evidence != "" {
+				result += " (evidence: " + e.Evidence + ")"
+			}
 		case events.FenceResult:
 			result = fmt.Sprintf("power %s -> %s, sent %s", e.PowerBefore, e.PowerAfter, strings.Join(e.Sent, ","))
+			if e.Action == string(fence.ActionBlink) {
+				result = "sent " + strings.Join(e.Sent, ",")
+			}
 			if e.Fenced {
 				result += ", fenced"
 			}
