@@ -110,6 +110,9 @@ func runFence(ctx context.Context, opts *FenceOptions) error {
 		return nil
 	}
 	if err != nil {
+		if action.PowersDown() && !res.Outcome.Fenced {
+			return fmt.Errorf("%s %s: NOT fenced, treat %s as running: %w", action, opts.Host, opts.Host, err)
+		}
 		return fmt.Errorf("%s %s: %w", action, opts.Host, err)
 	}
 	w := opts.F.IO.Out
