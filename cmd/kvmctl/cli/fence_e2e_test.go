@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -133,7 +134,8 @@ func auditTypes(evs []events.Event) string {
 //   - fence h3 with its BMC down: a failure, not fenced, h3 runs on; fence.failed is sent;
 //   - fence h4 off through Debian's ipmitool (the ipmitool driver): the third power-down;
 //   - fence h1 off: the fourth inside the window, refused before its BMC hears anything, and
-//     fence.cap_reached is sent.
+//     fence.cap_reached is sent;
+//   - a kvmctl killed while it waits on h1's BMC: the next audit list reconciles its intent.
 func TestFenceE2E(t *testing.T) {
 	t.Parallel()
 	labNeedIPMITool(t)
@@ -212,9 +214,43 @@ func TestFenceE2E(t *testing.T) {
 	if !strings.Contains(out, "h1: power on") {
 		t.Errorf("fence h1 --action status printed %q", out)
 	}
+	// A kvmctl killed between its intent and the BMC's answer (h1's BMC does not answer, so it
+	// waits): the next audit list finds the intent orphaned, asks the BMC, and records what it
+	// read; the host, never powered off, is on.
+	e2eKvmctl(t, m, 0, "config", "set", "kvm.ha.fence.max.count", "10")
+	labRun(t, m, 0, "bmc-down", "h1")
+	kvmctlPath, err := exec.LookPath("kvmctl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bg := exec.Command(kvmctlPath, "--state", m.StatePath(), "fence", "h1", "--action", "off", "--yes", "--reason", "e2e: killed mid-fence")
+	if err := bg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = bg.Process.Kill(); _ = bg.Wait() })
+	for deadline := time.Now().Add(labDeadline); ; time.Sleep(50 * time.Millisecond) {
+		if evs := fenceAudit(t, m, "h1"); auditTypes(evs) == "fence.refused fence.intent" {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("no intent of the background fence in h1's audit: %+v", evs)
+		}
+	}
+	_ = bg.Process.Kill()
+	_ = bg.Wait()
+	labRun(t, m, 0, "bmc-up", "h1")
+	evs = fenceAudit(t, m, "h1")
+	if auditTypes(evs) != "fence.refused fence.intent fence.reconciled" || evs[2].AuditID != evs[1].AuditID || evs[2].PowerAfter != "on" {
+		t.Errorf("h1's audit after its kvmctl was killed mid-fence: %+v", evs)
+	}
+	labPower(t, h1, "on", "after a fence killed before the BMC answered")
+	// A second audit list adds nothing: the intent is settled.
+	if evs := fenceAudit(t, m, "h1"); len(evs) != 3 {
+		t.Errorf("h1's audit grew on a second read: %+v", evs)
+	}
+
 	// The whole audit, as a person reads it: one line per record.
 	out, _ = e2eKvmctl(t, m, 0, "audit", "list")
-	if n := strings.Count(out, "\n"); n != 7 {
-		t.Errorf("audit list has %d lines, want 7 records:\n%s", n, out)
+	if n := strings.Count(out, "\n"); n != 9 {
+		t.Errorf("audit list has %d lines, want 9 records:\n%s", n, out)
 	}
 }
