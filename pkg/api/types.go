@@ -82,6 +82,10 @@ type VM struct {
 	// Tags are host tags the VM requires.
 	Tags   []string        `json:"tags"`
 	Groups []AffinityGroup `json:"groups"`
+	// DefinitionHash is the hex SHA-256 of the VM's definition as GET /v1/vms/{name}/xml answers
+	// it: kvmctl fetches and keeps the definition when the hash changes, so that HA can start the
+	// VM elsewhere from its own copy once the host is dead. "" from an agent that does not say.
+	DefinitionHash string `json:"definition_hash,omitempty"`
 }
 
 // AffinityGroup is a named placement rule ("host-affinity" or "host-anti-affinity").
