@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/kvmctl/kvmctl/pkg/buildinfo"
+	"github.com/kvmctl/kvmctl/pkg/clock"
 	"github.com/kvmctl/kvmctl/pkg/hooks"
 	"github.com/kvmctl/kvmctl/pkg/pki"
 	"github.com/kvmctl/kvmctl/pkg/virt"
@@ -42,6 +43,12 @@ type Agent struct {
 	startedAt time.Time
 	state     *agentState
 	handler   http.Handler
+	// bootID is the host's boot id read when the agent started, for GET /v1/health, which
+	// reads no file: a host's boot id changes only with a reboot, which restarts the agent (the
+	// lab restarts it on every power-on too). Status still reads the file afresh.
+	bootID string
+	// heartbeat is the heartbeat writer, nil without heartbeat.dir.
+	heartbeat *Heartbeat
 
 	// stages runs the stage scripts (stages.go); hooksConfig are the WithHooksConfig changes.
 	stages      hooks.Executor
@@ -107,10 +114,18 @@ func New(cfg Config, hv virt.Hypervisor, opts ...Option) (*Agent, error) {
 			return nil, fmt.Errorf("new agent: %w", err)
 		}
 	}
-	if err := a.loadState(); err != nil {
+	err := a.loadState()
+	if err != nil {
 		return nil, fmt.Errorf("new agent: %w", err)
 	}
 	a.startedAt = a.now().UTC().Truncate(time.Second)
+	if a.bootID, err = a.BootID(); err != nil {
+		return nil, fmt.Errorf("new agent: %w: fix %s", err, KeyBootIDFile)
+	}
+	if path := cfg.HeartbeatFile(); path != "" {
+		a.heartbeat = &Heartbeat{Path: path, Host: cfg.HostName, BootID: a.bootID, Interval: cfg.HeartbeatInterval,
+			Clock: clock.Real(), Log: a.log, StallFile: cfg.LabStorageStallFile}
+	}
 	stages, err := a.newStageExecutor()
 	if err != nil {
 		return nil, fmt.Errorf("new agent: %w", err)
@@ -204,11 +219,8 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 		stopBackground()
 		wg.Wait()
 	}()
-	if a.cfg.HeartbeatFile != "" {
-		wg.Go(func() {
-			Heartbeat{Path: a.cfg.HeartbeatFile, Interval: a.cfg.HeartbeatInterval, Now: a.now, Log: a.log,
-				StallFile: a.cfg.LabStorageStallFile}.Run(bgCtx)
-		})
+	if a.heartbeat != nil {
+		wg.Go(func() { a.heartbeat.Run(bgCtx) })
 	}
 	// New already reloaded the maintenance state and the hooks executor recovered the stages
 	// of an earlier agent, before the first request.
@@ -216,7 +228,7 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	a.log.Info("kvmagent serving", "host", a.cfg.HostName, "addr", ln.Addr().String(), "version", a.version,
-		"libvirt", a.cfg.LibvirtURI, "heartbeat_file", a.cfg.HeartbeatFile)
+		"libvirt", a.cfg.LibvirtURI, "heartbeat_file", a.cfg.HeartbeatFile())
 
 	select {
 	case err := <-errc:

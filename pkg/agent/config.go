@@ -16,9 +16,11 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/kvmctl/kvmctl/pkg/api"
 	"github.com/kvmctl/kvmctl/pkg/fsutil"
 	"github.com/kvmctl/kvmctl/pkg/hooks"
 	"github.com/kvmctl/kvmctl/pkg/pki"
+	"github.com/kvmctl/kvmctl/pkg/safetext"
 )
 
 // Keys of agent.properties. Where CloudStack's agent.properties has the setting, the name is
@@ -34,7 +36,7 @@ const (
 	KeyHooksDir                = "rolling.maintenance.hooks.dir"
 	KeyServiceExecutorDisabled = "rolling.maintenance.service.executor.disabled"
 	KeyStageRunner             = "rolling.maintenance.stage.runner"
-	KeyHeartbeatFile           = "heartbeat.file"
+	KeyHeartbeatDir            = "heartbeat.dir"
 	KeyHeartbeatInterval       = "heartbeat.interval"
 	KeyBootIDFile              = "boot.id.file"
 	KeyVMDiskDirs              = "vm.disk.dirs"
@@ -48,15 +50,21 @@ const (
 	DefaultLibvirtURI        = "qemu:///system"
 	DefaultStateDir          = "/var/lib/kvmagent"
 	DefaultHooksDir          = "/etc/kvmagent/hooks"
-	DefaultHeartbeatInterval = 5 * time.Second
+	DefaultHeartbeatInterval = time.Second
 	DefaultBootIDFile        = "/proc/sys/kernel/random/boot_id"
 	// DefaultVMDiskDirs is libvirt's default image directory.
 	DefaultVMDiskDirs = "/var/lib/libvirt/images"
 )
 
-// maxHeartbeatSeconds keeps heartbeat.interval sane; HA neighbours compare the heartbeat file's
-// mtime with a disconnect time, so an interval of hours would make every host look dead.
+// maxHeartbeatSeconds keeps heartbeat.interval sane: HA neighbours look for the heartbeat's seq
+// to advance between two activity checks a few seconds apart, so an interval of hours would make
+// every host look dead.
 const maxHeartbeatSeconds = 3600
+
+// keyHeartbeatFile is the key that named the heartbeat file before heartbeat.dir: the file's name
+// is now fixed (hb-<host.name>, the name HA neighbours read), so a value is refused with the
+// heartbeat.dir to set instead, and an empty one is a warning.
+const keyHeartbeatFile = "heartbeat.file"
 
 // Config is the agent's configuration, read from agent.properties.
 type Config struct {
@@ -71,8 +79,11 @@ type Config struct {
 	ServiceExecutorDisabled bool
 	// StageRunner is the kvmagent-stage the service executor starts for each stage; "" for the
 	// one beside the agent's executable.
-	StageRunner       string
-	HeartbeatFile     string // "" for no heartbeat
+	StageRunner string
+	// HeartbeatDir is the directory on the shared storage where the agent writes its heartbeat
+	// file hb-<HostName> and from which it reads its neighbours' in an activity check; "" for no
+	// heartbeat (and no activity checks).
+	HeartbeatDir      string
 	HeartbeatInterval time.Duration
 	BootIDFile        string
 	// VMDiskDirs are the only directories from which a VM defined through the API may take
@@ -83,6 +94,15 @@ type Config struct {
 	// heartbeat write blocks, as a write to a hung NFS server does, until the file is removed
 	// (`kvmctl lab storage-stall` and `storage-resume` create and remove it).
 	LabStorageStallFile string
+}
+
+// HeartbeatFile is the path of the agent's heartbeat file, HeartbeatDir/hb-<HostName>; "" when
+// HeartbeatDir is not set.
+func (c Config) HeartbeatFile() string {
+	if c.HeartbeatDir == "" {
+		return ""
+	}
+	return filepath.Join(c.HeartbeatDir, api.HeartbeatFileName(c.HostName))
 }
 
 // DefaultConfig returns a Config holding every default; the required keys are empty.
@@ -150,10 +170,16 @@ var keys = []key{
 		c.StageRunner = filepath.Clean(v)
 		return nil
 	}, func(c Config) string { return c.StageRunner }},
-	{KeyHeartbeatFile, false, func(c *Config, v string) error {
-		c.HeartbeatFile = v
+	{KeyHeartbeatDir, false, func(c *Config, v string) error {
+		if !filepath.IsAbs(v) {
+			return errors.New("want the absolute path of a directory on the shared storage, mounted at the same path on every host of the cluster")
+		}
+		if err := safetext.Check("directory", v); err != nil {
+			return err
+		}
+		c.HeartbeatDir = filepath.Clean(v)
 		return nil
-	}, func(c Config) string { return c.HeartbeatFile }},
+	}, func(c Config) string { return c.HeartbeatDir }},
 	{KeyHeartbeatInterval, false, func(c *Config, v string) error {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > maxHeartbeatSeconds {
@@ -278,9 +304,14 @@ type Warning struct {
 	Key  string
 	// Closest is the known key nearest to Key.
 	Closest string
+	// Msg, when set, says why Key is ignored instead of "unknown key" (a retired key).
+	Msg string
 }
 
 func (w Warning) String() string {
+	if w.Msg != "" {
+		return fmt.Sprintf("line %d: %s: %s", w.Line, w.Key, w.Msg)
+	}
 	return fmt.Sprintf("line %d: unknown key %q ignored (did you mean %q?)", w.Line, w.Key, w.Closest)
 }
 
@@ -331,6 +362,14 @@ func parseConfig(r io.Reader) (Config, map[string]int, []Warning, []Problem) {
 			probs = append(probs, Problem{Line: n, Msg: "empty key before '='"})
 			continue
 		}
+		if name == keyHeartbeatFile {
+			if w, p := retiredHeartbeatFile(n, value); p != nil {
+				probs = append(probs, *p)
+			} else {
+				warns = append(warns, w)
+			}
+			continue
+		}
 		k, known := lookupKey(name)
 		if !known {
 			warns = append(warns, Warning{Line: n, Key: name, Closest: closestKey(name)})
@@ -363,6 +402,20 @@ func parseConfig(r io.Reader) (Config, map[string]int, []Warning, []Problem) {
 		}
 	}
 	return c, lines, warns, probs
+}
+
+// retiredHeartbeatFile handles heartbeat.file on line n: a value is a problem naming the
+// heartbeat.dir to set instead (the agent would otherwise write no heartbeat where the operator
+// expects one); an empty value asked for no heartbeat, which is still the default, so it is only
+// a warning.
+func retiredHeartbeatFile(n int, value string) (Warning, *Problem) {
+	if value == "" {
+		return Warning{Line: n, Key: keyHeartbeatFile, Msg: "ignored: the key is retired (" + KeyHeartbeatDir + " replaces it): remove the line"}, nil
+	}
+	dir := filepath.Dir(value)
+	return Warning{}, &Problem{Line: n, Key: keyHeartbeatFile, Msg: fmt.Sprintf(
+		"%q: the key is retired: set %s=%s instead and remove this line; the agent then writes %s there, the name HA neighbours read",
+		abbreviate(value), KeyHeartbeatDir, dir, filepath.Join(dir, api.HeartbeatFileName("<"+KeyHostName+">")))}
 }
 
 func abbreviate(s string) string {

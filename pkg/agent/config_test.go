@@ -26,7 +26,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		HostName: "kvm1", Listen: ":9250",
 		TLSCert: "/etc/kvmagent/agent.crt", TLSKey: "/etc/kvmagent/agent.key", TLSCA: "/etc/kvmagent/ca.crt",
 		LibvirtURI: "qemu:///system", StateDir: "/var/lib/kvmagent", HooksDir: "/etc/kvmagent/hooks",
-		HeartbeatInterval: 5 * time.Second, BootIDFile: "/proc/sys/kernel/random/boot_id",
+		HeartbeatInterval: time.Second, BootIDFile: "/proc/sys/kernel/random/boot_id",
 		VMDiskDirs: []string{"/var/lib/libvirt/images"},
 	}
 	if diff := cmp.Diff(want, c); diff != "" {
@@ -45,7 +45,7 @@ state.dir=/s
 rolling.maintenance.hooks.dir=/h
 rolling.maintenance.service.executor.disabled=TRUE
 rolling.maintenance.stage.runner=/opt/kvmctl/bin//kvmagent-stage
-heartbeat.file=/nfs/kvm1.hb
+heartbeat.dir=/nfs/hb/
 heartbeat.interval=2
 boot.id.file=/lab/boot_id
 vm.disk.dirs=/srv/images, /mnt/nfs/
@@ -58,13 +58,42 @@ url=http://x/?a=b#c
 	}
 	want := Config{HostName: "kvm1", Listen: "10.0.0.1:9999", TLSCert: "/c", TLSKey: "/k", TLSCA: "/ca",
 		LibvirtURI: "test:///default", StateDir: "/s", HooksDir: "/h", ServiceExecutorDisabled: true,
-		StageRunner: "/opt/kvmctl/bin/kvmagent-stage", HeartbeatFile: "/nfs/kvm1.hb", HeartbeatInterval: 2 * time.Second, BootIDFile: "/lab/boot_id",
+		StageRunner: "/opt/kvmctl/bin/kvmagent-stage", HeartbeatDir: "/nfs/hb", HeartbeatInterval: 2 * time.Second, BootIDFile: "/lab/boot_id",
 		VMDiskDirs: []string{"/srv/images", "/mnt/nfs"}}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("config (-want +got):\n%s", diff)
 	}
 	if len(warns) != 1 || warns[0].Key != "url" || warns[0].Line != 19 {
 		t.Errorf("warnings = %v", warns)
+	}
+	if got := c.HeartbeatFile(); got != "/nfs/hb/hb-kvm1" {
+		t.Errorf("HeartbeatFile() = %q, want /nfs/hb/hb-kvm1", got)
+	}
+	if got := (Config{HostName: "kvm1"}).HeartbeatFile(); got != "" {
+		t.Errorf("HeartbeatFile() without heartbeat.dir = %q, want none", got)
+	}
+}
+
+// heartbeat.file named the heartbeat file before the name was fixed to hb-<host>: a value is
+// refused with the heartbeat.dir to set instead (the agent would otherwise write no heartbeat
+// where its operator expects one), an empty one (the old default) is only a warning.
+func TestParseConfigRetiredHeartbeatFile(t *testing.T) {
+	_, warns, err := ParseConfig(strings.NewReader(minimalConfig + "heartbeat.file=/nfs/heartbeat-kvm1\nheartbeat.dir=relative\n"))
+	var ce *ConfigError
+	if !errors.As(err, &ce) || len(ce.Problems) != 2 || len(warns) != 0 {
+		t.Fatalf("err = %v, warnings %v; want 2 problems", err, warns)
+	}
+	mustContain(t, ce.Problems[0].String(), `line 5: heartbeat.file: "/nfs/heartbeat-kvm1": the key is retired: set heartbeat.dir=/nfs instead`,
+		"/nfs/hb-<host.name>")
+	mustContain(t, ce.Problems[1].String(), `line 6: heartbeat.dir: "relative": want the absolute path of a directory`)
+
+	c, warns, err := ParseConfig(strings.NewReader(minimalConfig + "heartbeat.file=\n"))
+	if err != nil || len(warns) != 1 {
+		t.Fatalf("empty heartbeat.file: %v %v, want one warning", warns, err)
+	}
+	mustContain(t, warns[0].String(), "line 5: heartbeat.file: ignored: the key is retired (heartbeat.dir replaces it): remove the line")
+	if c.HeartbeatDir != "" {
+		t.Errorf("heartbeat dir = %q, want none", c.HeartbeatDir)
 	}
 }
 
@@ -216,7 +245,7 @@ func TestFormatRoundTrip(t *testing.T) {
 	c := DefaultConfig()
 	c.HostName, c.TLSCert, c.TLSKey, c.TLSCA = "h", "/a b/c", "/k#x", "/ca=1"
 	c.ServiceExecutorDisabled = true
-	c.HeartbeatFile = "/nfs/h"
+	c.HeartbeatDir = "/nfs/h"
 	c.HeartbeatInterval = 17 * time.Second
 	c.LabStorageStallFile = "/lab/hosts/h1/storage.stall"
 	got, warns, err := ParseConfig(strings.NewReader(c.Format()))

@@ -7,11 +7,11 @@
 //	agent.go      Agent: construction, Serve, graceful shutdown
 //	routes.go     the route table (one line per endpoint, each with its timeout) and middleware
 //	http.go       JSON request decoding with limits, JSON answers and errors
-//	status.go     GET /v1/status, GET /v1/healthz
+//	status.go     GET /v1/status, GET /v1/healthz, GET /v1/health (answered from memory)
 //	state.go      the agent state machine (Up, hostInMaintenance), persisted in state.dir
 //	maintenance.go GET/POST/DELETE /v1/maintenance
 //	vms.go        /v1/vms: definition, define and start, start, remove, migrate
-//	heartbeat.go  the heartbeat file writer
+//	heartbeat.go  the heartbeat writer: hb-<host> in heartbeat.dir, each write under a deadline
 //
 // The hooks endpoints (/v1/hooks, /v1/stages) and maintenance (/v1/maintenance) are added to
 // the route table in routes.go by their own issues.

@@ -77,11 +77,11 @@ func TestHeartbeatDoesNotFollowSymlink(t *testing.T) {
 		t.Fatal(err)
 	}
 	before, _ := os.Stat(victim)
-	path := filepath.Join(dir, "kvm1.heartbeat")
+	path := filepath.Join(dir, "hb-kvm1")
 	if err := os.Symlink(victim, path); err != nil {
 		t.Fatal(err)
 	}
-	if err := WriteHeartbeat(path, time.Now()); err != nil {
+	if err := WriteHeartbeat(path, api.HeartbeatRecord{Host: "kvm1", Seq: 1, WrittenAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(victim); string(b) != "root:x:0:0\n" {
@@ -96,7 +96,7 @@ func TestHeartbeatDoesNotFollowSymlink(t *testing.T) {
 	}
 	first := fi.ModTime()
 	time.Sleep(20 * time.Millisecond)
-	if err := WriteHeartbeat(path, time.Now()); err != nil {
+	if err := WriteHeartbeat(path, api.HeartbeatRecord{Host: "kvm1", Seq: 2, WrittenAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	if fi, _ := os.Lstat(path); !fi.ModTime().After(first) {

@@ -15,6 +15,26 @@ func (a *Agent) handleHealthz(w http.ResponseWriter, _ *http.Request) *httpError
 	return nil
 }
 
+// handleHealth answers GET /v1/health from memory: no libvirt call, no file read, so that it
+// answers at once whatever the hypervisor or the shared storage do.
+func (a *Agent) handleHealth(w http.ResponseWriter, _ *http.Request) *httpError {
+	writeJSON(w, http.StatusOK, a.Health())
+	return nil
+}
+
+// Health is what GET /v1/health answers. OK is false while the heartbeat is stuck or its last
+// write failed: the agent answers, but its host does not show on the shared storage that it
+// lives.
+func (a *Agent) Health() api.HealthReport {
+	h := api.HealthReport{OK: true, Host: a.cfg.HostName, BootID: a.bootID, AgentState: a.state.Get()}
+	if a.heartbeat != nil {
+		hb := a.heartbeat.Health()
+		h.Heartbeat = &hb
+		h.OK = !hb.Stuck && hb.LastError == ""
+	}
+	return h
+}
+
 func (a *Agent) handleStatus(w http.ResponseWriter, _ *http.Request) *httpError {
 	s, err := a.status()
 	if err != nil {

@@ -14,7 +14,7 @@
 //
 //	DIR/lab.json                 the manifest: hosts, clusters, ports, machine pids
 //	DIR/state.db, DIR/pki/       kvmctl's state and the fleet CA, as `kvmctl init` makes them
-//	DIR/shared/                  VM disk files and heartbeat files (the stand-in for NFS)
+//	DIR/shared/                  VM disk files and heartbeat files hb-hN (the stand-in for NFS)
 //	DIR/hosts/hN/agent.properties
 //	DIR/hosts/hN/tls/            agent.crt, agent.key, ca.crt
 //	DIR/hosts/hN/hooks/          sample stage scripts that log what they would do
@@ -393,7 +393,7 @@ libvirt.uri=test://%[3]s/node.xml
 state.dir=%[3]s/state
 rolling.maintenance.hooks.dir=%[3]s/hooks
 rolling.maintenance.service.executor.disabled=%[5]t
-heartbeat.file=%[4]s/heartbeat-%[1]s
+heartbeat.dir=%[4]s
 heartbeat.interval=1
 boot.id.file=%[3]s/boot_id
 vm.disk.dirs=%[4]s

@@ -71,7 +71,8 @@ func TestBuildWritesAFleet(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"host.name=h1", "listen=" + h.AgentAddress, "libvirt.uri=test://" + h.Dir + "/node.xml", "boot.id.file=",
-		"rolling.maintenance.service.executor.disabled=false", "heartbeat.interval=1", "lab.storage.stall.file=" + h.StallFile()} {
+		"rolling.maintenance.service.executor.disabled=false", "heartbeat.dir=" + m.SharedDir() + "\n", "heartbeat.interval=1",
+		"vm.disk.dirs=" + m.SharedDir() + "\n", "lab.storage.stall.file=" + h.StallFile()} {
 		if !strings.Contains(string(props), want) {
 			t.Errorf("agent.properties lacks %q:\n%s", want, props)
 		}

@@ -111,7 +111,7 @@ func TestRunServesUntilCanceled(t *testing.T) {
 		"state.dir=" + filepath.Join(dir, "state"),
 		"rolling.maintenance.hooks.dir=" + filepath.Join(dir, "hooks"),
 		"boot.id.file=" + filepath.Join(dir, "boot_id"),
-		"heartbeat.file=" + filepath.Join(dir, "heartbeat"),
+		"heartbeat.dir=" + dir,
 		"heartbeat.interval=1",
 	}, "\n")+"\n")
 
@@ -151,7 +151,7 @@ func TestRunServesUntilCanceled(t *testing.T) {
 	// The heartbeat goroutine starts beside the server: give its first beat a moment.
 	var hbErr error
 	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
-		if _, hbErr = os.Stat(filepath.Join(dir, "heartbeat")); hbErr == nil {
+		if _, hbErr = os.Stat(filepath.Join(dir, "hb-kvm1")); hbErr == nil {
 			break
 		}
 	}

@@ -315,7 +315,7 @@ func labOneLine(t *testing.T, out, prefix string) {
 }
 
 func labHeartbeat(m *lab.Manifest, h *lab.HostManifest) string {
-	return filepath.Join(m.SharedDir(), "heartbeat-"+h.Name)
+	return filepath.Join(m.SharedDir(), api.HeartbeatFileName(h.Name))
 }
 
 func labDisks(m *lab.Manifest, h *lab.HostManifest) []string {
