@@ -49,6 +49,8 @@ type Agent struct {
 	bootID string
 	// heartbeat is the heartbeat writer, nil without heartbeat.dir.
 	heartbeat *Heartbeat
+	// storage runs the activity checks' reads of the shared storage under their deadlines.
+	storage *storageIO
 
 	// stages runs the stage scripts (stages.go); hooksConfig are the WithHooksConfig changes.
 	stages      hooks.Executor
@@ -126,6 +128,7 @@ func New(cfg Config, hv virt.Hypervisor, opts ...Option) (*Agent, error) {
 		a.heartbeat = &Heartbeat{Path: path, Host: cfg.HostName, BootID: a.bootID, Interval: cfg.HeartbeatInterval,
 			Clock: clock.Real(), Log: a.log, StallFile: cfg.LabStorageStallFile}
 	}
+	a.storage = newStorageIO(cfg.LabStorageStallFile)
 	stages, err := a.newStageExecutor()
 	if err != nil {
 		return nil, fmt.Errorf("new agent: %w", err)
@@ -222,6 +225,8 @@ func (a *Agent) Serve(ctx context.Context, ln net.Listener) error {
 	if a.heartbeat != nil {
 		wg.Go(func() { a.heartbeat.Run(bgCtx) })
 	}
+	// The lab's stall of the storage ends for the activity checks' reads when the agent stops.
+	context.AfterFunc(bgCtx, a.storage.stop)
 	// New already reloaded the maintenance state and the hooks executor recovered the stages
 	// of an earlier agent, before the first request.
 

@@ -12,6 +12,8 @@
 //	maintenance.go GET/POST/DELETE /v1/maintenance
 //	vms.go        /v1/vms: definition, define and start, start, remove, migrate
 //	heartbeat.go  the heartbeat writer: hb-<host> in heartbeat.dir, each write under a deadline
+//	activity.go   POST /v1/activity-check: a neighbour reads a suspect's heartbeat and disks
+//	storageio.go  calls to the shared storage, each in its own goroutine under a deadline
 //
 // The hooks endpoints (/v1/hooks, /v1/stages) and maintenance (/v1/maintenance) are added to
 // the route table in routes.go by their own issues.

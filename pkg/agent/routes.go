@@ -35,6 +35,7 @@ func (a *Agent) routes() []route {
 		{method: http.MethodGet, path: api.PathHealthz, handler: a.handleHealthz, quiet: true},
 		// Polled every second by kvmctl's HA monitor; answered from memory.
 		{method: http.MethodGet, path: api.PathHealth, handler: a.handleHealth, quiet: true},
+		{method: http.MethodPost, path: api.PathActivityCheck, timeout: activityCheckTimeout, handler: a.handleActivityCheck},
 		{method: http.MethodGet, path: api.PathHooks, handler: a.handleHooks},
 		{method: http.MethodPost, path: api.PathStages, handler: a.handleStartStage},
 		// A long poll (?wait=): its timeout outlasts the longest wait.
