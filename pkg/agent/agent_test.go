@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"net"
@@ -71,6 +73,20 @@ func TestStatusEndToEnd(t *testing.T) {
 		got[vm.Name] = vm
 	}
 	web := got["web1"]
+	// Each VM carries the hash of exactly the definition GET /v1/vms/{name}/xml answers.
+	for name, vm := range got {
+		x, err := c.VMXML(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sum := sha256.Sum256([]byte(x)); vm.DefinitionHash != hex.EncodeToString(sum[:]) {
+			t.Errorf("%s: definition hash %q is not the SHA-256 of its definition", name, vm.DefinitionHash)
+		}
+	}
+	if web.DefinitionHash == got["db1"].DefinitionHash {
+		t.Errorf("web1 and db1 have the same definition hash %s", web.DefinitionHash)
+	}
+	web.DefinitionHash = ""
 	want := api.VM{Name: "web1", UUID: virt.NameUUID("web1"), State: "running", VCPUs: 2, MemoryMiB: 2048,
 		Disks: []string{"/nfs/web1.qcow2"}, Tags: []string{"ssd"}, Groups: []api.AffinityGroup{{Name: "web", Type: "host-anti-affinity"}}}
 	if diff := cmp.Diff(want, web); diff != "" {

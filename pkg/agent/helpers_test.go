@@ -68,7 +68,7 @@ func (f *fleet) client(host, addr string, opts ...api.Option) *api.Client {
 	return c
 }
 
-func writeFile(t *testing.T, path string, data []byte) {
+func writeFile(t testing.TB, path string, data []byte) {
 	t.Helper()
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		t.Fatal(err)

@@ -1,6 +1,9 @@
 package agent
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -80,9 +83,26 @@ func (a *Agent) status() (api.Status, *httpError) {
 		VMs:          make([]api.VM, 0, len(vms)),
 	}
 	for _, vm := range vms {
-		s.VMs = append(s.VMs, wireVM(vm))
+		w := wireVM(vm)
+		x, err := a.hv.DomainXML(vm.Name)
+		switch {
+		case errors.Is(err, virt.ErrVMNotFound):
+			// Undefined since the listing: it has no definition any more.
+		case err != nil:
+			return api.Status{}, newHTTPError(api.CodeHypervisor, "definition of vm %q: %v", vm.Name, err)
+		default:
+			w.DefinitionHash = definitionHash(x)
+		}
+		s.VMs = append(s.VMs, w)
 	}
 	return s, nil
+}
+
+// definitionHash is the hex SHA-256 of a VM's definition exactly as GET /v1/vms/{name}/xml
+// answers it (api.VM.DefinitionHash).
+func definitionHash(domainXML string) string {
+	sum := sha256.Sum256([]byte(domainXML))
+	return hex.EncodeToString(sum[:])
 }
 
 func wireVM(vm virt.VM) api.VM {
