@@ -57,9 +57,11 @@ VMs run on and keep writing to the shared storage. ` + "`kvmctl lab heal HOST`" 
 	{op: "storage-stall", all: true, has: func(s lab.HostStatus) bool { return s.Faults.StorageStalled },
 		allDone: "stalled the shared storage of %s: heartbeats and VM disk writes block; the agents still answer",
 		short:   "Stall a host's shared storage: its heartbeat and VM disk writes block, its agent still answers",
-		long: `Storage-stall makes the host's writes to DIR/shared hang, as a hung NFS server would: its agent's
-heartbeat write blocks (agent.properties lab.storage.stall.file) and its VMs' guest I/O stops, while
-the agent answers kvmctl. --all stalls every host, as an NFS outage would.
+		long: `Storage-stall makes the host's I/O to DIR/shared hang, as a hung NFS server would: its agent's
+heartbeat write blocks (agent.properties lab.storage.stall.file), so its /v1/health says the
+heartbeat is stuck, the reads of the activity checks it is asked for hang too (an error per file
+after their deadline), and its VMs' guest I/O stops, while the agent answers kvmctl. --all stalls
+every host, as an NFS outage would.
 ` + "`kvmctl lab storage-resume HOST|--all`" + ` ends it.`},
 	{op: "storage-resume", all: true, has: func(s lab.HostStatus) bool { return !s.Faults.StorageStalled },
 		allDone: "resumed the shared storage of %s: heartbeats and VM disks are written again",
