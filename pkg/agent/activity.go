@@ -65,27 +65,33 @@ func (a *Agent) handleActivityCheck(w http.ResponseWriter, r *http.Request) *htt
 
 // checkActivityRequest refuses, without touching the storage, a request that names anything
 // but the suspect's heartbeat in heartbeat.dir and files in vm.disk.dirs, as clean absolute
-// paths of printable text.
+// paths of printable text. The heartbeat may be left out (a suspect whose agent never said where
+// it writes one): then only the disks are read.
 func (a *Agent) checkActivityRequest(req api.ActivityCheckRequest) *httpError {
-	hbDir := a.cfg.HeartbeatDir
-	if hbDir == "" {
-		return newHTTPError(api.CodeBadRequest, "this agent (%s) has no %s, so it reads no heartbeats: set %s in its agent.properties, or ask another neighbour",
-			a.cfg.HostName, KeyHeartbeatDir, KeyHeartbeatDir)
-	}
 	if err := checkHostName(req.Host); err != nil {
 		return newHTTPError(api.CodeBadRequest, "host: %v", err)
 	}
-	if err := checkPath("heartbeat_file", req.HeartbeatFile); err != nil {
-		return newHTTPError(api.CodeBadRequest, "%v", err)
+	if req.HeartbeatFile == "" && len(req.Disks) == 0 {
+		return newHTTPError(api.CodeBadRequest, "nothing to read: send heartbeat_file, disks or both")
 	}
-	want := filepath.Join(hbDir, api.HeartbeatFileName(req.Host))
-	if filepath.Dir(req.HeartbeatFile) != hbDir {
-		return newHTTPError(api.CodeBadRequest, "heartbeat_file %s is outside this agent's heartbeat directory %s (%s): the heartbeat of %s is %s",
-			req.HeartbeatFile, hbDir, KeyHeartbeatDir, req.Host, want)
-	}
-	if req.HeartbeatFile != want {
-		return newHTTPError(api.CodeBadRequest, "heartbeat_file %s is not the heartbeat of host %q: that is %s",
-			req.HeartbeatFile, req.Host, want)
+	if req.HeartbeatFile != "" {
+		hbDir := a.cfg.HeartbeatDir
+		if hbDir == "" {
+			return newHTTPError(api.CodeBadRequest, "this agent (%s) has no %s, so it reads no heartbeats: set %s in its agent.properties, or ask another neighbour",
+				a.cfg.HostName, KeyHeartbeatDir, KeyHeartbeatDir)
+		}
+		if err := checkPath("heartbeat_file", req.HeartbeatFile); err != nil {
+			return newHTTPError(api.CodeBadRequest, "%v", err)
+		}
+		want := filepath.Join(hbDir, api.HeartbeatFileName(req.Host))
+		if filepath.Dir(req.HeartbeatFile) != hbDir {
+			return newHTTPError(api.CodeBadRequest, "heartbeat_file %s is outside this agent's heartbeat directory %s (%s): the heartbeat of %s is %s",
+				req.HeartbeatFile, hbDir, KeyHeartbeatDir, req.Host, want)
+		}
+		if req.HeartbeatFile != want {
+			return newHTTPError(api.CodeBadRequest, "heartbeat_file %s is not the heartbeat of host %q: that is %s",
+				req.HeartbeatFile, req.Host, want)
+		}
 	}
 	if len(req.Disks) > MaxActivityDisks {
 		return newHTTPError(api.CodeBadRequest, "%d disks: one activity check reads at most %d; split the check", len(req.Disks), MaxActivityDisks)
@@ -176,16 +182,26 @@ func (a *Agent) resolveAll(paths []string, dirs map[string]bool) map[string]reso
 	return out
 }
 
+// errNotAsked is the heartbeat sample's error when the request named no heartbeat file.
+var errNotAsked = errors.New("not asked for: the request names no heartbeat_file")
+
 // activityCheck resolves every path, refuses the request if one leads outside its directory,
 // then reads every file, each under its own deadline.
 func (a *Agent) activityCheck(req api.ActivityCheckRequest) (api.ActivityCheckResult, *httpError) {
 	hbDir, diskDirs := a.cfg.HeartbeatDir, a.cfg.VMDiskDirs
-	dirs := map[string]bool{hbDir: true}
-	for _, d := range diskDirs {
-		dirs[d] = true
+	dirs := map[string]bool{}
+	var files []string
+	if req.HeartbeatFile != "" {
+		dirs[hbDir] = true
+		files = append(files, req.HeartbeatFile)
 	}
-	paths := uniq(append(append(slices.Collect(maps.Keys(dirs)), req.HeartbeatFile), req.Disks...))
-	res := a.resolveAll(paths, dirs)
+	if len(req.Disks) > 0 {
+		for _, d := range diskDirs {
+			dirs[d] = true
+		}
+		files = append(files, req.Disks...)
+	}
+	res := a.resolveAll(uniq(append(slices.Collect(maps.Keys(dirs)), files...)), dirs)
 
 	// Where a file is now allowed, with its directories resolved; unknown is why one of them
 	// could not be resolved (a hung storage), which leaves containment undecided.
@@ -217,7 +233,10 @@ func (a *Agent) activityCheck(req api.ActivityCheckRequest) (api.ActivityCheckRe
 		refusals = append(refusals, fmt.Sprintf("%s %s resolves to %s, outside %s", what, p, r.real, where))
 		return "", nil
 	}
-	hbReal, hbErr := check("heartbeat_file", req.HeartbeatFile, []string{hbDir}, fmt.Sprintf("%s (%s)", KeyHeartbeatDir, hbDir))
+	hbReal, hbErr := "", errNotAsked
+	if req.HeartbeatFile != "" {
+		hbReal, hbErr = check("heartbeat_file", req.HeartbeatFile, []string{hbDir}, fmt.Sprintf("%s (%s)", KeyHeartbeatDir, hbDir))
+	}
 	diskReal := make([]string, len(req.Disks))
 	diskErr := make([]error, len(req.Disks))
 	where := fmt.Sprintf("%s (%s)", KeyVMDiskDirs, strings.Join(diskDirs, ", "))

@@ -245,7 +245,7 @@ func TestActivityCheckRefusals(t *testing.T) {
 			"heartbeat_file " + s.hb("kvm2") + ` is not the heartbeat of host "kvm1": that is ` + hb},
 		{"heartbeat outside heartbeat.dir", api.ActivityCheckRequest{Host: "kvm1", HeartbeatFile: filepath.Join(s.imgDir, "hb-kvm1"), Disks: []string{trap}},
 			"is outside this agent's heartbeat directory " + s.hbDir + " (heartbeat.dir)"},
-		{"no heartbeat", api.ActivityCheckRequest{Host: "kvm1", Disks: []string{trap}}, "heartbeat_file is empty"},
+		{"nothing to read", api.ActivityCheckRequest{Host: "kvm1"}, "nothing to read: send heartbeat_file, disks or both"},
 		{"no host", api.ActivityCheckRequest{HeartbeatFile: hb, Disks: []string{trap}}, "host: empty"},
 		{"host with a slash", api.ActivityCheckRequest{Host: "../kvm1", HeartbeatFile: hb, Disks: []string{trap}}, `host: "../kvm1" is not a host name`},
 		{"too many disks", api.ActivityCheckRequest{Host: "kvm1", HeartbeatFile: hb, Disks: append([]string{trap}, tooMany...)},
@@ -276,13 +276,29 @@ func TestActivityCheckRefusals(t *testing.T) {
 	}
 }
 
-// An agent without heartbeat.dir reads no heartbeats: it refuses the check and says what to set.
+// An agent without heartbeat.dir reads no heartbeats: it refuses a check that asks for one and
+// says what to set. A check of disks alone (a suspect whose agent never said where its heartbeat
+// is) it answers, the heartbeat sample saying it was not asked for.
 func TestActivityCheckWithoutHeartbeatDir(t *testing.T) {
 	f := newFleet(t)
-	c := f.client("kvm2", serve(t, f.testConfig("kvm2", "b"), virt.NewFake(virt.Capacity{CPUs: 1, MemoryMiB: 1024})))
-	_, err := c.ActivityCheck(context.Background(), api.ActivityCheckRequest{Host: "kvm1", HeartbeatFile: "/nfs/hb-kvm1"})
+	cfg := f.testConfig("kvm2", "b")
+	cfg.VMDiskDirs = []string{t.TempDir()}
+	c := f.client("kvm2", serve(t, cfg, virt.NewFake(virt.Capacity{CPUs: 1, MemoryMiB: 1024})))
+	ctx := context.Background()
+	disk := filepath.Join(cfg.VMDiskDirs[0], "vm1.qcow2")
+	writeFile(t, disk, []byte("disk"))
+	_, err := c.ActivityCheck(ctx, api.ActivityCheckRequest{Host: "kvm1", HeartbeatFile: "/nfs/hb-kvm1", Disks: []string{disk}})
 	ae := wantCode(t, "no heartbeat.dir", err, http.StatusBadRequest, api.CodeBadRequest)
 	mustContain(t, ae.Message, "has no heartbeat.dir", "set heartbeat.dir")
+
+	r, err := c.ActivityCheck(ctx, api.ActivityCheckRequest{Host: "kvm1", Disks: []string{disk}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Heartbeat.Path != "" || r.Heartbeat.Read.Seq != 0 || !strings.Contains(r.Heartbeat.Error, "not asked for") ||
+		len(r.Disks) != 1 || r.Disks[0].Error != "" || r.Disks[0].Size != 4 {
+		t.Errorf("disks-only check = %+v", r)
+	}
 }
 
 // A read that hangs in the kernel (opening a FIFO blocks until a writer comes) gives its file an

@@ -82,7 +82,7 @@ type Config struct {
 	StageRunner string
 	// HeartbeatDir is the directory on the shared storage where the agent writes its heartbeat
 	// file hb-<HostName> and from which it reads its neighbours' in an activity check; "" for no
-	// heartbeat (and no activity checks).
+	// heartbeat (and activity checks read no heartbeats).
 	HeartbeatDir      string
 	HeartbeatInterval time.Duration
 	BootIDFile        string

@@ -9,8 +9,8 @@ import (
 )
 
 // Health returns the agent's health report (GET /v1/health), which the agent answers from
-// memory. Any answer means the agent lives; OK false says that something it watches (its
-// heartbeat writes) is not well.
+// memory. Any answer means the agent serves; how its heartbeat writes go (stuck on a hung
+// storage, failing) is in the report's Heartbeat.
 func (c *Client) Health(ctx context.Context) (HealthReport, error) {
 	var h HealthReport
 	err := c.do(ctx, http.MethodGet, PathHealth, nil, &h)
@@ -18,9 +18,9 @@ func (c *Client) Health(ctx context.Context) (HealthReport, error) {
 }
 
 // ActivityCheck asks the agent to read a suspect host's heartbeat and disks on the shared
-// storage (POST /v1/activity-check). A path the agent may not read refuses the whole request
-// (an *Error with CodeBadRequest) and nothing is read; a file it could not read in time has its
-// Error set in the result.
+// storage (POST /v1/activity-check); with no HeartbeatFile it reads the disks alone. A path the
+// agent may not read refuses the whole request (an *Error with CodeBadRequest) and nothing is
+// read; a file it could not read in time has its Error set in the result.
 func (c *Client) ActivityCheck(ctx context.Context, req ActivityCheckRequest) (ActivityCheckResult, error) {
 	// The agent refuses them too; refused here, the request is never sent.
 	if err := safetext.Check("host name", req.Host); err != nil {

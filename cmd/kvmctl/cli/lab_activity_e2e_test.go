@@ -88,7 +88,7 @@ func TestLabActivityCheckE2E(t *testing.T) {
 	// h3's storage stalls: it answers, and says its heartbeat is stuck.
 	labRun(t, m, 0, "storage-stall", "h3")
 	stuck := labHealthUntil(t, c3, "h3's heartbeat to be stuck", func(hr api.HealthReport) bool { return hr.Heartbeat.Stuck })
-	if stuck.OK || !strings.Contains(stuck.Heartbeat.LastError, "shared storage may be hung") {
+	if !stuck.OK || !strings.Contains(stuck.Heartbeat.LastError, "shared storage may be hung") {
 		t.Errorf("h3's health with its storage stalled = %+v, heartbeat %+v", stuck, stuck.Heartbeat)
 	}
 
@@ -106,7 +106,9 @@ func TestLabActivityCheckE2E(t *testing.T) {
 	}
 	labRun(t, m, 0, "storage-resume", "h2")
 	labRun(t, m, 0, "storage-resume", "h3")
-	labHealthUntil(t, c3, "h3's heartbeat to go on", func(hr api.HealthReport) bool { return hr.OK && hr.Heartbeat.Seq > stuck.Heartbeat.Seq })
+	labHealthUntil(t, c3, "h3's heartbeat to go on", func(hr api.HealthReport) bool {
+		return !hr.Heartbeat.Stuck && hr.Heartbeat.LastError == "" && hr.Heartbeat.Seq > stuck.Heartbeat.Seq
+	})
 }
 
 // labClient is an operator's client of h's agent through the inventory's address.
