@@ -84,6 +84,9 @@ type VMRecovery struct {
 	State string `json:"state"`
 	To    string `json:"to,omitempty"`
 	Error string `json:"error,omitempty"`
+	// Pinned: a start on To may have happened (its answer was lost), so the VM may only be
+	// started on To again, never elsewhere, until To shows where it is.
+	Pinned bool `json:"pinned,omitempty"`
 }
 
 // UnmarshalJSON reads the record, keeping the fields this version does not know.
@@ -144,6 +147,9 @@ func DeleteHA(tx Tx, kind, name string) error {
 		return err
 	}
 	if kind == "host" {
+		if err := tx.Delete(BucketHA, "request/"+name); err != nil {
+			return err
+		}
 		return tx.Delete(BucketHA, "state/"+name)
 	}
 	return nil
@@ -204,3 +210,32 @@ func GetVMDef(tx Tx, uuid string) (VMDef, bool, error) {
 
 // PutVMDef keeps d.
 func PutVMDef(tx Tx, d VMDef) error { return PutJSON(tx, BucketVMDefs, d.UUID, d) }
+
+// HARequest is an operator's word for the running `ha watch` about a host, which applies and
+// removes it: ConfirmDown (`ha confirm-down`: the host is off, its VMs may start elsewhere) or
+// Clear (`ha clear`: start the host's HA over from Available).
+type HARequest struct {
+	ConfirmDown bool      `json:"confirm_down,omitempty"`
+	Clear       bool      `json:"clear,omitempty"`
+	Who         string    `json:"who"`
+	At          time.Time `json:"at"`
+	Reason      string    `json:"reason,omitempty"`
+}
+
+// GetHARequest returns the request pending for host, and whether there is one.
+func GetHARequest(tx Tx, host string) (HARequest, bool, error) {
+	var r HARequest
+	err := GetJSON(tx, BucketHA, "request/"+host, &r)
+	if IsNotFound(err) {
+		return r, false, nil
+	}
+	return r, err == nil, err
+}
+
+// PutHARequest stores a request for host.
+func PutHARequest(tx Tx, host string, r HARequest) error {
+	return PutJSON(tx, BucketHA, "request/"+host, r)
+}
+
+// DeleteHARequest removes host's request once applied.
+func DeleteHARequest(tx Tx, host string) error { return tx.Delete(BucketHA, "request/"+host) }
