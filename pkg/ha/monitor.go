@@ -69,10 +69,10 @@ type hostRT struct {
 	lastErr string
 	// in flight: at most one call of each kind per host
 	inHealth, inCheck, inFence, inRecover, inRestart bool
-	nextCheck   time.Time
-	nextRecover time.Time
-	checkers    []string
-	samples     map[string]sample
+	nextCheck                                        time.Time
+	nextRecover                                      time.Time
+	checkers                                         []string
+	samples                                          map[string]sample
 	// streakReads keeps the reads of the INACTIVE streak: the evidence of a fence.
 	streakReads []string
 	// told are the notices sent once per streak (a kind, or a kind and a guard).
