@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/user"
+	"slices"
 	"strings"
 	"time"
 
@@ -161,22 +162,30 @@ func (s *Service) load(tx state.Tx, name string) (target, error) {
 	return t, nil
 }
 
-// powerDowns counts the power-down intents in the audit since from, in cluster and fleet-wide.
+// powerDowns returns, for every host with a power-down intent in the audit since from, the time
+// of its latest, in cluster and fleet-wide. A host counts once however often it was tried: the
+// cap limits how many hosts are powered down (a storm), not the retries of one fence.
 func powerDowns(tx state.Tx, cluster string, from time.Time) (inCluster, fleet []time.Time, err error) {
 	recs, err := journal.Read(tx, AuditStream, 0)
 	if err != nil {
 		return nil, nil, err
 	}
+	latest := map[string]events.Event{}
 	for _, r := range recs {
 		e := r.Event
 		if e.Type != events.FenceIntent || e.Time.Before(from) || !Action(e.Action).PowersDown() {
 			continue
 		}
+		latest[e.Host] = e
+	}
+	for _, e := range latest {
 		fleet = append(fleet, e.Time)
 		if e.Cluster == cluster {
 			inCluster = append(inCluster, e.Time)
 		}
 	}
+	slices.SortFunc(fleet, time.Time.Compare)
+	slices.SortFunc(inCluster, time.Time.Compare)
 	return inCluster, fleet, nil
 }
 
@@ -209,7 +218,7 @@ func capReached(tx state.Tx, cluster string, limit int, window time.Duration, no
 		scope, counted = "the fleet", fleet
 	}
 	next := nextAllowed(counted, limit, window)
-	return fmt.Errorf("%w: %d power-downs in %s within the last %s (kvm.ha.fence.max.count %d per kvm.ha.fence.window): "+
+	return fmt.Errorf("%w: %d hosts powered down in %s within the last %s (kvm.ha.fence.max.count %d per kvm.ha.fence.window): "+
 		"nothing was sent; the next is allowed at %s (in %s); if this is not a storm, raise the cap with `kvmctl config set kvm.ha.fence.max.count N`",
 		ErrCapReached, len(counted), scope, window, limit, next.UTC().Format(time.RFC3339), next.Sub(now).Round(time.Second)), nil
 }

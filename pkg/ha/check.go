@@ -18,12 +18,13 @@ import (
 const maxCheckedDisks = 256
 
 // CheckRequest is what neighbours are asked to read of host: its heartbeat file (as its agent
-// last said) and the disks of the VMs it last ran.
-func CheckRequest(rec state.HAHost, st state.HostStatus) api.ActivityCheckRequest {
+// last said) and the disks of the VMs it last ran, but for VMs known to run elsewhere now (a VM
+// that moved writes its disks from its new host: that is no sign of life of this one).
+func CheckRequest(rec state.HAHost, st state.HostStatus, elsewhere map[string]bool) api.ActivityCheckRequest {
 	req := api.ActivityCheckRequest{Host: rec.Host, HeartbeatFile: rec.HeartbeatFile}
 	seen := map[string]bool{}
 	for _, vm := range st.VMs {
-		if vm.State != "running" && vm.State != "paused" {
+		if (vm.State != "running" && vm.State != "paused") || elsewhere[vm.UUID] {
 			continue
 		}
 		for _, d := range vm.Disks {
@@ -57,7 +58,18 @@ func Ask(ctx context.Context, clk clock.Clock, agents Agents, neighbours []state
 func (m *Monitor) startCheck(ctx context.Context, rt *hostRT) {
 	now := m.clock().Now()
 	rt.nextCheck = now.Add(m.cfg.CheckInterval)
-	req := CheckRequest(rt.rec, m.fleet.status[rt.rec.Host])
+	elsewhere := map[string]bool{}
+	for name, st := range m.fleet.status {
+		if name == rt.rec.Host || st.Connection != state.ConnUp {
+			continue
+		}
+		for _, vm := range st.VMs {
+			if vm.State == "running" || vm.State == "paused" {
+				elsewhere[vm.UUID] = true
+			}
+		}
+	}
+	req := CheckRequest(rt.rec, m.fleet.status[rt.rec.Host], elsewhere)
 	nbs := m.neighbours(rt, m.cfg.Neighbours)
 	if len(nbs) == 0 || (req.HeartbeatFile == "" && len(req.Disks) == 0) {
 		why := "no healthy neighbour in its cluster to read its files"

@@ -13,6 +13,7 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/events"
 	"github.com/kvmctl/kvmctl/pkg/holds"
 	"github.com/kvmctl/kvmctl/pkg/journal"
+	"github.com/kvmctl/kvmctl/pkg/orchestrate"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
@@ -49,7 +50,74 @@ type Monitor struct {
 	workers  sync.WaitGroup
 	lastSave time.Time
 	lease    holds.Ref
+	// the status refresh of the answering hosts: their VMs and the VMs' definitions
+	inStatus   bool
+	nextStatus time.Time
 }
+
+// statusEvery is how often the watch asks the answering hosts for their status, to know which
+// VMs each runs (what to recover, whose disks show a host alive) and to keep their definitions.
+const statusEvery = 30 * time.Second
+
+// refreshStatus asks every answering watched host for its status, stores it, and keeps the
+// definitions of their VMs.
+func (m *Monitor) refreshStatus(ctx context.Context) {
+	m.nextStatus = m.clock().Now().Add(statusEvery)
+	var hosts []state.Host
+	prev := map[string]state.HostStatus{}
+	for _, name := range m.fleet.order {
+		if rt := m.hosts[name]; rt != nil && m.healthy(rt) {
+			hosts = append(hosts, m.fleet.hosts[name])
+			prev[name] = m.fleet.status[name]
+		}
+	}
+	if len(hosts) == 0 {
+		return
+	}
+	m.inStatus = true
+	timeout := m.to.Status
+	m.async(ctx, func(ctx context.Context) func() {
+		clk := m.clock()
+		dial := func(h state.Host) (orchestrate.StatusClient, error) { return statusOf{m.Agents, h}, nil }
+		checks := orchestrate.CheckHosts(ctx, hosts, prev, dial, clk, timeout)
+		err := m.Store.Update(func(tx state.Tx) error {
+			for _, c := range checks {
+				if c.Err != nil {
+					continue // a host that does not answer keeps what was last known of it
+				}
+				if _, err := state.GetHost(tx, c.Host.Name); state.IsNotFound(err) {
+					continue
+				}
+				if err := state.PutHostStatus(tx, c.Host.Name, c.Status); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		var problems []string
+		if err == nil {
+			ddial := func(h state.Host) (orchestrate.DefinitionClient, error) { return definitionsOf{m.Agents, h}, nil }
+			problems = orchestrate.KeepDefinitions(ctx, m.Store, checks, ddial, clk, timeout)
+		}
+		return func() {
+			m.inStatus = false
+			if err != nil {
+				m.log().Error("ha watch: store the hosts' status", "err", err)
+			}
+			for _, p := range problems {
+				m.log().Warn("ha watch: VM definition", "problem", p)
+			}
+		}
+	})
+}
+
+// definitionsOf adapts Agents to orchestrate's definition client of one host.
+type definitionsOf struct {
+	a Agents
+	h state.Host
+}
+
+func (d definitionsOf) VMXML(ctx context.Context, name string) (string, error) { return d.a.VMXML(ctx, d.h, name) }
 
 // Metrics receives what the watch measures; every method must be safe to call from any
 // goroutine.
@@ -220,6 +288,9 @@ func (m *Monitor) tick(ctx context.Context) {
 		}
 		m.timeouts(rt)
 		m.due(ctx, rt)
+	}
+	if !m.inStatus && !now.Before(m.nextStatus) {
+		m.refreshStatus(ctx)
 	}
 	m.saveLive(false)
 	if m.Observe != nil {

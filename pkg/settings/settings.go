@@ -83,7 +83,7 @@ var Registry = []Key{
 	{Name: FenceTimeout, Type: Int, Default: "30", Min: 1, Max: 3600,
 		Description: "seconds a power action may take to show in the BMC's power status; unconfirmed is not fenced"},
 	{Name: FenceMaxCount, Type: Int, Default: "3", Min: 1, Max: 1000,
-		Description: "power-downs allowed within kvm.ha.fence.window, per cluster and fleet-wide; the next is refused and notified (seed 002)"},
+		Description: "hosts that may be powered down (off, reboot, reset, soft) within kvm.ha.fence.window, per cluster and fleet-wide; a power-down of one more is refused and notified (seed 002)"},
 	{Name: FenceWindow, Type: Int, Default: "3600", Min: 60, Max: 7 * 24 * 3600,
 		Description: "seconds over which kvm.ha.fence.max.count power-downs are counted"},
 	{Name: HealthCheckInterval, Type: Int, Default: "1", Min: 1, Max: 60,
