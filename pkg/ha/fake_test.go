@@ -302,7 +302,9 @@ type fakeBMC struct {
 	name string
 }
 
-func (w *world) open(b state.BMC, host string) (fence.Driver, error) { return &fakeBMC{w: w, name: host}, nil }
+func (w *world) open(b state.BMC, host string) (fence.Driver, error) {
+	return &fakeBMC{w: w, name: host}, nil
+}
 
 func (b *fakeBMC) call(what string, f func(m *machine)) error {
 	b.w.mu.Lock()

@@ -117,7 +117,9 @@ type definitionsOf struct {
 	h state.Host
 }
 
-func (d definitionsOf) VMXML(ctx context.Context, name string) (string, error) { return d.a.VMXML(ctx, d.h, name) }
+func (d definitionsOf) VMXML(ctx context.Context, name string) (string, error) {
+	return d.a.VMXML(ctx, d.h, name)
+}
 
 // Metrics receives what the watch measures; every method must be safe to call from any
 // goroutine.
