@@ -58,7 +58,43 @@ const (
 	FenceRefused    Type = "fence.refused"
 	FenceReconciled Type = "fence.reconciled"
 	NotifyFailed    Type = "notify.failed"
+	// A host's HA life (stream ha/HOST): each state it enters, each activity check with what
+	// every neighbour read, each guard that stopped a fence, each VM start of a recovery.
+	HAWatchStarted  Type = "ha.watch_started"
+	HAWatchStopped  Type = "ha.watch_stopped"
+	HADisabled      Type = "ha.disabled"
+	HAIneligible    Type = "ha.ineligible"
+	HAAvailable     Type = "ha.available"
+	HASuspect       Type = "ha.suspect"
+	HAActivityCheck Type = "ha.activity_check"
+	HADegraded      Type = "ha.degraded"
+	HAFencing       Type = "ha.fencing"
+	HAFenceFailed   Type = "ha.fence_failed"
+	HAFenced        Type = "ha.fenced"
+	HARecovering    Type = "ha.recovering"
+	HARecovered     Type = "ha.recovered"
+	HAGuard         Type = "ha.guard"
+	HAConfirmedDown Type = "ha.confirmed_down"
+	VMRecoverIntent Type = "vm.recover_intent"
+	VMRecovered     Type = "vm.recovered"
+	VMRecoverFailed Type = "vm.recover_failed"
+	VMUnplaced      Type = "vm.unplaced"
 )
+
+// FileRead is one file as a neighbour read it in an HA activity check: a heartbeat (Seq and
+// BootID) or a VM disk (MTime and Size). Advanced says it changed since the same neighbour's
+// previous read; Baseline that there was none to compare with.
+type FileRead struct {
+	Checker  string    `json:"checker"`
+	Path     string    `json:"path"`
+	Seq      uint64    `json:"seq,omitempty"`
+	BootID   string    `json:"boot_id,omitempty"`
+	MTime    time.Time `json:"mtime,omitzero"`
+	Size     int64     `json:"size,omitempty"`
+	Advanced bool      `json:"advanced,omitempty"`
+	Baseline bool      `json:"baseline,omitempty"`
+	Error    string    `json:"error,omitempty"`
+}
 
 // Event is one thing that happened. Every field but Time and Type is optional and typed: a
 // renderer reads what the engine decided, it never works it out again.
@@ -110,7 +146,17 @@ type Event struct {
 	PowerAfter  string   `json:"power_after,omitempty"`
 	Sent        []string `json:"sent,omitempty"`
 	Fenced      bool     `json:"fenced,omitempty"`
-	Message     string   `json:"message,omitempty"`
+	// HAState is the HA state a host entered, FromState the one it left; Verdict an activity
+	// check's (ACTIVE, INACTIVE, UNKNOWN), Attempt its place in the INACTIVE streak, Reads what
+	// each neighbour read; Guard names the guard that stopped a fence.
+	HAState   string     `json:"ha_state,omitempty"`
+	FromState string     `json:"from_state,omitempty"`
+	Verdict   string     `json:"verdict,omitempty"`
+	Attempt   int        `json:"attempt,omitempty"`
+	Reads     []FileRead `json:"reads,omitempty"`
+	Guard     string     `json:"guard,omitempty"`
+	UUID      string     `json:"uuid,omitempty"`
+	Message   string     `json:"message,omitempty"`
 }
 
 // Int returns a pointer to n, for ExitCode.
@@ -291,6 +337,15 @@ func Line(e Event) string {
 	if e.Fenced {
 		kv("fenced", "true")
 	}
+	kv("from_state", e.FromState)
+	kv("ha_state", e.HAState)
+	kv("verdict", e.Verdict)
+	num("attempt", int64(e.Attempt))
+	kv("guard", e.Guard)
+	kv("uuid", e.UUID)
+	if len(e.Reads) > 0 {
+		kv("reads", ReadsSummary(e.Reads))
+	}
 	kv("outcome", string(e.Outcome))
 	kv("run_state", string(e.RunState))
 	if e.ExitCode != nil {
@@ -314,6 +369,29 @@ func Line(e Event) string {
 		b.WriteString(e.Message)
 	}
 	return b.String()
+}
+
+// ReadsSummary says an activity check's reads in a few words: per file, who read it and whether
+// it advanced, "h3:hb-h2=same h3:h2-vm1.img=advanced h4:hb-h2=error".
+func ReadsSummary(rs []FileRead) string {
+	var out []string
+	for _, r := range rs {
+		what := "same"
+		switch {
+		case r.Error != "":
+			what = "error"
+		case r.Baseline:
+			what = "baseline"
+		case r.Advanced:
+			what = "advanced"
+		}
+		name := r.Path
+		if i := strings.LastIndexByte(name, '/'); i >= 0 {
+			name = name[i+1:]
+		}
+		out = append(out, r.Checker+":"+name+"="+what)
+	}
+	return strings.Join(out, ",")
 }
 
 func quoteIfSpaced(s string) string {

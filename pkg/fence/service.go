@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/user"
+	"slices"
 	"strings"
 	"time"
 
@@ -76,6 +77,9 @@ type Request struct {
 	Evidence string
 	// Force acts on a host held by a rolling run or a maintenance action.
 	Force bool
+	// QuietFailure leaves a failed action's notice to the caller (HA notifies once per streak
+	// of failures, not once per retry); the failure is audited all the same.
+	QuietFailure bool
 }
 
 // Result is what the action did.
@@ -158,23 +162,65 @@ func (s *Service) load(tx state.Tx, name string) (target, error) {
 	return t, nil
 }
 
-// powerDowns counts the power-down intents in the audit since from, in cluster and fleet-wide.
+// powerDowns returns, for every host with a power-down intent in the audit since from, the time
+// of its latest, in cluster and fleet-wide. A host counts once however often it was tried: the
+// cap limits how many hosts are powered down (a storm), not the retries of one fence.
 func powerDowns(tx state.Tx, cluster string, from time.Time) (inCluster, fleet []time.Time, err error) {
 	recs, err := journal.Read(tx, AuditStream, 0)
 	if err != nil {
 		return nil, nil, err
 	}
+	latest := map[string]events.Event{}
 	for _, r := range recs {
 		e := r.Event
 		if e.Type != events.FenceIntent || e.Time.Before(from) || !Action(e.Action).PowersDown() {
 			continue
 		}
+		latest[e.Host] = e
+	}
+	for _, e := range latest {
 		fleet = append(fleet, e.Time)
 		if e.Cluster == cluster {
 			inCluster = append(inCluster, e.Time)
 		}
 	}
+	slices.SortFunc(fleet, time.Time.Compare)
+	slices.SortFunc(inCluster, time.Time.Compare)
 	return inCluster, fleet, nil
+}
+
+// CapCheck returns the rate cap's refusal (wrapping ErrCapReached) when one more power-down of a
+// host of cluster is not allowed at now, nil when it is: HA asks before it decides to fence, so
+// that a cap in force costs no audit record per activity check.
+func CapCheck(tx state.Tx, cluster string, now time.Time) (refusal, err error) {
+	n, err := settings.GetInt(tx, settings.FenceMaxCount)
+	if err != nil {
+		return nil, err
+	}
+	w, err := settings.GetInt(tx, settings.FenceWindow)
+	if err != nil {
+		return nil, err
+	}
+	return capReached(tx, cluster, int(n), time.Duration(w)*time.Second, now)
+}
+
+// capReached is the cap's refusal, or nil.
+func capReached(tx state.Tx, cluster string, limit int, window time.Duration, now time.Time) (refusal, err error) {
+	inCluster, fleet, err := powerDowns(tx, cluster, now.Add(-window))
+	if err != nil {
+		return nil, err
+	}
+	if len(inCluster) < limit && len(fleet) < limit {
+		return nil, nil
+	}
+	scope, counted := "cluster "+cluster, inCluster
+	if len(fleet) >= limit && len(inCluster) < limit {
+		scope, counted = "the fleet", fleet
+	}
+	next := nextAllowed(counted, limit, window)
+	return fmt.Errorf("%w: %d hosts powered down in %s within the last %s (kvm.ha.fence.max.count %d per kvm.ha.fence.window): "+
+		"nothing was sent; the next is allowed at %s (in %s); if this is not a storm, raise the cap with `kvmctl config set kvm.ha.fence.max.count N`",
+		ErrCapReached, len(counted), scope, window, limit, next.UTC().Format(time.RFC3339), next.Sub(now).Round(time.Second)), nil
 }
 
 // nextAllowed is when a power-down is allowed again among times (ascending, at least limit of
@@ -246,19 +292,10 @@ func (s *Service) Do(ctx context.Context, req Request) (Result, error) {
 			return fmt.Errorf("%w (--force acts anyway)", err)
 		}
 		if req.Action.PowersDown() {
-			inCluster, fleet, err := powerDowns(tx, t.host.Cluster, now.Add(-t.window))
-			if err != nil {
+			if why, err := capReached(tx, t.host.Cluster, t.cap, t.window, now); err != nil {
 				return err
-			}
-			if len(inCluster) >= t.cap || len(fleet) >= t.cap {
-				scope, counted := "cluster "+t.host.Cluster, inCluster
-				if len(fleet) >= t.cap && len(inCluster) < t.cap {
-					scope, counted = "the fleet", fleet
-				}
-				next := nextAllowed(counted, t.cap, t.window)
-				return refuse(fmt.Errorf("%w: %d power-downs in %s within the last %s (kvm.ha.fence.max.count %d per kvm.ha.fence.window): "+
-					"nothing was sent; the next is allowed at %s (in %s); if this is not a storm, raise the cap with `kvmctl config set kvm.ha.fence.max.count N`",
-					ErrCapReached, len(counted), scope, t.window, t.cap, next.UTC().Format(time.RFC3339), next.Sub(now).Round(time.Second)))
+			} else if why != nil {
+				return refuse(why)
 			}
 		}
 		hold := holds.Hold{Kind: holds.Fencing, ID: id, Host: t.host.Name, Since: now, What: fmt.Sprintf("fence %s of %s", req.Action, t.host.Name)}
@@ -316,8 +353,10 @@ func (s *Service) Do(ctx context.Context, req Request) (Result, error) {
 	case out.Note != "":
 		what = out.Note
 	}
-	res.NotifyErrors = s.notify(ctx, Notice{Kind: kind, Time: end, AuditID: id, Host: t.host.Name, Cluster: t.host.Cluster,
-		Action: req.Action, Result: what, Message: req.Reason, Failed: actErr != nil})
+	if actErr == nil || !req.QuietFailure {
+		res.NotifyErrors = s.notify(ctx, Notice{Kind: kind, Time: end, AuditID: id, Host: t.host.Name, Cluster: t.host.Cluster,
+			Action: req.Action, Result: what, Message: req.Reason, Failed: actErr != nil})
+	}
 	if rerr != nil {
 		// The BMC acted; the record of it could not be written. The next fence or audit list
 		// reconciles the intent by asking the BMC.
@@ -330,6 +369,36 @@ func (s *Service) emit(e events.Event) {
 	if s.Events != nil {
 		_ = s.Events.Emit(e)
 	}
+}
+
+// Refuse audits a power action that a caller's own rule stopped before the fence path was asked
+// (HA's guards: startup grace, storm, quiet time), with who, why and the evidence, and returns
+// the record's audit id. Nothing is sent to the BMC and nothing is notified: the caller does.
+func (s *Service) Refuse(req Request, why error) (string, error) {
+	now := s.clock().Now().UTC()
+	id := newAuditID(now)
+	var cluster string
+	e := events.Event{Type: events.FenceRefused, AuditID: id, Host: req.Host, Action: string(req.Action), Who: s.who(),
+		Reason: req.Reason, Evidence: req.Evidence, Message: why.Error()}
+	err := s.Store.Update(func(tx state.Tx) error {
+		h, err := state.GetHost(tx, req.Host)
+		if err != nil {
+			return err
+		}
+		cluster = h.Cluster
+		e.Cluster = cluster
+		if err := journal.Open(tx, AuditStream, journal.Fence, "", "", now); err != nil {
+			return err
+		}
+		w, _, err := journal.AppendTx(tx, AuditStream, e, now)
+		e = w
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	s.emit(e)
+	return id, nil
 }
 
 // notify sends n and waits for it at most NotifyWait; what failed is audited and returned.

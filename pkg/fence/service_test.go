@@ -163,7 +163,7 @@ func TestRateCap(t *testing.T) {
 			t.Fatalf("on h1: %v", err)
 		}
 		_, err := s.Do(ctx, Request{Host: "h4", Action: ActionOff})
-		if !errs.IsRefused(err) || !errors.Is(err, ErrCapReached) || !strings.Contains(err.Error(), "3 power-downs in cluster c1") ||
+		if !errs.IsRefused(err) || !errors.Is(err, ErrCapReached) || !strings.Contains(err.Error(), "3 hosts powered down in cluster c1") ||
 			!strings.Contains(err.Error(), "the next is allowed at 2000-01-01T01:00:00Z (in 56m56s)") {
 			t.Fatalf("4th off = %v, want the cap, and when the first leaves the window", err)
 		}
@@ -184,6 +184,31 @@ func TestRateCap(t *testing.T) {
 		<-time.After(58 * time.Minute)
 		if _, err := s.Do(ctx, Request{Host: "h4", Action: ActionOff}); err != nil {
 			t.Errorf("off after the window slid: %v", err)
+		}
+	})
+}
+
+// The cap counts hosts, not attempts: one host fenced again and again (HA retrying a BMC that
+// does not answer, an operator powering it off twice) takes one place.
+func TestRateCapCountsHostsNotRetries(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := newLab(t, map[string][]string{"c1": {"h1", "h2", "h3", "h4"}})
+		s := l.service(1, nil)
+		ctx := context.Background()
+		l.bmcs["h1"].down = true
+		for range 5 {
+			if _, err := s.Do(ctx, Request{Host: "h1", Action: ActionOff}); err == nil || errors.Is(err, ErrCapReached) {
+				t.Fatalf("off h1 with its BMC down = %v, want a failure, not the cap", err)
+			}
+		}
+		l.bmcs["h1"].down = false
+		for _, h := range []string{"h1", "h2", "h3"} {
+			if _, err := s.Do(ctx, Request{Host: h, Action: ActionOff}); err != nil {
+				t.Fatalf("off %s: %v", h, err)
+			}
+		}
+		if _, err := s.Do(ctx, Request{Host: "h4", Action: ActionOff}); !errors.Is(err, ErrCapReached) {
+			t.Errorf("a 4th host = %v, want the cap", err)
 		}
 	})
 }

@@ -46,6 +46,9 @@ func Cluster(name string) Subject { return Subject("cluster/" + name) }
 // Host is the subject of host name.
 func Host(name string) Subject { return Subject("host/" + name) }
 
+// HAWatchLease is the subject the one `kvmctl ha watch` of a state file holds.
+const HAWatchLease Subject = "ha/watch"
+
 // String says "cluster c1" or "host h1".
 func (s Subject) String() string { return strings.Replace(string(s), "/", " ", 1) }
 
@@ -304,6 +307,8 @@ func (t Table) refusal(h Hold) error {
 		todo = fmt.Sprintf("`kvmctl rolling resume %s` to finish it, or `kvmctl rolling abort %s`", h.ID, h.ID)
 	case h.Kind == Maintenance && alive:
 		todo = "wait for it to finish"
+	case h.Kind == HAWatch && alive:
+		todo = "one ha watch protects the fleet: stop that one first (`systemctl stop kvmctl-ha-watch`, or Ctrl-C where it runs)"
 	case h.Kind == Maintenance:
 		todo = fmt.Sprintf("`kvmctl maintenance enable %s` finishes it, `kvmctl maintenance cancel %s` undoes it", h.Host, h.Host)
 	case alive:

@@ -158,7 +158,10 @@ func ReadPasswordFile(path string) (string, error) {
 	return ReadPassword(f, "password file "+path)
 }
 
-// removeBMC deletes the BMC settings of a cluster or host that is removed.
+// removeBMC deletes the BMC settings and the HA records of a cluster or host that is removed.
 func removeBMC(tx state.Tx, kind, name string) error {
+	if err := state.DeleteHA(tx, kind, name); err != nil {
+		return err
+	}
 	return tx.Delete(state.BucketBMC, state.BMCKey(kind, name))
 }

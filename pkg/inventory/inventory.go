@@ -297,7 +297,7 @@ func RemoveCluster(tx state.Tx, name string) error {
 	return tx.Delete(state.BucketClusters, name)
 }
 
-// RemoveHost deletes a host that is not in maintenance, and its BMC settings.
+// RemoveHost deletes a host that is not in maintenance, and its BMC settings and HA records.
 func RemoveHost(tx state.Tx, name string) error {
 	h, err := state.GetHost(tx, name)
 	if err != nil {

@@ -130,7 +130,7 @@ func (r *Rolling) DryRun(ctx context.Context, req RollingRequest) (DryRunPlan, e
 		for _, dh := range out.Hosts[i:j] {
 			names = append(names, dh.Host)
 		}
-		plan, err := PlanCapacity(CapacityInput{Hosts: capacityHosts(byCluster[out.Hosts[i].Cluster], status), Empty: names, CPUFactor: cpuF, MemFactor: memF})
+		plan, err := PlanCapacity(CapacityInput{Hosts: CapacityHosts(byCluster[out.Hosts[i].Cluster], status), Empty: names, CPUFactor: cpuF, MemFactor: memF})
 		for k := i; k < j; k++ {
 			dh := &out.Hosts[k]
 			if err != nil {

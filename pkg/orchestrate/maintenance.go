@@ -212,9 +212,9 @@ func (m *Maintenance) refresh(ctx context.Context, c *maintenanceConfig) error {
 	})
 }
 
-// capacityHosts turns the cluster and its statuses into the planner's input. A host's latest
+// CapacityHosts turns the cluster and its statuses into the planner's input. A host's latest
 // resource state in the store counts, so a host another kvmctl put into maintenance is no target.
-func capacityHosts(cluster []state.Host, status map[string]state.HostStatus) []CapacityHost {
+func CapacityHosts(cluster []state.Host, status map[string]state.HostStatus) []CapacityHost {
 	out := make([]CapacityHost, 0, len(cluster))
 	for _, h := range cluster {
 		s := status[h.Name]
@@ -490,7 +490,7 @@ func (m *Maintenance) Enable(ctx context.Context, name string, opts EnableOption
 			return res, a.fail(err)
 		}
 	}
-	plan, err := PlanCapacity(CapacityInput{Hosts: capacityHosts(c.cluster, c.prev), Empty: []string{name}, CPUFactor: c.cpuF, MemFactor: c.memF, Prefer: opts.Prefer})
+	plan, err := PlanCapacity(CapacityInput{Hosts: CapacityHosts(c.cluster, c.prev), Empty: []string{name}, CPUFactor: c.cpuF, MemFactor: c.memF, Prefer: opts.Prefer})
 	if err != nil {
 		return res, a.fail(err)
 	}
@@ -510,7 +510,7 @@ func (m *Maintenance) Enable(ctx context.Context, name string, opts EnableOption
 		// Say which hosts were not targets and why: cancelling another host's maintenance or
 		// starting its agent is often the way out.
 		var not []string
-		for _, h := range capacityHosts(c.cluster, c.prev) {
+		for _, h := range CapacityHosts(c.cluster, c.prev) {
 			if h.Name == name {
 				continue
 			}
@@ -906,15 +906,12 @@ func (m *Maintenance) agentInMaintenanceAlone(ctx context.Context, name string) 
 	return err == nil && st.AgentState == api.AgentStateInMaintenance
 }
 
-// restartAgent runs the host's restart command over SSH and waits for the agent to answer.
-func (m *Maintenance) restartAgent(ctx context.Context, a *action, c maintenanceConfig, agent MaintenanceAgent) (*AgentRestart, error) {
-	h := c.host
-	if m.SSH == nil {
-		return nil, fmt.Errorf("cannot restart the agent on %s: no SSH runner", h.Name)
-	}
+// AgentRestartTarget is where and what to run over SSH to restart host h's agent: its SSH
+// address (the agent's host, on its SSH port), user and keys, and its restart command.
+func AgentRestartTarget(h state.Host) (sshx.Target, string, error) {
 	host, _, err := net.SplitHostPort(h.Address)
 	if err != nil {
-		return nil, err
+		return sshx.Target{}, "", err
 	}
 	addr := host
 	if h.SSH.Port != 0 {
@@ -924,11 +921,24 @@ func (m *Maintenance) restartAgent(ctx context.Context, a *action, c maintenance
 	if cmd == "" {
 		cmd = sshx.DefaultRestartCommand
 	}
+	return sshx.Target{Host: h.Name, Addr: addr, User: h.SSH.User, KeyFile: h.SSH.KeyFile, KnownHostsFile: h.SSH.KnownHostsFile}, cmd, nil
+}
+
+// restartAgent runs the host's restart command over SSH and waits for the agent to answer.
+func (m *Maintenance) restartAgent(ctx context.Context, a *action, c maintenanceConfig, agent MaintenanceAgent) (*AgentRestart, error) {
+	h := c.host
+	if m.SSH == nil {
+		return nil, fmt.Errorf("cannot restart the agent on %s: no SSH runner", h.Name)
+	}
+	target, cmd, err := AgentRestartTarget(h)
+	if err != nil {
+		return nil, err
+	}
 	r := &AgentRestart{Command: cmd}
 	if err := a.record(events.Event{Type: events.HostAgentRestart, Host: h.Name, Cluster: h.Cluster, Message: "agent disconnected; restarting it over SSH: " + cmd}, nil); err != nil {
 		return r, err
 	}
-	out, err := m.SSH.Run(ctx, sshx.Target{Host: h.Name, Addr: addr, User: h.SSH.User, KeyFile: h.SSH.KeyFile, KnownHostsFile: h.SSH.KnownHostsFile}, cmd)
+	out, err := m.SSH.Run(ctx, target, cmd)
 	r.Output = out
 	if err != nil {
 		return r, fmt.Errorf("restart the agent on %s over SSH: %w", h.Name, err)

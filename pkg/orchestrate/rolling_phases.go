@@ -92,7 +92,7 @@ func unplacedReasons(mc maintenanceConfig, batch []*RunHost) (map[string]string,
 	for i, h := range batch {
 		names[i] = h.Name
 	}
-	plan, err := PlanCapacity(CapacityInput{Hosts: capacityHosts(mc.cluster, mc.prev), Empty: names, CPUFactor: mc.cpuF, MemFactor: mc.memF})
+	plan, err := PlanCapacity(CapacityInput{Hosts: CapacityHosts(mc.cluster, mc.prev), Empty: names, CPUFactor: mc.cpuF, MemFactor: mc.memF})
 	if err != nil {
 		return nil, err
 	}
@@ -623,7 +623,7 @@ func (x *Execution) recheckCapacity(ctx context.Context, batch []*RunHost) error
 	for i, h := range batch {
 		names[i] = h.Name
 	}
-	p, err := PlanCapacity(CapacityInput{Hosts: capacityHosts(c.cluster, c.prev), Empty: names, CPUFactor: c.cpuF, MemFactor: c.memF})
+	p, err := PlanCapacity(CapacityInput{Hosts: CapacityHosts(c.cluster, c.prev), Empty: names, CPUFactor: c.cpuF, MemFactor: c.memF})
 	if err != nil {
 		return err
 	}

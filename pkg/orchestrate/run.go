@@ -208,3 +208,29 @@ func ListRuns(tx state.Tx) ([]*Run, error) {
 
 // Journal reads the events of run id in order.
 func Journal(tx state.Tx, id string) ([]events.Event, error) { return journal.Events(tx, id) }
+
+// RollingWork reports whether a rolling run works on host h now (its script checked, through
+// its maintenance and stages, until it is done or skipped), and which run: HA must not take a
+// host rebooted by its Maintenance stage for a crashed one. A run holds its clusters; a host of
+// such a cluster that the run has not reached, or has finished, is not worked on.
+func RollingWork(tx state.Tx, h state.Host) (string, bool, error) {
+	hold, ok, err := holds.Get(tx, holds.Cluster(h.Cluster))
+	if err != nil || !ok || hold.Kind != holds.Rolling {
+		return "", false, err
+	}
+	run, err := LoadRun(tx, hold.ID)
+	if err != nil {
+		return hold.ID, true, nil // a run whose record is missing or unreadable: assume the worst
+	}
+	for _, rh := range run.Hosts {
+		if rh.Name != h.Name {
+			continue
+		}
+		switch rh.Step {
+		case events.StepPending, events.StepPreFlightDone, events.StepDone, events.StepSkipped, events.StepRestored:
+			return run.ID, false, nil
+		}
+		return run.ID, true, nil
+	}
+	return run.ID, false, nil
+}

@@ -79,7 +79,8 @@ func MergeStatus(prev state.HostStatus, st api.Status, err error, now time.Time)
 		VMs:          make([]state.VMRecord, 0, len(st.VMs)),
 	}
 	for _, vm := range st.VMs {
-		r := state.VMRecord{Name: vm.Name, UUID: vm.UUID, State: vm.State, VCPUs: vm.VCPUs, MemoryMiB: vm.MemoryMiB, Disks: vm.Disks, Tags: vm.Tags}
+		r := state.VMRecord{Name: vm.Name, UUID: vm.UUID, State: vm.State, VCPUs: vm.VCPUs, MemoryMiB: vm.MemoryMiB, Disks: vm.Disks, Tags: vm.Tags,
+			DefinitionHash: vm.DefinitionHash}
 		for _, g := range vm.Groups {
 			r.Groups = append(r.Groups, state.Group{Name: g.Name, Type: g.Type})
 		}

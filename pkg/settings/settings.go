@@ -49,6 +49,17 @@ const (
 	FenceTimeout           = "kvm.ha.fence.timeout"
 	FenceMaxCount          = "kvm.ha.fence.max.count"
 	FenceWindow            = "kvm.ha.fence.window"
+	HealthCheckInterval    = "kvm.ha.health.check.interval"
+	HealthCheckTimeout     = "kvm.ha.health.check.timeout"
+	ActivityCheckInterval  = "kvm.ha.activity.check.interval"
+	ActivityNeighbours     = "kvm.ha.activity.check.neighbours"
+	ActivityMaxAttempts    = "kvm.ha.activity.check.max.attempts"
+	DegradedRestartEvery   = "kvm.ha.degraded.restart.interval"
+	FenceStartupGrace      = "kvm.ha.fence.startup.grace"
+	StormRatio             = "kvm.ha.storm.ratio"
+	FenceQuietTime         = "kvm.ha.fence.quiet.time"
+	RecoverWithoutFence    = "kvm.ha.recover.without.fence"
+	RecoverMaxParallel     = "kvm.ha.recover.max.parallel"
 )
 
 // Registry lists every known key in the order `config list` shows them.
@@ -72,9 +83,31 @@ var Registry = []Key{
 	{Name: FenceTimeout, Type: Int, Default: "30", Min: 1, Max: 3600,
 		Description: "seconds a power action may take to show in the BMC's power status; unconfirmed is not fenced"},
 	{Name: FenceMaxCount, Type: Int, Default: "3", Min: 1, Max: 1000,
-		Description: "power-downs allowed within kvm.ha.fence.window, per cluster and fleet-wide; the next is refused and notified (seed 002)"},
+		Description: "hosts that may be powered down (off, reboot, reset, soft) within kvm.ha.fence.window, per cluster and fleet-wide; a power-down of one more is refused and notified (seed 002)"},
 	{Name: FenceWindow, Type: Int, Default: "3600", Min: 60, Max: 7 * 24 * 3600,
 		Description: "seconds over which kvm.ha.fence.max.count power-downs are counted"},
+	{Name: HealthCheckInterval, Type: Int, Default: "1", Min: 1, Max: 60,
+		Description: "seconds between two health checks of every HA host by `kvmctl ha watch`"},
+	{Name: HealthCheckTimeout, Type: Int, Default: "3", Min: 1, Max: 600,
+		Description: "seconds without a good health answer before an HA host is Suspect"},
+	{Name: ActivityCheckInterval, Type: Int, Default: "2", Min: 1, Max: 600,
+		Description: "seconds between two activity checks of a Suspect host by its neighbours"},
+	{Name: ActivityNeighbours, Type: Int, Default: "2", Min: 1, Max: 16,
+		Description: "healthy hosts of the cluster that read a Suspect host's heartbeat and VM disks in each activity check"},
+	{Name: ActivityMaxAttempts, Type: Int, Default: "3", Min: 1, Max: 100,
+		Description: "INACTIVE verdicts in a row, after the baseline, before a Suspect host is fenced"},
+	{Name: DegradedRestartEvery, Type: Int, Default: "300", Min: 10, Max: 86400,
+		Description: "seconds between two SSH restarts of a Degraded host's agent (with kvm.ssh.to.agent)"},
+	{Name: FenceStartupGrace, Type: Int, Default: "60", Min: 0, Max: 3600,
+		Description: "seconds after `kvmctl ha watch` starts during which it fences nothing (it has not seen the fleet long enough)"},
+	{Name: StormRatio, Type: Float, Default: "0.3", Min: 0, Max: 1,
+		Description: "share of a cluster's HA hosts not Available at once above which nothing there is fenced (an outage, not crashes; one host alone is never a storm)"},
+	{Name: FenceQuietTime, Type: Int, Default: "600", Min: 0, Max: 7 * 24 * 3600,
+		Description: "seconds after a host was fenced during which HA does not fence it again"},
+	{Name: RecoverWithoutFence, Type: Bool, Default: "false",
+		Description: "restart the VMs of a host whose HA action is none or blink without `kvmctl ha confirm-down` (seed 002's literal behaviour; risks running a VM twice)"},
+	{Name: RecoverMaxParallel, Type: Int, Default: "4", Min: 1, Max: 64,
+		Description: "VMs of a fenced host started elsewhere at the same time"},
 	{Name: JournalKeep, Type: Int, Default: "200", Min: 1, Max: 1000000,
 		Description: "finished rolling runs (and, apart, finished maintenance actions) whose journal the state file keeps"},
 	{Name: JournalDays, Type: Int, Default: "90", Min: 1, Max: 36500,

@@ -15,7 +15,7 @@ import (
 
 // jsonBuckets hold one JSON document per key; the others hold plain values.
 var jsonBuckets = []string{BucketZones, BucketPods, BucketClusters, BucketHosts, BucketHostStatus, BucketRuns,
-	BucketJournal, BucketStreams, BucketHolds, BucketBMC, BucketNotify}
+	BucketJournal, BucketStreams, BucketHolds, BucketBMC, BucketNotify, BucketHA, BucketVMDefs}
 
 // Report is what Check found in a state file.
 type Report struct {

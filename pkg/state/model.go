@@ -158,6 +158,8 @@ type VMRecord struct {
 	Disks     []string `json:"disks,omitempty"`
 	Tags      []string `json:"tags,omitempty"`
 	Groups    []Group  `json:"groups,omitempty"`
+	// DefinitionHash is what the agent said of the VM's definition (BucketVMDefs keeps it).
+	DefinitionHash string `json:"definition_hash,omitempty"`
 }
 
 // Group is a VM's affinity or anti-affinity group.

@@ -90,7 +90,7 @@ var coreBuckets = []string{BucketMeta, BucketZones, BucketPods, BucketClusters, 
 // Buckets lists every top-level bucket of the current schema, created by Create. Those beyond
 // coreBuckets were added later, without a version bump: a file without them gets them on its
 // next write.
-var Buckets = append(append([]string{}, coreBuckets...), BucketStreams, BucketHolds, BucketAborts, BucketBMC, BucketNotify)
+var Buckets = append(append([]string{}, coreBuckets...), BucketStreams, BucketHolds, BucketAborts, BucketBMC, BucketNotify, BucketHA, BucketVMDefs)
 
 const keyVersion = "version"
 

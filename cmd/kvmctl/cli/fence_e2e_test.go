@@ -195,7 +195,7 @@ func TestFenceE2E(t *testing.T) {
 	// acted): refused, nothing sent to its BMC, audited, notified.
 	h1 := e2eLabHost(t, m, "h1")
 	_, errOut = e2eKvmctl(t, m, 2, "fence", "h1", "--action", "off", "--yes", "--reason", "e2e: one too many")
-	if !strings.Contains(errOut, "3 power-downs in cluster") || !strings.Contains(errOut, "nothing was sent") {
+	if !strings.Contains(errOut, "3 hosts powered down in cluster") || !strings.Contains(errOut, "nothing was sent") {
 		t.Errorf("the fourth fence said %q", errOut)
 	}
 	if log, err := lab.ReadBMCLog(h1); err != nil || len(log) != 0 {

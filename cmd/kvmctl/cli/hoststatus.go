@@ -102,6 +102,14 @@ func runHostStatus(opts *HostStatusOptions) error {
 	}); err != nil {
 		return err
 	}
+	// Keep the VMs' definitions HA needs to start them elsewhere; what could not be kept is
+	// said on stderr, and changes nothing of the status.
+	if st, err := opts.F.Store(); err == nil {
+		defDial := func(h state.Host) (orchestrate.DefinitionClient, error) { return clients(h) }
+		for _, p := range orchestrate.KeepDefinitions(context.Background(), st, checks, defDial, opts.F.Clock, opts.Timeout) {
+			fmt.Fprintf(opts.F.IO.ErrOut, "kvmctl: warning: VM definition: %s\n", p)
+		}
+	}
 	views := make([]hostView, len(checks))
 	silent := 0
 	for i, c := range checks {
