@@ -105,7 +105,7 @@ func (m *Monitor) onCheck(ctx context.Context, rt *hostRT, req api.ActivityCheck
 	default:
 		return // its health came back meanwhile
 	}
-	v, reads, next := judge(req, rt.samples, answers)
+	v, reads, next := Judge(req, rt.samples, answers)
 	rt.samples = next
 	if m.Metrics != nil {
 		m.Metrics.ActivityCheck(v, took)

@@ -242,7 +242,7 @@ func (m *Monitor) takeLease() error {
 	m.lease = holds.Ref{Kind: holds.HAWatch, ID: fmt.Sprintf("ha-watch-%d", m.Holds.OrLocal().Self.PID)}
 	return m.Store.Update(func(tx state.Tx) error {
 		_, err := m.Holds.OrLocal().Take(tx, holds.Hold{Kind: holds.HAWatch, ID: m.lease.ID, Since: m.started.UTC(),
-			What: "ha watch (" + m.Who + ")"}, []holds.Subject{holds.HAWatchLease}, holds.HAWatch)
+			What: m.Who}, []holds.Subject{holds.HAWatchLease}, holds.HAWatch)
 		return err
 	})
 }

@@ -415,7 +415,7 @@ func TestOneWatchPerStateFile(t *testing.T) {
 		f.start(f.monitor(1, nil))
 		time.Sleep(2 * time.Second)
 		err := f.monitor(2, nil).Run(t.Context())
-		if err == nil || !strings.Contains(err.Error(), "ha watch (ha watch pid 1)") {
+		if err == nil || !strings.Contains(err.Error(), "ha watch pid 1") {
 			t.Errorf("a second watch: %v", err)
 		}
 	})

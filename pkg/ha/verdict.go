@@ -25,7 +25,7 @@ type Answer struct {
 	Err     error
 }
 
-// judge compares each answering neighbour's reads with what the same neighbour read the time
+// Judge compares each answering neighbour's reads with what the same neighbour read the time
 // before (prev, by checker; the same reader, so no two hosts' clocks or caches are compared) and
 // returns the verdict, every file read with whether it advanced, and the samples to keep.
 //
@@ -35,7 +35,7 @@ type Answer struct {
 // advanced and some neighbour read for the first time, so there is nothing to compare yet.
 // UNKNOWN: everything else — no neighbour answered, a read failed or timed out. A file that could
 // not be read never counts as "no activity".
-func judge(req api.ActivityCheckRequest, prev map[string]sample, answers []Answer) (Verdict, []events.FileRead, map[string]sample) {
+func Judge(req api.ActivityCheckRequest, prev map[string]sample, answers []Answer) (Verdict, []events.FileRead, map[string]sample) {
 	next := map[string]sample{}
 	var reads []events.FileRead
 	answered, complete, first, advanced := 0, true, false, false

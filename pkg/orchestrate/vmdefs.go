@@ -2,6 +2,8 @@ package orchestrate
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"time"
 
@@ -72,7 +74,10 @@ func KeepDefinitions(ctx context.Context, store state.DB, checks []HostCheck, di
 			problems = append(problems, fmt.Sprintf("%s on %s: its definition is not kept: %v", w.vm.Name, w.host.Name, err))
 			continue
 		}
-		keep = append(keep, state.VMDef{UUID: w.vm.UUID, Name: w.vm.Name, Hash: w.vm.DefinitionHash, XML: xml,
+		// The hash of what was fetched: a definition that changed since the status was taken is
+		// fetched again at the next refresh, its hash then differing from the kept one.
+		sum := sha256.Sum256([]byte(xml))
+		keep = append(keep, state.VMDef{UUID: w.vm.UUID, Name: w.vm.Name, Hash: hex.EncodeToString(sum[:]), XML: xml,
 			Host: w.host.Name, Cluster: w.host.Cluster, Seen: clk.Now().UTC()})
 	}
 	if len(keep) == 0 {

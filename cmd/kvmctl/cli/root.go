@@ -79,6 +79,7 @@ Exit codes: 0 success, 1 the operation failed, 2 bad usage or input refused (not
 		newStateCmd(f),
 		newFenceCmd(f),
 		newAuditCmd(f),
+		newHACmd(f),
 	)
 	// Cobra's completion command prints help and exits 0 when the shell is missing or unknown;
 	// like every other group, it refuses instead.
