@@ -9,7 +9,7 @@ PKGS    := ./...
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/kvmctl/kvmctl/pkg/buildinfo.Version=$(VERSION)
 
-.PHONY: all deps build check test lint fmt bench chaos demo clean
+.PHONY: all deps build check test lint fmt bench bench-ha chaos demo clean
 
 all: build
 
@@ -52,6 +52,10 @@ test: check
 ## bench: the README's performance numbers (labs of 100 and 30 hosts, stage API benchmarks)
 bench: build
 	./scripts/bench.sh
+
+## bench-ha: crash -> fence and crash -> VMs running elsewhere over ROUNDS lab crashes (default 20)
+bench-ha: build
+	./scripts/bench-ha.sh
 
 ## chaos: rolling maintenance on a lab while kvmctl and agents are killed at random; the fleet
 ## must be whole after every round (ROUNDS=10 by default)
