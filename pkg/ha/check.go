@@ -166,8 +166,12 @@ func (m *Monitor) onCheck(ctx context.Context, rt *hostRT, req api.ActivityCheck
 			m.transition(rt, Degraded, "activity seen while fencing waited: the fence is abandoned; "+why, e)
 			m.tell(ctx, rt, "ha.degraded", "alive: fence abandoned", summary)
 		default:
-			if v != prev || v == Inactive {
+			// Waiting (a retry's backoff, a confirm-down) may last: journal a change of verdict,
+			// not every check; the record keeps the streak a retry needs.
+			if v != prev {
 				m.record(StreamID(rt.rec.Host), rt, e)
+			} else {
+				rt.dirty = true
 			}
 		}
 	}

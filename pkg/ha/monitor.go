@@ -57,7 +57,7 @@ type Monitor struct {
 
 // statusEvery is how often the watch asks the answering hosts for their status, to know which
 // VMs each runs (what to recover, whose disks show a host alive) and to keep their definitions.
-const statusEvery = 30 * time.Second
+const statusEvery = 10 * time.Second
 
 // refreshStatus asks every answering watched host for its status, stores it, and keeps the
 // definitions of their VMs.

@@ -1,6 +1,8 @@
 package ha
 
 import (
+	"context"
+	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -451,6 +453,73 @@ func TestRecoveryNeverStartsTwiceAndWaitsForCapacity(t *testing.T) {
 		f.waitState("h2", Recovered, time.Minute)
 		if where := f.w.running("uuid-h2-1"); len(where) != 1 || where[0] != "h1" {
 			t.Errorf("h2-vm1 runs on %v", where)
+		}
+	})
+}
+
+// restarter restarts a machine's agent, as SSH to the host would.
+type restarter struct {
+	w     *world
+	calls []string
+	fail  bool
+}
+
+func (r *restarter) RestartAgent(ctx context.Context, h state.Host) error {
+	r.w.mu.Lock()
+	defer r.w.mu.Unlock()
+	r.calls = append(r.calls, h.Name)
+	if r.fail {
+		return errors.New("ssh: connect to host 127.0.0.1 port 22: connection refused")
+	}
+	r.w.machine(h.Name).agent = true
+	return nil
+}
+
+// The soft step: a Degraded host's agent is restarted over SSH (kvm.ssh.to.agent), at most once
+// per kvm.ha.degraded.restart.interval; a restart that works brings it back to Available. With
+// kvm.ssh.to.agent=false nothing is tried.
+func TestDegradedSoftStep(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, c1(3), 1, noGrace)
+		r := &restarter{w: f.w, fail: true}
+		m := f.monitor(1, nil)
+		m.Restart = r
+		f.start(m)
+		time.Sleep(5 * time.Second)
+		f.w.do(func() { f.w.machine("h2").agent = false })
+		f.waitState("h2", Degraded, 30*time.Second)
+		time.Sleep(4 * time.Minute)
+		if len(r.calls) != 1 {
+			t.Errorf("%d restarts in 4 minutes, want 1 (kvm.ha.degraded.restart.interval 300 s)", len(r.calls))
+		}
+		f.w.do(func() { r.fail = false })
+		time.Sleep(2 * time.Minute)
+		if len(r.calls) != 2 {
+			t.Errorf("%d restarts after 6 minutes, want 2", len(r.calls))
+		}
+		f.waitState("h2", Available, 10*time.Second)
+		var msgs []string
+		for _, e := range f.history("h2") {
+			if e.Type == events.HostAgentRestart {
+				msgs = append(msgs, e.Message)
+			}
+		}
+		if len(msgs) != 4 || !strings.Contains(msgs[1], "connection refused") || msgs[3] != "its agent was restarted over SSH" {
+			t.Errorf("restart events: %q", msgs)
+		}
+	})
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, c1(3), 1, map[string]string{"kvm.ha.fence.startup.grace": "0", "kvm.ssh.to.agent": "false"})
+		r := &restarter{w: f.w}
+		m := f.monitor(1, nil)
+		m.Restart = r
+		f.start(m)
+		time.Sleep(5 * time.Second)
+		f.w.do(func() { f.w.machine("h2").agent = false })
+		f.waitState("h2", Degraded, 30*time.Second)
+		time.Sleep(time.Minute)
+		if len(r.calls) != 0 {
+			t.Errorf("restarted over SSH with kvm.ssh.to.agent=false: %v", r.calls)
 		}
 	})
 }
