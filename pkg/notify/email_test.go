@@ -102,6 +102,57 @@ Sent by kvmctl on ops1.example.net through notification channel "mail".
 	}
 }
 
+// An HA notice's mail says what HA did in its subject and, under "What to do", what its action
+// asks of the reader: with action none, to make sure the host is off and confirm it down.
+func TestEmailOfHAKindCarriesAdvice(t *testing.T) {
+	sink := notifytest.StartMailServer(t, notifytest.MailOptions{})
+	n := Notice{ID: "n-2", Kind: KindHAFencing, Host: "h2", Cluster: "c1", Action: "none", Result: "waiting for confirm-down",
+		Message: "Its HA action is none: kvmctl does not power it off.", Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	if err := New([]state.NotifyChannel{mailChannel(sink.Addr)}, Options{Sender: "ops1.example.net"}).Notify(context.Background(), n); err != nil {
+		t.Fatal(err)
+	}
+	m, body := readMail(t, sink.Mails()[0].Data)
+	if s := m.Header.Get("Subject"); s != "[kvmctl] FENCING h2: waiting for confirm-down" {
+		t.Errorf("Subject: %q", s)
+	}
+	if k := m.Header.Get("X-Kvmctl-Kind"); k != "ha.fencing" {
+		t.Errorf("X-Kvmctl-Kind: %q", k)
+	}
+	want := `FENCING h2: waiting for confirm-down
+
+  host:     h2
+  cluster:  c1
+  action:   none
+  result:   waiting for confirm-down
+  time:     2026-01-02T03:04:05Z
+  kind:     ha.fencing
+  notice:   n-2
+
+Its HA action is none: kvmctl does not power it off.
+
+What to do:
+HA found the host dead: no answer, and no activity on its storage several checks in a
+row (the message says since when).
+Its HA action is none: kvmctl does not power it off. Make sure it is off (power it off
+by hand if it is not), then run ` + "`kvmctl ha confirm-down h2`" + `: only then do its VMs start
+on other hosts.
+The evidence is in ` + "`kvmctl ha show h2 --history` and `kvmctl audit list --host h2`." + `
+
+-- 
+Sent by kvmctl on ops1.example.net through notification channel "mail".
+`
+	if d := cmp.Diff(want, body); d != "" {
+		t.Errorf("body (-want +got):\n%s", d)
+	}
+	// Every HA kind's mail has advice of its own.
+	for _, k := range haKinds {
+		body := mailBody(Notice{Kind: k, Host: "h2"}, "ops1", "mail")
+		if a := advice(Notice{Kind: k, Host: "h2"}); a == "" || !strings.Contains(body, "\nWhat to do:\n"+a+"\n") {
+			t.Errorf("%s: the mail has no advice:\n%s", k, body)
+		}
+	}
+}
+
 // A result with a newline or non-ASCII text keeps the subject one encoded line.
 func TestEmailSubjectStaysOneLine(t *testing.T) {
 	sink := notifytest.StartMailServer(t, notifytest.MailOptions{})

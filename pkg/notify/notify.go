@@ -28,8 +28,10 @@ import (
 // trap's kvmctlNoticeKind, the mail's X-Kvmctl-Kind header).
 type Kind string
 
-// Kinds of notices. The HA events join them as pkg/ha grows; a kind without a trap of its own
-// in KVMCTL-MIB goes out as the generic kvmctlNotice trap.
+// Kinds of notices: the fence's, the test's, and the HA monitor's (`kvmctl ha watch`, which
+// also sends fence.failed and fence.cap_reached with a Result and Message of its own). Each has a
+// trap of its own in KVMCTL-MIB; a kind without one (a later version's, seen by an older
+// receiver's MIB, or a new kind not yet given one) goes out as the generic kvmctlNotice trap.
 const (
 	// KindFenceAction: a fence action ran; Result says what the BMC confirmed.
 	KindFenceAction Kind = "fence.action"
@@ -39,6 +41,31 @@ const (
 	KindFenceCapReached Kind = "fence.cap_reached"
 	// KindTest: `kvmctl notify test` checks that a channel works.
 	KindTest Kind = "notify.test"
+
+	// KindHASuspect: a host stopped answering; HA now checks its storage for signs of life.
+	KindHASuspect Kind = "ha.suspect"
+	// KindHADegraded: the host is alive (its storage shows activity) but its agent or link
+	// failed; HA never fences it while it is.
+	KindHADegraded Kind = "ha.degraded"
+	// KindHACannotTell: the neighbours could not read the host's files, so HA cannot tell
+	// whether it is alive; it never fences on that.
+	KindHACannotTell Kind = "ha.cannot_tell"
+	// KindHAFencing: HA decided to fence the host (Action off or reboot), or waits for
+	// `kvmctl ha confirm-down` (Action none or blink).
+	KindHAFencing Kind = "ha.fencing"
+	// KindHAFenced: the host's power was confirmed off, or an operator confirmed it down; it is
+	// in Maintenance and its VMs are to start elsewhere.
+	KindHAFenced Kind = "ha.fenced"
+	// KindHAAvailable: a suspect host answers again; the fence is abandoned.
+	KindHAAvailable Kind = "ha.available"
+	// KindHAGuard: a guard (startup grace, storm, quiet time, held) stopped a fence; Result says
+	// "not fenced: GUARD", Message why.
+	KindHAGuard Kind = "ha.guard"
+	// KindHARecovered: every VM of a fenced host runs on another host.
+	KindHARecovered Kind = "ha.recovered"
+	// KindVMUnplaced: a VM of a fenced host fits on no host, or has no kept definition to start
+	// it from.
+	KindVMUnplaced Kind = "vm.unplaced"
 )
 
 // Notice is one thing to tell. Every field but Kind is optional; Start fills ID and Time when

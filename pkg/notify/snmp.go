@@ -30,12 +30,22 @@ const (
 )
 
 // trapNumbers are the kinds with a trap of their own, under kvmctlNotifications; any other kind
-// (the HA events until they get theirs) goes out as kvmctlNotice.
+// goes out as kvmctlNotice. A number once given is never reused for another kind: receivers
+// filter on it.
 var trapNumbers = map[Kind]int{
 	KindFenceAction:     1,
 	KindFenceFailed:     2,
 	KindFenceCapReached: 3,
 	KindTest:            4,
+	KindHASuspect:       5,
+	KindHADegraded:      6,
+	KindHACannotTell:    7,
+	KindHAFencing:       8,
+	KindHAFenced:        9,
+	KindHAAvailable:     10,
+	KindHAGuard:         11,
+	KindHARecovered:     12,
+	KindVMUnplaced:      13,
 }
 
 // trapGeneric is kvmctlNotice's number: a notice of a kind without a trap of its own.

@@ -90,7 +90,7 @@ func TestTrapGenericKindAndLongText(t *testing.T) {
 	r := notifytest.StartTrapReceiver(t, nil)
 	addr, traps := r.Addr, r.Traps
 	c := state.NotifyChannel{Name: "traps", Type: state.NotifySNMP, Target: addr, Community: "public"}
-	n := Notice{Kind: "ha.degraded", Host: "h3", Message: strings.Repeat("é", 200)}
+	n := Notice{Kind: "ha.later", Host: "h3", Message: strings.Repeat("é", 200)}
 	if err := New([]state.NotifyChannel{c}, Options{}).Notify(context.Background(), n); err != nil {
 		t.Fatal(err)
 	}
@@ -117,5 +117,45 @@ func TestTrapBadTarget(t *testing.T) {
 	err := nf.Notify(context.Background(), fenceOff)
 	if err == nil || !strings.Contains(err.Error(), "snmp trap.invalid:162") {
 		t.Errorf("Notify: %v, want the target named", err)
+	}
+}
+
+// Each HA kind goes out as a trap of its own (kvmctlHASuspect .0.5 to kvmctlVMUnplaced .0.13),
+// never as the generic kvmctlNotice, carrying its kind and its summary.
+func TestHATrapsOfTheirOwn(t *testing.T) {
+	r := notifytest.StartTrapReceiver(t, nil)
+	c := state.NotifyChannel{Name: "traps", Type: state.NotifySNMP, Target: r.Addr, Community: "public"}
+	nf := New([]state.NotifyChannel{c}, Options{})
+	want := map[Kind]string{
+		KindHASuspect: "5", KindHADegraded: "6", KindHACannotTell: "7", KindHAFencing: "8", KindHAFenced: "9",
+		KindHAAvailable: "10", KindHAGuard: "11", KindHARecovered: "12", KindVMUnplaced: "13",
+	}
+	if len(want) != len(haKinds) {
+		t.Fatalf("want has %d kinds, haKinds %d", len(want), len(haKinds))
+	}
+	for _, k := range haKinds {
+		n := Notice{Kind: k, Host: "h2", Cluster: "c1", Action: "off", Result: "r"}
+		if err := nf.Notify(context.Background(), n); err != nil {
+			t.Fatal(err)
+		}
+		_, vals := varbinds(t, receiveTrap(t, r.Traps))
+		if oid := vals[".1.3.6.1.6.3.1.1.4.1.0"]; oid != ".1.3.6.1.4.1.32473.1.0."+want[k] {
+			t.Errorf("%s: snmpTrapOID %v, want kvmctlNotifications.%s", k, oid, want[k])
+		}
+		if kind, _ := vals[".1.3.6.1.4.1.32473.1.1.2.0"].([]byte); string(kind) != string(k) {
+			t.Errorf("%s: kvmctlNoticeKind %q", k, kind)
+		}
+		if sum, _ := vals[".1.3.6.1.4.1.32473.1.1.10.0"].([]byte); string(sum) != n.Summary() {
+			t.Errorf("%s: kvmctlNoticeSummary %q, want %q", k, sum, n.Summary())
+		}
+	}
+	// No two kinds share a trap, and only unknown kinds get the generic one.
+	seen := map[string]Kind{}
+	for k := range trapNumbers {
+		oid := TrapOID(k)
+		if other, dup := seen[oid]; dup || oid == TrapOID("ha.later") {
+			t.Errorf("%s is sent as %s, like %q or kvmctlNotice", k, oid, other)
+		}
+		seen[oid] = k
 	}
 }
