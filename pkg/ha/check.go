@@ -11,6 +11,7 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/api"
 	"github.com/kvmctl/kvmctl/pkg/clock"
 	"github.com/kvmctl/kvmctl/pkg/events"
+	"github.com/kvmctl/kvmctl/pkg/notify"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
 
@@ -132,7 +133,7 @@ func (m *Monitor) onCheck(ctx context.Context, rt *hostRT, req api.ActivityCheck
 		case Active:
 			rt.told = map[string]bool{}
 			m.transition(rt, Degraded, "alive: "+why+"; its agent or its link failed, it is never fenced", e)
-			m.tell(ctx, rt, "ha.degraded", "alive but its agent does not answer", rt.rec.Reason+" ("+summary+")")
+			m.tell(ctx, rt, key(notify.KindHADegraded), "alive but its agent does not answer", rt.rec.Reason+" ("+summary+")")
 			m.softStep(ctx, rt)
 		case Unknown:
 			if prev == Unknown && st == Suspect {
@@ -142,7 +143,7 @@ func (m *Monitor) onCheck(ctx context.Context, rt *hostRT, req api.ActivityCheck
 				return
 			}
 			m.transition(rt, Suspect, why, e)
-			m.tell(ctx, rt, "ha.cannot_tell", "cannot tell whether it is alive", why+" ("+summary+")")
+			m.tell(ctx, rt, key(notify.KindHACannotTell), "cannot tell whether it is alive", why+" ("+summary+")")
 		case Baseline:
 			m.transition(rt, Checking, why, e)
 		case Inactive:
@@ -164,7 +165,7 @@ func (m *Monitor) onCheck(ctx context.Context, rt *hostRT, req api.ActivityCheck
 		switch v {
 		case Active:
 			m.transition(rt, Degraded, "activity seen while fencing waited: the fence is abandoned; "+why, e)
-			m.tell(ctx, rt, "ha.degraded", "alive: fence abandoned", summary)
+			m.tell(ctx, rt, key(notify.KindHADegraded), "alive: fence abandoned", summary)
 		default:
 			// Waiting (a retry's backoff, a confirm-down) may last: journal a change of verdict,
 			// not every check; the record keeps the streak a retry needs.

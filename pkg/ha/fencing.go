@@ -45,7 +45,7 @@ func (m *Monitor) decide(ctx context.Context, rt *hostRT) {
 			reason = fmt.Sprintf("retry %d: %s", rt.rec.FenceFailures, reason)
 		}
 		m.transition(rt, Fencing, reason, e)
-		m.tell(ctx, rt, "ha.fencing", action+" through the BMC", reason)
+		m.tell(ctx, rt, key(notify.KindHAFencing), action+" through the BMC", reason)
 		m.startFence(ctx, rt, req)
 	default:
 		if m.cfg.RecoverWithoutFence {
@@ -54,7 +54,7 @@ func (m *Monitor) decide(ctx context.Context, rt *hostRT) {
 			return
 		}
 		m.transition(rt, Fencing, reason+"; HA action none: waiting for `kvmctl ha confirm-down "+name+"`", e)
-		m.tell(ctx, rt, "ha.fencing", "waiting for confirm-down",
+		m.tell(ctx, rt, key(notify.KindHAFencing), "waiting for confirm-down",
 			"Its HA action is none: kvmctl does not power it off. Once you know it is off, `kvmctl ha confirm-down "+name+"` lets its VMs start elsewhere.")
 	}
 }
@@ -119,11 +119,11 @@ func (m *Monitor) refuse(ctx context.Context, rt *hostRT, req fence.Request, gua
 	}
 	m.record(StreamID(rt.rec.Host), rt, events.Event{Type: events.HAGuard, Guard: guard, AuditID: id, HAState: rt.rec.State,
 		Action: string(req.Action), Message: "not fenced: " + why.Error()})
-	kind := "ha.guard"
+	k, result := key(notify.KindHAGuard, guard), guard
 	if guard == GuardCap {
-		kind = string(notify.KindFenceCapReached)
+		k, result = key(notify.KindFenceCapReached), "rate cap reached"
 	}
-	m.tell(ctx, rt, kind+"/"+guard, "not fenced: "+guard, why.Error())
+	m.tell(ctx, rt, k, result, why.Error())
 }
 
 // startFence runs the host's action through the fence path; the decision is already written.
@@ -165,7 +165,7 @@ func (m *Monitor) onFence(ctx context.Context, rt *hostRT, req fence.Request, re
 		}
 		m.transition(rt, Fencing, "its chassis light blinks: waiting for `kvmctl ha confirm-down "+rt.rec.Host+"`",
 			events.Event{Type: events.HAFencing, Action: string(req.Action), AuditID: res.AuditID})
-		m.tell(ctx, rt, "ha.fencing/blink", "blinking, waiting for confirm-down",
+		m.tell(ctx, rt, key(notify.KindHAFencing, "blink"), "blinking, waiting for confirm-down",
 			"Its HA action is blink: kvmctl does not power it off. Once you know it is off, `kvmctl ha confirm-down "+rt.rec.Host+"` lets its VMs start elsewhere.")
 	case err != nil && errs.IsRefused(err):
 		result = "refused"
@@ -194,7 +194,7 @@ func (m *Monitor) onFence(ctx context.Context, rt *hostRT, req fence.Request, re
 			AuditID: res.AuditID, Attempt: rt.rec.FenceFailures,
 			Message: fmt.Sprintf("NOT fenced (%s); retried from %s while it stays inactive: %s", ordinal(rt.rec.FenceFailures),
 				rt.rec.NextFence.UTC().Format(time.RFC3339), firstLine(err.Error()))})
-		m.tellAudit(ctx, rt, string(notify.KindFenceFailed), firstLine(err.Error()),
+		m.tellAudit(ctx, rt, key(notify.KindFenceFailed), firstLine(err.Error()),
 			"HA could not fence it and retries while it stays inactive; its VMs are not started elsewhere until it is fenced or `kvmctl ha confirm-down "+
 				rt.rec.Host+"`.", res.AuditID)
 	}
@@ -230,7 +230,7 @@ func (m *Monitor) fenced(ctx context.Context, rt *hostRT, what, auditID string) 
 		return state.PutHost(tx, h)
 	}
 	m.transitionWith(rt, Fenced, what, events.Event{Type: events.HAFenced, AuditID: auditID, Action: rt.rec.Action}, toMaintenance)
-	m.tellAudit(ctx, rt, "ha.fenced", what, "Its VMs are started on other hosts of its cluster. It stays in Maintenance until an operator repairs it and runs `kvmctl maintenance cancel "+
+	m.tellAudit(ctx, rt, key(notify.KindHAFenced), what, "Its VMs are started on other hosts of its cluster. It stays in Maintenance until an operator repairs it and runs `kvmctl maintenance cancel "+
 		name+"`.", auditID)
 
 	// The VMs it ran when last seen are to start elsewhere.
@@ -299,17 +299,22 @@ func (m *Monitor) applyRequest(ctx context.Context, rt *hostRT, r state.HAReques
 	}
 }
 
-// tell sends a notice once per streak (key: a kind, or "kind/detail"), without waiting.
-func (m *Monitor) tell(ctx context.Context, rt *hostRT, key, result, message string) {
-	m.tellAudit(ctx, rt, key, result, message, "")
+// key is what a notice is sent once per streak for: its kind, and a detail (a guard, a VM).
+func key(k notify.Kind, detail ...string) string {
+	return strings.Join(append([]string{string(k)}, detail...), "/")
 }
 
-func (m *Monitor) tellAudit(ctx context.Context, rt *hostRT, key, result, message, auditID string) {
-	if m.Notify == nil || rt.told[key] {
+// tell sends a notice once per streak (key: a kind, or "kind/detail"), without waiting.
+func (m *Monitor) tell(ctx context.Context, rt *hostRT, once, result, message string) {
+	m.tellAudit(ctx, rt, once, result, message, "")
+}
+
+func (m *Monitor) tellAudit(ctx context.Context, rt *hostRT, once, result, message, auditID string) {
+	if m.Notify == nil || rt.told[once] {
 		return
 	}
-	rt.told[key] = true
-	kind, _, _ := strings.Cut(key, "/")
+	rt.told[once] = true
+	kind, _, _ := strings.Cut(once, "/")
 	n := notify.Notice{Kind: notify.Kind(kind), Time: m.clock().Now().UTC(), Host: rt.rec.Host, Cluster: m.fleet.hosts[rt.rec.Host].Cluster,
 		Action: rt.rec.Action, Result: result, Message: message, AuditID: auditID}
 	timeout := m.to.Notify

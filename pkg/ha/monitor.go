@@ -13,6 +13,7 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/events"
 	"github.com/kvmctl/kvmctl/pkg/holds"
 	"github.com/kvmctl/kvmctl/pkg/journal"
+	"github.com/kvmctl/kvmctl/pkg/notify"
 	"github.com/kvmctl/kvmctl/pkg/orchestrate"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
@@ -412,7 +413,7 @@ func (m *Monitor) onHealth(ctx context.Context, rt *hostRT, rep api.HealthReport
 		if !rt.inFence {
 			m.fresh(rt)
 			m.transition(rt, Available, "its agent answers again: the fence is abandoned", events.Event{})
-			m.tell(ctx, rt, "ha.available", "answers again, not fenced", "")
+			m.tell(ctx, rt, key(notify.KindHAAvailable), "answers again, not fenced", "")
 		}
 	}
 }
@@ -430,7 +431,7 @@ func (m *Monitor) timeouts(rt *hostRT) {
 	rt.lastOK = now.Add(-m.cfg.HealthTimeout) // fresh reset it: keep when it stopped answering
 	rt.nextCheck = now
 	m.transition(rt, Suspect, fmt.Sprintf("no good health answer for %s: %s", m.cfg.HealthTimeout, rt.lastErr), events.Event{})
-	m.tell(context.Background(), rt, "ha.suspect", "not answering", rt.rec.Reason)
+	m.tell(context.Background(), rt, key(notify.KindHASuspect), "not answering", rt.rec.Reason)
 }
 
 // due starts the activity checks, fences and recoveries whose time has come.

@@ -11,6 +11,7 @@ import (
 	"github.com/kvmctl/kvmctl/pkg/api"
 	"github.com/kvmctl/kvmctl/pkg/clock"
 	"github.com/kvmctl/kvmctl/pkg/events"
+	"github.com/kvmctl/kvmctl/pkg/notify"
 	"github.com/kvmctl/kvmctl/pkg/orchestrate"
 	"github.com/kvmctl/kvmctl/pkg/state"
 )
@@ -189,14 +190,14 @@ func (m *Monitor) onRecoveryRound(ctx context.Context, rt *hostRT, ds []decision
 			v.State, v.Error = vmUnplaced, d.reason
 			if first {
 				m.record(stream, rt, events.Event{Type: events.VMUnplaced, VM: v.Name, UUID: v.UUID, HAState: rt.rec.State, Message: d.reason})
-				m.tell(ctx, rt, "vm.unplaced/"+v.UUID, v.Name+" fits on no host", d.reason+"; it is retried as capacity appears")
+				m.tell(ctx, rt, key(notify.KindVMUnplaced, v.UUID), v.Name+" fits on no host", d.reason+"; it is retried as capacity appears")
 			}
 		case "nodef":
 			first := v.State != vmNoDef
 			v.State, v.Error = vmNoDef, d.reason
 			if first {
 				m.record(stream, rt, events.Event{Type: events.VMUnplaced, VM: v.Name, UUID: v.UUID, HAState: rt.rec.State, Message: d.reason})
-				m.tell(ctx, rt, "vm.unplaced/"+v.UUID, v.Name+" cannot be started", d.reason+"; start it by hand, then `kvmctl ha clear "+rt.rec.Host+"`")
+				m.tell(ctx, rt, key(notify.KindVMUnplaced, v.UUID), v.Name+" cannot be started", d.reason+"; start it by hand, then `kvmctl ha clear "+rt.rec.Host+"`")
 			}
 		case "place":
 			if rt.starting[v.UUID] {
@@ -276,5 +277,5 @@ func (m *Monitor) maybeRecovered(ctx context.Context, rt *hostRT) {
 	}
 	what := fmt.Sprintf("%d VMs run on other hosts: %s", len(rt.rec.Recovery), strings.Join(where, ", "))
 	m.transition(rt, Recovered, what, events.Event{VMs: len(rt.rec.Recovery)})
-	m.tell(ctx, rt, "ha.recovered", fmt.Sprintf("%d VMs recovered", len(rt.rec.Recovery)), what)
+	m.tell(ctx, rt, key(notify.KindHARecovered), fmt.Sprintf("%d VMs recovered", len(rt.rec.Recovery)), what)
 }
