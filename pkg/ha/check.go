@@ -131,7 +131,6 @@ func (m *Monitor) onCheck(ctx context.Context, rt *hostRT, req api.ActivityCheck
 	case Suspect, Checking:
 		switch v {
 		case Active:
-			rt.told = map[string]bool{}
 			m.transition(rt, Degraded, "alive: "+why+"; its agent or its link failed, it is never fenced", e)
 			m.tell(ctx, rt, key(notify.KindHADegraded), "alive but its agent does not answer", rt.rec.Reason+" ("+summary+")")
 			m.softStep(ctx, rt)

@@ -407,8 +407,13 @@ func (m *Monitor) onHealth(ctx context.Context, rt *hostRT, rep api.HealthReport
 	rt.dirty = true
 	switch State(rt.rec.State) {
 	case Suspect, Checking, Degraded:
+		told := rt.told[key(notify.KindHASuspect)]
 		m.fresh(rt)
 		m.transition(rt, Available, "its agent answers again", events.Event{})
+		if told {
+			// Whoever was told it stopped answering is told it is back.
+			m.tell(ctx, rt, key(notify.KindHAAvailable), "answers again", "")
+		}
 	case Fencing:
 		if !rt.inFence {
 			m.fresh(rt)

@@ -152,7 +152,8 @@ func TestAliveHostNeverFenced(t *testing.T) {
 				}
 				f.w.do(func() { tc.heal(f.w.machine("h2")) })
 				f.waitState("h2", Available, 10*time.Second)
-				if k := strings.Join(f.w.kinds("h2"), " "); k != "ha.degraded ha.suspect" {
+				time.Sleep(time.Second) // notices are sent without waiting
+				if k := strings.Join(f.w.kinds("h2"), " "); k != "ha.available ha.degraded ha.suspect" {
 					t.Errorf("notices: %s", k)
 				}
 				for _, e := range f.history("h2") {
