@@ -79,6 +79,9 @@ const (
 	VMRecovered     Type = "vm.recovered"
 	VMRecoverFailed Type = "vm.recover_failed"
 	VMUnplaced      Type = "vm.unplaced"
+	// VMStaleRemoved: a fenced host that came back still had a copy of a VM HA started
+	// elsewhere; the copy was removed so that it never runs twice.
+	VMStaleRemoved Type = "vm.stale_copy_removed"
 )
 
 // FileRead is one file as a neighbour read it in an HA activity check: a heartbeat (Seq and

@@ -279,6 +279,22 @@ func (w *world) DefineAndStartVM(ctx context.Context, h state.Host, xml string) 
 	return nil
 }
 
+func (w *world) RemoveVM(ctx context.Context, h state.Host, name string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	m, err := w.reachable(h)
+	if err != nil {
+		return err
+	}
+	for i, vm := range m.vms {
+		if vm.name == name {
+			m.vms = slices.Delete(m.vms, i, i+1)
+			return nil
+		}
+	}
+	return &api.Error{Host: h.Name, Status: 404, Code: api.CodeNotFound, Message: "no VM " + name}
+}
+
 // running returns where the VM of uuid runs: one host, or several (a VM run twice).
 func (w *world) running(uuid string) []string {
 	w.mu.Lock()

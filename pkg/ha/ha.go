@@ -66,6 +66,8 @@ type Agents interface {
 	Status(ctx context.Context, h state.Host) (api.Status, error)
 	VMXML(ctx context.Context, h state.Host, name string) (string, error)
 	DefineAndStartVM(ctx context.Context, h state.Host, xml string) error
+	// RemoveVM stops (if it runs) and undefines a VM on h.
+	RemoveVM(ctx context.Context, h state.Host, name string) error
 }
 
 // Fencer is the fence path (*fence.Service): every power action HA takes goes through it.

@@ -150,6 +150,10 @@ type hostRT struct {
 	told map[string]bool
 	// starting are the VMs whose start this watch has asked and not heard back of.
 	starting map[string]bool
+	// cleanedBoot is the boot of the host whose stale VM copies were removed; inClean while
+	// that runs.
+	cleanedBoot string
+	inClean     bool
 }
 
 func (m *Monitor) clock() clock.Clock { return clock.OrReal(m.Clock) }
@@ -302,7 +306,7 @@ func (m *Monitor) tick(ctx context.Context) {
 }
 
 func (m *Monitor) busyRT(rt *hostRT) bool {
-	return rt.inHealth || rt.inCheck || rt.inFence || rt.inRecover || rt.inRestart || len(rt.starting) > 0
+	return rt.inHealth || rt.inCheck || rt.inFence || rt.inRecover || rt.inRestart || rt.inClean || len(rt.starting) > 0
 }
 
 // eligibility moves a host in or out of Disabled and Ineligible as its switch, its maintenance,
@@ -413,6 +417,10 @@ func (m *Monitor) onHealth(ctx context.Context, rt *hostRT, rep api.HealthReport
 		if told {
 			// Whoever was told it stopped answering is told it is back.
 			m.tell(ctx, rt, key(notify.KindHAAvailable), "answers again", "")
+		}
+	case Recovered:
+		if !rt.inClean && rt.cleanedBoot != rep.BootID {
+			m.cleanStale(ctx, rt)
 		}
 	case Fencing:
 		if !rt.inFence {

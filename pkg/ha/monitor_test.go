@@ -524,3 +524,55 @@ func TestDegradedSoftStep(t *testing.T) {
 		}
 	})
 }
+
+// A fenced host that comes back keeps its VMs' definitions (shut off, or started again by
+// libvirt's autostart): the watch removes the copies of the VMs it started elsewhere, so that
+// none runs twice; then the operator's maintenance cancel makes it Available.
+func TestReturningHostLosesStaleCopies(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t, c1(3), 2, noGrace)
+		f.start(f.monitor(1, nil))
+		time.Sleep(5 * time.Second)
+		f.w.crash("h2")
+		f.waitState("h2", Recovered, time.Minute)
+		// h2 boots; libvirt autostarts one of its VMs.
+		f.w.do(func() {
+			m := f.w.machine("h2")
+			m.power, m.agent, m.bootID = true, true, "h2-boot1"
+			m.vms[0].running = true
+		})
+		time.Sleep(10 * time.Second)
+		removed := 0
+		for _, e := range f.history("h2") {
+			if e.Type == events.VMStaleRemoved {
+				removed++
+			}
+		}
+		if removed != 2 {
+			t.Errorf("%d stale copies removed, want 2", removed)
+		}
+		for _, uuid := range []string{"uuid-h2-1", "uuid-h2-2"} {
+			if where := f.w.running(uuid); len(where) != 1 || where[0] == "h2" {
+				t.Errorf("VM %s runs on %v", uuid, where)
+			}
+		}
+		f.w.mu.Lock()
+		left := len(f.w.machine("h2").vms)
+		f.w.mu.Unlock()
+		if left != 0 {
+			t.Errorf("h2 still defines %d VMs", left)
+		}
+		// The operator cancels its maintenance: Available.
+		if err := f.st.Update(func(tx state.Tx) error {
+			h, err := state.GetHost(tx, "h2")
+			if err != nil {
+				return err
+			}
+			h.ResourceState = state.Enabled
+			return state.PutHost(tx, h)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		f.waitState("h2", Available, 10*time.Second)
+	})
+}

@@ -279,3 +279,60 @@ func (m *Monitor) maybeRecovered(ctx context.Context, rt *hostRT) {
 	m.transition(rt, Recovered, what, events.Event{VMs: len(rt.rec.Recovery)})
 	m.tell(ctx, rt, key(notify.KindHARecovered), fmt.Sprintf("%d VMs recovered", len(rt.rec.Recovery)), what)
 }
+
+// cleanStale removes from a fenced host that answers again the copies of the VMs HA started
+// elsewhere: a copy left defined could be started by hand, or by libvirt's autostart on the
+// host's boot, and run twice. A copy found running is stopped: the one HA started has run on
+// the shared disk since the recovery. Once per boot of the host.
+func (m *Monitor) cleanStale(ctx context.Context, rt *hostRT) {
+	moved := map[string]string{}
+	for _, v := range rt.rec.Recovery {
+		if v.State == vmRunning && v.To != "" && v.To != rt.rec.Host {
+			moved[v.UUID] = v.To
+		}
+	}
+	rt.cleanedBoot = rt.rec.BootID
+	if len(moved) == 0 {
+		return
+	}
+	h := m.fleet.hosts[rt.rec.Host]
+	rt.inClean = true
+	timeout := m.to.Status
+	m.async(ctx, func(ctx context.Context) func() {
+		cctx, cancel := clock.WithTimeout(ctx, m.clock(), timeout)
+		st, err := m.Agents.Status(cctx, h)
+		cancel()
+		type removal struct {
+			vm, uuid, to, state string
+			err             error
+		}
+		var done []removal
+		if err == nil {
+			for _, vm := range st.VMs {
+				to, ok := moved[vm.UUID]
+				if !ok {
+					continue
+				}
+				cctx, cancel := clock.WithTimeout(ctx, m.clock(), timeout)
+				rerr := m.Agents.RemoveVM(cctx, h, vm.Name)
+				cancel()
+				done = append(done, removal{vm: vm.Name, uuid: vm.UUID, to: to, state: vm.State, err: rerr})
+			}
+		}
+		return func() {
+			rt.inClean = false
+			if err != nil {
+				rt.cleanedBoot = "" // try again at its next answer
+				return
+			}
+			for _, r := range done {
+				msg := fmt.Sprintf("its copy here (%s) was removed: the VM runs on %s since HA started it there", r.state, r.to)
+				if r.err != nil {
+					rt.cleanedBoot = ""
+					msg = fmt.Sprintf("its copy here (%s) could NOT be removed (%s): it must not be started, the VM runs on %s", r.state, firstLine(r.err.Error()), r.to)
+				}
+				m.record(StreamID(rt.rec.Host), rt, events.Event{Type: events.VMStaleRemoved, VM: r.vm, UUID: r.uuid, To: r.to, HAState: rt.rec.State, Message: msg})
+			}
+		}
+	})
+}

@@ -60,6 +60,14 @@ func (a haAgents) DefineAndStartVM(ctx context.Context, h state.Host, xml string
 	return c.DefineAndStartVM(ctx, xml)
 }
 
+func (a haAgents) RemoveVM(ctx context.Context, h state.Host, name string) error {
+	c, err := a.clients(h)
+	if err != nil {
+		return err
+	}
+	return c.RemoveVM(ctx, name)
+}
+
 // sshRestarter restarts a Degraded host's agent over SSH, as `maintenance cancel` does.
 type sshRestarter struct{ ssh orchestrate.SSHRunner }
 
