@@ -304,7 +304,7 @@ func (m *Monitor) cleanStale(ctx context.Context, rt *hostRT) {
 		cancel()
 		type removal struct {
 			vm, uuid, to, state string
-			err             error
+			err                 error
 		}
 		var done []removal
 		if err == nil {
