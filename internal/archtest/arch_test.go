@@ -115,7 +115,7 @@ func TestTUIRendersEventsOnly(t *testing.T) {
 }
 
 func TestEnginesKnowNoScreen(t *testing.T) {
-	for _, engine := range []string{"pkg/orchestrate", "pkg/journal", "pkg/holds", "pkg/clock"} {
+	for _, engine := range []string{"pkg/orchestrate", "pkg/ha", "pkg/fence", "pkg/notify", "pkg/journal", "pkg/holds", "pkg/clock"} {
 		forbid(t, engine, module+"pkg/tui", module+"cmd/", "github.com/charmbracelet/", "charm.land/")
 	}
 }
