@@ -2,6 +2,7 @@ package ha
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -393,7 +394,7 @@ func (m *Monitor) onHealth(ctx context.Context, rt *hostRT, rep api.HealthReport
 		err = fmt.Errorf("the agent reports not ok")
 	}
 	if err != nil {
-		rt.lastErr = firstLine(err.Error())
+		rt.lastErr = healthWords(err)
 		m.timeouts(rt)
 		return
 	}
@@ -636,6 +637,16 @@ func (m *Monitor) neighbours(rt *hostRT, n int) []state.Host {
 		out = append(out, f.hosts[c])
 	}
 	return out
+}
+
+// healthWords says a failed health check in a few words, for the record and the evidence (the
+// client's hint on how to start an agent is for people at a prompt).
+func healthWords(err error) string {
+	var u *api.UnreachableError
+	if errors.As(err, &u) && u.Err != nil {
+		return "unreachable: " + firstLine(u.Err.Error())
+	}
+	return firstLine(err.Error())
 }
 
 func firstLine(s string) string {
